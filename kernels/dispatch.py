@@ -1,0 +1,105 @@
+"""lora_delta: the LoRA term of one adapted linear layer for a batch of candidate rows.
+
+delta[b] = x[b] · ΔW_cᵀ with c = row_cand[b], where
+- rule "lorahub": ΔW_c = (Σₖ w_ck B_idx(c,k)) · (Σₖ w_ck A_idx(c,k))   (the paper's rule)
+- rule "linear":  ΔW_c = Σₖ w_ck B_idx(c,k) · A_idx(c,k)               (exact mixture)
+computed as a rank-r (lorahub) or rank-K·r (linear) shrink then expand, never forming ΔW_c.
+
+Backends: "triton" runs the kernels (CUDA, or CPU under TRITON_INTERPRET=1 for tests);
+"torch" is the fast path on CPU (compose per candidate, gather per row, two bmm's);
+"auto" picks triton for CUDA tensors and torch otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+
+from . import _checks
+from ._runtime import interpreter_enabled
+from .compose_expand import compose_expand
+from .compose_shrink import compose_shrink
+from .stacked_expand import stacked_expand
+from .stacked_shrink import stacked_shrink
+
+Rule = Literal["lorahub", "linear"]
+Backend = Literal["auto", "torch", "triton"]
+OP = "lora_delta"
+
+
+def available_backends() -> tuple[str, ...]:
+    """Backends that can run here: "torch" always, "triton" with CUDA or TRITON_INTERPRET=1."""
+    if torch.cuda.is_available() or interpreter_enabled():
+        return ("torch", "triton")
+    return ("torch",)
+
+
+def lora_delta(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    module_idx: torch.Tensor,
+    weights: torch.Tensor,
+    row_cand: torch.Tensor,
+    rule: Rule,
+    backend: Backend = "auto",
+    *,
+    check_indices: bool = True,
+) -> torch.Tensor:
+    """delta [B, T, d_out] (dtype of x) = LoRA term of each row's candidate.
+
+    x [B, T, d_in]; lora_a [N, r, d_in]; lora_b [N, d_out, r]; module_idx [C, K] int64;
+    weights [C, K] fp32; row_cand [B] int64 in [0, C). `check_indices=False` skips the
+    index range checks (a device sync on CUDA) for callers that validated the batch once.
+    """
+    _choice(OP, "rule", rule, Rule)
+    _choice(OP, "backend", backend, Backend)
+    _checks.factors_a(OP, x, lora_a)
+    _checks.factors_b(OP, lora_b, lora_a.shape[1], x.device)
+    _checks.dim(OP, "lora_b", lora_b, 0, lora_a.shape[0], "N = lora_a.shape[0]")
+    _checks.routing(OP, module_idx, weights, row_cand, n_modules=lora_a.shape[0],
+                    batch=x.shape[0], device=x.device, check_indices=check_indices)
+    if backend == "torch" or (backend == "auto" and not x.is_cuda):
+        torch_path = _lorahub_torch if rule == "lorahub" else _linear_torch
+        return torch_path(x, lora_a, lora_b, module_idx, weights, row_cand)
+    b, t = x.shape[:2]
+    y = torch.zeros((b, t, lora_b.shape[1]), dtype=x.dtype, device=x.device)
+    if rule == "lorahub":
+        h = compose_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
+        return compose_expand(h, lora_b, module_idx, weights, row_cand, y, check_indices=False)
+    h = stacked_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
+    return stacked_expand(h, lora_b, module_idx, row_cand, y, check_indices=False)
+
+
+def _choice(op: str, name: str, value, literal) -> None:
+    allowed = get_args(literal)
+    if value not in allowed:
+        raise ValueError(f"{op}: {name} must be one of {allowed}; got {value!r}")
+
+
+def _lorahub_torch(x, lora_a, lora_b, module_idx, weights, row_cand):
+    """Compose A_c [C, r, d_in] and B_c [C, d_out, r] once (one small matmul each), then bmm."""
+    n, r, d_in = lora_a.shape
+    c, d_out = module_idx.shape[0], lora_b.shape[1]
+    # mix[c, n] = Σ_{k: idx[c,k] = n} w[c,k]: turns the K-way gather+sum into a matmul.
+    mix = torch.zeros((c, n), dtype=torch.float32, device=x.device)
+    mix.scatter_add_(1, module_idx, weights)
+    a_c = (mix @ lora_a.reshape(n, -1).float()).view(c, r, d_in).to(x.dtype)
+    b_c = (mix @ lora_b.reshape(n, -1).float()).view(c, d_out, r).to(x.dtype)
+    h = torch.bmm(x, a_c[row_cand].transpose(1, 2))  # [B, T, r]
+    return torch.bmm(h, b_c[row_cand].transpose(1, 2))  # [B, T, d_out]
+
+
+def _linear_torch(x, lora_a, lora_b, module_idx, weights, row_cand):
+    """Gather weighted stacks [·, K·r, d_in] and [·, K·r, d_out], then bmm."""
+    if x.shape[0] <= module_idx.shape[0]:  # few rows: gather per row directly
+        module_idx, weights, row_cand = module_idx[row_cand], weights[row_cand], None
+    k, r = module_idx.shape[1], lora_a.shape[1]
+    a = lora_a[module_idx].float() * weights[:, :, None, None]  # [·, K, r, d_in]
+    a = a.to(x.dtype).flatten(1, 2)  # [·, K·r, d_in]
+    b = lora_b.transpose(1, 2)[module_idx].reshape(-1, k * r, lora_b.shape[1]).to(x.dtype)
+    if row_cand is not None:  # several rows per candidate: stacks per candidate, then per row
+        a, b = a[row_cand], b[row_cand]
+    h = torch.bmm(x, a.transpose(1, 2))  # [B, T, K·r]
+    return torch.bmm(h, b)  # [B, T, d_out]

@@ -1,0 +1,105 @@
+"""The `lorahub-serve` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_model_fetch(a) -> int:
+    from .models import fetch_model
+
+    fetch_model(a.name)
+    return 0
+
+
+def _cmd_data_list(a) -> int:
+    from .data import bigbench, is_bbh
+
+    tasks = bigbench.list_tasks()
+    if a.bbh:
+        tasks = [t for t in tasks if is_bbh(t)]
+    for t in tasks:
+        print(f"{t}\t{'bbh (held out)' if is_bbh(t) else 'upstream'}")
+    print(f"# {len(tasks)} tasks", file=sys.stderr)
+    return 0
+
+
+def _cmd_data_fetch(a) -> int:
+    from .data import bigbench
+
+    print(f"{len(bigbench.list_tasks())} BIG-bench tasks in {bigbench.sdist_path()}")
+    return 0
+
+
+def _cmd_hub_build(a) -> int:
+    from .hub_build import build_hub
+    from .training import TrainConfig
+
+    cfg = TrainConfig(rank=a.rank, alpha=2 * a.rank, steps=a.steps, lr=a.lr,
+                      target_modules=tuple(a.target_modules.split(",")))
+    manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg)
+    print(f"hub {a.out}: {len(manifest['modules'])} modules")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lorahub-serve", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="base models").add_subparsers(dest="action", required=True)
+    f = model.add_parser("fetch", help="download and convert a registry model into the cache")
+    f.add_argument("name")
+    f.set_defaults(func=_cmd_model_fetch)
+
+    data = sub.add_parser("data", help="BIG-bench task data").add_subparsers(dest="action", required=True)
+    dl = data.add_parser("list", help="list BIG-bench tasks")
+    dl.add_argument("--bbh", action="store_true", help="only the held-out BBH tasks")
+    dl.set_defaults(func=_cmd_data_list)
+    df = data.add_parser("fetch", help="download the BIG-bench sdist into the cache")
+    df.set_defaults(func=_cmd_data_fetch)
+
+    hub = sub.add_parser("hub", help="LoRA hubs").add_subparsers(dest="action", required=True)
+    hb = hub.add_parser("build", help="train one LoRA per upstream BIG-bench task (resumable)")
+    hb.add_argument("--model", default="smollm2-135m")
+    hb.add_argument("--out", required=True)
+    hb.add_argument("--tasks", nargs="*", default=None, help="task names (default: curated list)")
+    hb.add_argument("--modules", type=int, default=32, help="number of default tasks to train")
+    hb.add_argument("--rank", type=int, default=8)
+    hb.add_argument("--steps", type=int, default=60)
+    hb.add_argument("--lr", type=float, default=1e-3)
+    hb.add_argument("--target-modules", default="q_proj,v_proj")
+    hb.set_defaults(func=_cmd_hub_build)
+
+    for register in _extensions():
+        register(sub)
+    return p
+
+
+def _extensions():
+    """Sub-commands that live beside their subsystem (adapt, serve, cluster, eval)."""
+    import importlib
+
+    for mod in ("lorahub_serve.cli_engine", "lorahub_serve.serving.cli", "lorahub_serve.cluster.cli",
+                "lorahub_serve.cli_eval"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        yield m.register
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

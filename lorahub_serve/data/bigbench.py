@@ -1,0 +1,165 @@
+"""BIG-bench tasks read straight from the `bigbench==1.0.0` sdist tarball (never pip-installed).
+
+A task is addressed by its folder below `bigbench/benchmark_tasks/`, e.g. `navigate` or
+`logical_deduction/three_objects`. Multiple-choice examples show their options in a seeded
+random order ("(A) ...") because some files list the correct answer first.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import paths
+from .examples import Example
+
+SDIST = "bigbench==1.0.0"
+_TASK_DIR = "bigbench/benchmark_tasks/"
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def sdist_path(download: bool = True) -> Path:
+    """The cached sdist tarball; downloaded once with pip (358 MB)."""
+    dl = paths.downloads_dir() / "bigbench"
+    found = sorted(dl.glob("bigbench-1.0.0.tar.gz"))
+    if found:
+        return found[0]
+    if not download:
+        raise FileNotFoundError(f"BIG-bench sdist not in {dl}; run `lorahub-serve data fetch`")
+    dl.mkdir(parents=True, exist_ok=True)
+    print(f"[data] pip download {SDIST} (358 MB, once)", file=sys.stderr)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+         "-d", str(dl), SDIST],
+        check=True,
+    )
+    return sdist_path(download=False)
+
+
+def _extracted_dir() -> Path:
+    """Every task.json, extracted once from the tarball (one pass, ~10 s) into the cache."""
+    out = paths.downloads_dir() / "bigbench" / "tasks"
+    done = out / ".complete"
+    if done.exists():
+        return out
+    with tarfile.open(sdist_path()) as tf:
+        for m in tf:
+            name = m.name.split("/", 1)[1] if "/" in m.name else m.name  # drop "bigbench-1.0.0/"
+            if m.isfile() and name.startswith(_TASK_DIR) and name.endswith("/task.json"):
+                dest = out / name[len(_TASK_DIR):]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(tf.extractfile(m).read())
+    done.touch()
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _index() -> dict[str, Path]:
+    """task name -> its extracted task.json."""
+    root = _extracted_dir()
+    return {str(p.parent.relative_to(root)): p for p in root.rglob("task.json")}
+
+
+def list_tasks() -> list[str]:
+    """All JSON tasks and subtasks (e.g. `navigate`, `logical_deduction/three_objects`)."""
+    return sorted(_index())
+
+
+@functools.lru_cache(maxsize=256)
+def read_task_json(task: str) -> dict:
+    index = _index()
+    if task not in index:
+        raise KeyError(f"unknown BIG-bench task {task!r}; `lorahub-serve data list` shows the {len(index)} tasks")
+    return json.loads(index[task].read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    kind: str  # "multiple_choice" | "generative"
+    n_examples: int
+    n_options: int  # typical number of options; 0 for generative
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.n_options if self.n_options else 0.0
+
+
+def _clean_prefix(text: str | None, default: str) -> str:
+    return default if text is None else text.lstrip("\n")
+
+
+def format_example(raw: dict, spec: dict, task: str, index: int, seed: int = 0) -> Example | None:
+    """One BIG-bench example as (prompt, answer); None when it has no usable target."""
+    q_prefix = _clean_prefix(spec.get("example_input_prefix"), "Q: ")
+    a_prefix = _clean_prefix(spec.get("example_output_prefix"), "A:").rstrip()
+    task_prefix = spec.get("task_prefix", "") or ""
+    if task_prefix and not task_prefix[-1].isspace():
+        task_prefix += "\n"
+    text = str(raw.get("input", "")).strip()
+    scores = raw.get("target_scores")
+    if scores:
+        options = list(scores)
+        rng = random.Random(f"{task}:{index}:{seed}")  # str seeds are stable across runs
+        rng.shuffle(options)
+        best = max(options, key=lambda o: scores[o])
+        if len(options) > len(LETTERS):
+            return None
+        # Options are always shown BBH-style and answered by letter, also where the file sets
+        # append_choices_to_input=false: BBH shows them for every multiple-choice task, and a
+        # letter answer makes exact match well defined.
+        opts = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
+        prompt = f"{task_prefix}{q_prefix}{text}\nOptions:\n{opts}\n{a_prefix}"
+        return Example(prompt, f" ({LETTERS[options.index(best)]})")
+    target = raw.get("target")
+    if isinstance(target, list):
+        target = target[0] if target else None
+    if target is None or not str(target).strip():
+        return None
+    return Example(f"{task_prefix}{q_prefix}{text}\n{a_prefix}", " " + str(target).strip())
+
+
+def load_task(task: str, seed: int = 0) -> list[Example]:
+    """Every usable example of a task, options in seeded random order."""
+    spec = read_task_json(task)
+    out = []
+    for i, raw in enumerate(spec.get("examples", [])):
+        ex = format_example(raw, spec, task, i, seed)
+        if ex is not None:
+            out.append(ex)
+    return out
+
+
+def task_info(task: str) -> TaskInfo:
+    spec = read_task_json(task)
+    exs = spec.get("examples", [])
+    mc = [e for e in exs if e.get("target_scores")]
+    if mc:
+        n_opts = round(sum(len(e["target_scores"]) for e in mc) / len(mc))
+        return TaskInfo(task, "multiple_choice", len(exs), n_opts)
+    return TaskInfo(task, "generative", len(exs), 0)
+
+
+def split(examples: list[Example], shots: int, n_eval: int | None, seed: int) -> tuple[list[Example], list[Example]]:
+    """(few-shot, evaluation): the evaluation set is fixed (split seed 0) across search seeds;
+    the few-shot examples are drawn from the rest with `seed`."""
+    order = list(range(len(examples)))
+    random.Random(0).shuffle(order)
+    n_eval = len(order) - shots if n_eval is None else min(n_eval, len(order) - shots)
+    if n_eval < 0:
+        raise ValueError(f"task has {len(examples)} examples, fewer than shots={shots}")
+    eval_idx, pool = order[:n_eval], order[n_eval:]
+    shot_idx = random.Random(seed).sample(pool, shots)
+    return [examples[i] for i in shot_idx], [examples[i] for i in eval_idx]
+
+
+def normalize_answer(text: str) -> str:
+    """The reference's exact-match normalisation: lowercase, strip, drop a trailing period."""
+    text = text.strip().lower()
+    return text[:-1].strip() if text.endswith(".") else text

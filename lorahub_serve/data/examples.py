@@ -1,0 +1,83 @@
+"""Few-shot examples: `{"input": str, "output": str}` records from JSONL files or Python lists.
+
+Bad input raises `ExampleError` naming the file, the line and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+
+class ExampleError(ValueError):
+    """An example file or list is unusable; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Example:
+    input: str
+    output: str
+
+
+def _check_record(rec: Any, where: str) -> Example:
+    if not isinstance(rec, dict):
+        raise ExampleError(f"{where}: expected a JSON object with 'input' and 'output', got {type(rec).__name__}")
+    for field in ("input", "output"):
+        if field not in rec:
+            raise ExampleError(f"{where}: missing field {field!r} (each example needs 'input' and 'output')")
+        if not isinstance(rec[field], str):
+            raise ExampleError(
+                f"{where}: field {field!r} must be a string, got {type(rec[field]).__name__}"
+            )
+    if not rec["output"].strip():
+        raise ExampleError(f"{where}: field 'output' is empty; an example needs a non-empty output")
+    return Example(rec["input"], rec["output"])
+
+
+def load_jsonl(path: str | Path) -> list[Example]:
+    """Read one example per non-blank line; errors name `path:line`."""
+    path = Path(path)
+    if not path.exists():
+        raise ExampleError(f"{path}: no such example file")
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ExampleError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            examples.append(_check_record(rec, f"{path}:{lineno}"))
+    if not examples:
+        raise ExampleError(f"{path}: the example file is empty; it needs at least one JSON line")
+    return examples
+
+
+def from_records(records: Iterable[Any], source: str = "examples") -> list[Example]:
+    """Validate a Python list of dicts (or `Example`s / (input, output) pairs)."""
+    out = []
+    for i, rec in enumerate(records):
+        if isinstance(rec, Example):
+            rec = {"input": rec.input, "output": rec.output}
+        elif isinstance(rec, (tuple, list)) and len(rec) == 2:
+            rec = {"input": rec[0], "output": rec[1]}
+        out.append(_check_record(rec, f"{source}[{i}]"))
+    if not out:
+        raise ExampleError(f"{source}: no examples given; at least one is needed")
+    return out
+
+
+def load_examples(src: str | Path | Sequence[Any]) -> list[Example]:
+    """A JSONL path or a list of records."""
+    if isinstance(src, (str, Path)):
+        return load_jsonl(src)
+    return from_records(src)
+
+
+def write_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps({"input": ex.input, "output": ex.output}) + "\n")

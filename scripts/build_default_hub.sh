@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds (or resumes) the committed default hub for SmolLM2-135M and commits it as it grows.
+# Safe to kill and start again: `lorahub-serve hub build` skips finished modules.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+HUB=hubs/smollm2-135m
+MODULES=${MODULES:-40}
+( while sleep 300; do
+    git add "$HUB" 2>/dev/null && git commit -q -m "hub: default SmolLM2-135M hub, $(ls $HUB/modules 2>/dev/null | wc -l) modules so far" -- "$HUB" 2>/dev/null
+  done ) &
+committer=$!
+trap 'kill $committer 2>/dev/null' EXIT
+.venv/bin/lorahub-serve hub build --model smollm2-135m --out "$HUB" --modules "$MODULES" --steps 60
+git add "$HUB" && git commit -q -m "hub: default SmolLM2-135M hub ($(ls $HUB/modules | wc -l) modules)" -- "$HUB"
