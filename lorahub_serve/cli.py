@@ -37,7 +37,7 @@ def _cmd_hub_build(a) -> int:
     from .hub_build import build_hub
     from .training import TrainConfig
 
-    cfg = TrainConfig(rank=a.rank, alpha=2 * a.rank, steps=a.steps, lr=a.lr,
+    cfg = TrainConfig(rank=a.rank, alpha=2 * a.rank, steps=a.steps, lr=a.lr, max_length=a.max_length,
                       target_modules=tuple(a.target_modules.split(",")))
     manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg)
     print(f"hub {a.out}: {len(manifest['modules'])} modules")
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     hb.add_argument("--steps", type=int, default=60)
     hb.add_argument("--lr", type=float, default=1e-3)
     hb.add_argument("--target-modules", default="q_proj,v_proj")
+    hb.add_argument("--max-length", type=int, default=256, help="skip training examples longer than this")
     hb.set_defaults(func=_cmd_hub_build)
 
     for register in _extensions():

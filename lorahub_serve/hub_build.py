@@ -128,7 +128,7 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
         entry = {
             "name": name, "path": f"modules/{name}", "source_task": task,
             "sha256": sha256_file(out / ADAPTER_FILE), "rank": cfg.rank, "alpha": cfg.alpha,
-            "target_modules": list(cfg.target_modules), "steps": cfg.steps, "lr": cfg.lr,
+            "target_modules": list(cfg.target_modules), "steps": cfg.steps, "lr": cfg.lr, "max_length": cfg.max_length,
             "final_loss": round(stats["final_loss"], 4), "train_examples": stats["examples"],
             "seconds": round(time.time() - t0, 1),
         }
