@@ -1,0 +1,70 @@
+"""`lorahub-serve adapt`: compose a hub's modules for one task from a few examples."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _modules_arg(value: str):
+    """`--modules 20` (K seeded-random modules) or `--modules a,b,c` (named modules)."""
+    return int(value) if value.isdigit() else [v for v in value.split(",") if v]
+
+
+def _cmd_adapt(a) -> int:
+    from .data.examples import ExampleError, load_jsonl
+    from .engine.hub import HubError
+    from .engine.search import SearchConfig
+
+    try:
+        examples = load_jsonl(a.examples)
+        config = SearchConfig(budget=a.budget, seed=a.seed, optimizer=a.optimizer, popsize=a.popsize)
+    except (ExampleError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    if a.actors:
+        from .cluster import run_adapt_batch
+
+        report = run_adapt_batch(a.model, a.hub, [(out.name, examples)], out.parent, a.actors,
+                                 a.ray_address, config, a.modules, a.rule, a.backend, a.token_budget)
+        print(report)
+        return 0 if not report.get("failed") else 1
+    from .engine.adapt import Engine
+
+    try:
+        engine = Engine(a.model, a.hub, a.rule, a.backend, a.token_budget, a.allow_pickle, a.truncate)
+        result = engine.adapt(examples, task=out.name, modules=a.modules, config=config, out=out,
+                              merge=a.merge)
+    except (HubError, ExampleError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"best loss {result.best_loss:.4f} (objective {result.best_objective:.4f}) after "
+          f"{result.evaluations} evaluations in {result.seconds:.1f} s "
+          f"({result.evals_per_second:.2f} evals/s, {result.optimizer})")
+    print(f"adapter written to {out}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("adapt", help="search composition weights for a task and export the adapter")
+    p.add_argument("--model", default="smollm2-135m", help="registry name or Hugging Face folder")
+    p.add_argument("--hub", required=True, help="hub folder (hub.json + adapter folders)")
+    p.add_argument("--examples", required=True, help="JSONL of {\"input\", \"output\"}")
+    p.add_argument("--out", required=True, help="adapter folder to write (e.g. STORE/NAME)")
+    p.add_argument("--modules", type=_modules_arg, default=None,
+                   help="K (seeded-random modules, default min(20, hub size)) or comma-separated names")
+    p.add_argument("--budget", type=int, default=40, help="candidate evaluations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rule", choices=["lorahub", "linear"], default="lorahub")
+    p.add_argument("--optimizer", choices=["cma", "ngopt"], default="cma",
+                   help="population CMA-ES (batched) or the reference's sequential NGOpt")
+    p.add_argument("--popsize", type=int, default=None)
+    p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
+    p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per micro-batch")
+    p.add_argument("--merge", action="store_true", help="also write OUT-merged, a full merged model")
+    p.add_argument("--truncate", action="store_true", help="truncate over-long examples instead of failing")
+    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) adapters you trust")
+    p.add_argument("--actors", type=int, default=0, help="evaluate on N Ray actors")
+    p.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
+    p.set_defaults(func=_cmd_adapt)

@@ -1,0 +1,161 @@
+"""`adapt`: few-shot examples in, composed adapter out. The Python API behind `lorahub-serve adapt`.
+
+    from lorahub_serve import adapt
+    result = adapt("smollm2-135m", "hubs/smollm2-135m", "examples.jsonl", out="store/my-task")
+    result.best_loss, result.weights, result.out_dir
+
+`Engine` keeps the base model and the hub's stacked factors loaded across many adaptations
+(evaluation, the cluster's actors); `adapt()` is a one-shot wrapper around it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..data.examples import Example, load_examples
+from .evaluator import Evaluator
+from .export import compose_factors, merge_adapter, write_adapter
+from .hub import ModuleInfo, read_manifest, select_modules, stack_modules
+from .search import SearchConfig, SearchState, run_search
+
+
+@dataclass
+class AdaptResult:
+    task: str
+    modules: list[ModuleInfo]
+    weights: np.ndarray  # [K], aligned with `modules`
+    best_loss: float  # few-shot cross-entropy of the best candidate (without the L1 term)
+    best_objective: float  # best_loss + l1 · mean|w|
+    history: list[float]
+    optimizer: str
+    config: SearchConfig
+    rule: str
+    evaluations: int
+    seconds: float
+    out_dir: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def evals_per_second(self) -> float:
+        return self.evaluations / self.seconds if self.seconds else float("nan")
+
+    def metadata(self, base_model: str, base_fingerprint: str) -> dict:
+        return {
+            "format": 1, "task": self.task, "base_model": base_model,
+            "base_model_sha256": base_fingerprint, "rule": self.rule,
+            "modules": [{"name": m.name, "source_task": m.source_task, "sha256": m.sha256,
+                         "rank": m.rank, "alpha": m.alpha, "weight": float(w)}
+                        for m, w in zip(self.modules, self.weights)],
+            "weights": [float(w) for w in self.weights], "best_loss": self.best_loss,
+            "best_objective": self.best_objective, "loss_history": self.history,
+            "seed": self.config.seed, "budget": self.config.budget, "optimizer": self.optimizer,
+            "search": asdict(self.config), "evaluations": self.evaluations,
+            "seconds": round(self.seconds, 3), "evals_per_second": round(self.evals_per_second, 3),
+            **self.extra,
+        }
+
+
+class Engine:
+    """Base model + all hub modules attached once; adapts task after task.
+
+    model: registry name or HF folder; hub: hub folder; rule: "lorahub" | "linear";
+    backend: "auto" | "torch" | "triton".
+    """
+
+    def __init__(self, model: str | Path, hub: str | Path, rule: str = "lorahub", backend: str = "auto",
+                 token_budget: int = 8192, allow_pickle: bool = False, truncate: bool = False,
+                 device: str | None = None):
+        import torch
+
+        from ..models import folder_fingerprint, load_base, resolve_model
+
+        if rule not in ("lorahub", "linear"):
+            raise ValueError(f"rule must be 'lorahub' or 'linear', got {rule!r}")
+        self.model_name = str(model)
+        self.model_folder = resolve_model(model)
+        self.fingerprint = folder_fingerprint(self.model_folder)
+        self.hub_modules = read_manifest(Path(hub))
+        self.net, self.tokenizer = load_base(self.model_folder)
+        if device:
+            self.net.to(device)
+        self.stack = stack_modules(self.net, self.hub_modules, allow_pickle=allow_pickle)
+        self.rule = rule
+        self.evaluator = Evaluator(self.net, self.tokenizer, self.stack, rule, backend, token_budget,
+                                   truncate=truncate)
+        self._torch = torch
+
+    def module_indices(self, modules: int | Sequence[str] | None, seed: int) -> list[int]:
+        chosen = select_modules(self.hub_modules, list(modules) if isinstance(modules, (list, tuple)) else modules, seed)
+        pos = {m.name: i for i, m in enumerate(self.hub_modules)}
+        return [pos[m.name] for m in chosen]
+
+    def adapt(self, examples, task: str = "task", modules: int | Sequence[str] | None = None,
+              config: SearchConfig = SearchConfig(), out: str | Path | None = None, merge: bool = False,
+              progress: bool = True) -> AdaptResult:
+        exs: list[Example] = load_examples(examples)
+        if modules is None:  # the paper's K=20, or the whole hub when it is smaller
+            modules = min(20, len(self.hub_modules))
+        idx = self.module_indices(modules, config.seed)
+        self.evaluator.add_task(task, exs)
+        t0 = time.perf_counter()
+        bar = _progress(progress, config.budget, task)
+
+        def loss_fn(w: np.ndarray) -> np.ndarray:
+            return self.evaluator.losses([task] * len(w), np.tile(idx, (len(w), 1)), w)
+
+        def on_gen(s: SearchState) -> None:
+            if bar is not None:
+                bar.update(s.evaluations - bar.n)
+                bar.set_postfix(best=f"{s.best_objective:.4f}", evals_s=f"{s.evaluations / (time.perf_counter() - t0):.2f}")
+
+        self._torch.manual_seed(config.seed)
+        state = run_search(loss_fn, len(idx), config, on_gen)
+        if bar is not None:
+            bar.close()
+        result = AdaptResult(task, [self.hub_modules[i] for i in idx], state.best_weights, state.best_loss,
+                             state.best_objective, state.history, state.optimizer_name, config, self.rule,
+                             state.evaluations, time.perf_counter() - t0)
+        if out is not None:
+            self.export(result, Path(out), merge=merge)
+        return result
+
+    def export(self, result: AdaptResult, out: Path, merge: bool = False) -> Path:
+        pos = {m.name: i for i, m in enumerate(self.hub_modules)}
+        factors = compose_factors(self.stack, [pos[m.name] for m in result.modules], result.weights, result.rule)
+        write_adapter(out, factors, self.model_name, result.metadata(self.model_name, self.fingerprint))
+        result.out_dir = out
+        if merge:
+            merge_adapter(self.model_folder, out, out.with_name(out.name + "-merged"))
+        return out
+
+    def close(self) -> None:
+        self.evaluator.close()
+
+
+def _progress(enabled: bool, total: int, task: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"adapt {task}", unit="eval")
+
+
+def adapt(model: str | Path, hub: str | Path, examples, out: str | Path | None = None,
+          modules: int | Sequence[str] | None = None, budget: int = 40, seed: int = 0,
+          rule: str = "lorahub", optimizer: str = "cma", popsize: int | None = None,
+          backend: str = "auto", token_budget: int = 8192, merge: bool = False,
+          progress: bool = True, allow_pickle: bool = False, truncate: bool = False) -> AdaptResult:
+    """Search composition weights for `examples` and (optionally) export the adapter to `out`."""
+    config = SearchConfig(budget=budget, seed=seed, optimizer=optimizer, popsize=popsize)
+    exs = load_examples(examples)  # validate before loading anything heavy
+    engine = Engine(model, hub, rule, backend, token_budget, allow_pickle, truncate)
+    try:
+        return engine.adapt(exs, task=Path(out).name if out else "task", modules=modules,
+                            config=config, out=out, merge=merge, progress=progress)
+    finally:
+        engine.close()

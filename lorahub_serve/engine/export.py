@@ -1,0 +1,68 @@
+"""Export a composition as a standard PEFT LoRA adapter folder (+ `lorahub.json`).
+
+rule "lorahub": A = Σ wₖAₖ, B = Σ wₖsₖBₖ — an ordinary rank-r LoRA (scaling folded, alpha = r).
+rule "linear":  A = [A₁; …; A_K], B = [w₁s₁B₁ … w_Ks_KB_K] — a rank K·r LoRA with ΔW = Σ wₖsₖBₖAₖ.
+Folders are written atomically (temporary sibling, then rename).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..atomic import atomic_dir, write_json_atomic
+from .hub import ADAPTER_FILE, HubStack
+
+
+def compose_factors(stack: HubStack, module_idx: list[int], weights, rule: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """layer -> (A [r', d_in], B [d_out, r']) of the composed adapter (scaling folded into B)."""
+    w = torch.as_tensor(weights, dtype=torch.float32)
+    idx = torch.as_tensor(module_idx, dtype=torch.long)
+    out = {}
+    for layer in stack.layers:
+        a, b = stack.lora_a[layer][idx].float(), stack.lora_b[layer][idx].float()  # [K,r,d_in], [K,d_out,r]
+        if rule == "lorahub":
+            out[layer] = (torch.einsum("k,krd->rd", w, a), torch.einsum("k,kor->or", w, b))
+        elif rule == "linear":
+            out[layer] = (a.reshape(-1, a.shape[-1]), (w[:, None, None] * b).permute(1, 0, 2).reshape(b.shape[1], -1))
+        else:
+            raise ValueError(f"rule must be 'lorahub' or 'linear', got {rule!r}")
+    return out
+
+
+def write_adapter(out_dir: Path, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], base_model: str,
+                  metadata: dict | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write a PEFT adapter folder (adapter_config.json, adapter_model.safetensors[, lorahub.json])."""
+    from peft import LoraConfig
+
+    rank = next(iter(factors.values()))[0].shape[0]
+    targets = sorted({layer.rsplit(".", 1)[-1] for layer in factors})
+    tensors = {}
+    for layer, (a, b) in factors.items():
+        tensors[f"base_model.model.{layer}.lora_A.weight"] = a.to(dtype).contiguous()
+        tensors[f"base_model.model.{layer}.lora_B.weight"] = b.to(dtype).contiguous()
+    cfg = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0, bias="none",
+                     base_model_name_or_path=base_model)
+    with atomic_dir(Path(out_dir)) as tmp:
+        cfg.save_pretrained(tmp)
+        save_file(tensors, tmp / ADAPTER_FILE, metadata={"format": "pt"})
+        if metadata is not None:
+            write_json_atomic(tmp / "lorahub.json", metadata)
+    return Path(out_dir)
+
+
+def merge_adapter(base_folder: Path, adapter_dir: Path, out_dir: Path) -> Path:
+    """Write base + adapter merged into one full model folder (served without LoRA)."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(base_folder)
+    cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    model = cls.from_pretrained(base_folder, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    with atomic_dir(Path(out_dir)) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(base_folder).save_pretrained(tmp)
+    return Path(out_dir)

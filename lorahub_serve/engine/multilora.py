@@ -1,0 +1,85 @@
+"""Multi-candidate LoRA on a frozen base model.
+
+`attach(model, stack, rule, backend)` wraps every hub-adapted `nn.Linear` so that
+
+    y[b] = x[b]·Wᵀ (+ bias) + lora_delta(x, A, B, module_idx, weights, row_cand)[b]
+
+where each batch row b belongs to candidate row_cand[b], and candidate c composes hub modules
+module_idx[c] with weights[c]. The routing for the current micro-batch lives in one shared
+`Routing` object that the evaluator sets before each forward pass. No per-candidate d×d
+matrix is ever built (see lorahub_serve.kernels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..kernels import lora_delta
+from .hub import HubStack
+
+
+@dataclass
+class Routing:
+    """Per-micro-batch routing, shared by every wrapped layer.
+
+    module_idx [C, K] int64, weights [C, K] fp32, row_cand [B] int64.
+    """
+
+    module_idx: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    row_cand: torch.Tensor | None = None
+
+
+class MultiLoraLinear(torch.nn.Module):
+    def __init__(self, base: torch.nn.Linear, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                 routing: Routing, rule: str, backend: str):
+        super().__init__()
+        self.base = base
+        self.register_buffer("lora_a", lora_a, persistent=False)  # [N, r, d_in]
+        self.register_buffer("lora_b", lora_b, persistent=False)  # [N, d_out, r]
+        self.routing, self.rule, self.backend = routing, rule, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, T, d_in]
+        y = self.base(x)
+        r = self.routing
+        if r.row_cand is None:  # no routing: plain base model
+            return y
+        delta = lora_delta(x, self.lora_a, self.lora_b, r.module_idx, r.weights, r.row_cand,
+                           self.rule, self.backend, check_indices=False)
+        return y + delta.to(y.dtype)
+
+
+class Attached:
+    """Handle returned by `attach`; `detach()` restores the original layers."""
+
+    def __init__(self, model, originals: dict[str, torch.nn.Linear], routing: Routing):
+        self.model, self.originals, self.routing = model, originals, routing
+
+    def detach(self) -> None:
+        for name, lin in self.originals.items():
+            _set_submodule(self.model, name, lin)
+        self.originals = {}
+
+
+def _set_submodule(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def attach(model: torch.nn.Module, stack: HubStack, rule: str = "lorahub", backend: str = "auto") -> Attached:
+    """Wrap the stack's layers in `model` (in place); returns a handle holding the `Routing`."""
+    routing = Routing()
+    originals = {}
+    device = next(model.parameters()).device
+    for name in stack.layers:
+        base = model.get_submodule(name)
+        if isinstance(base, MultiLoraLinear):
+            raise RuntimeError(f"{name} is already wrapped; detach the previous engine first")
+        originals[name] = base
+        wrapped = MultiLoraLinear(base, stack.lora_a[name].to(device), stack.lora_b[name].to(device),
+                                  routing, rule, backend)
+        _set_submodule(model, name, wrapped)
+    return Attached(model, originals, routing)

@@ -1,0 +1,119 @@
+"""Tiny random models and LoRA hubs, built offline in seconds (tests, benchmarks, demos of speed).
+
+Nothing here touches the network: the tokenizer is a word-level tokenizer built from a fixed
+vocabulary, saved as a standard `PreTrainedTokenizerFast` so transformers and vLLM load it.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+
+_WORDS = (
+    list(string.ascii_lowercase) + list(string.ascii_uppercase) + list(string.digits)
+    + [" ", "(", ")", ":", ".", ",", "?", "!", "'", "-", "\n", "Q", "A", "Options", "yes", "no", "the",
+       "a", "is", "of", "to", "and", "answer", "question", "true", "false", "plausible",
+       "implausible", "left", "right", "up", "down", "red", "blue", "green", "capital", "France",
+       "Paris", "what", "which", "who", "cat", "dog", "sort", "words", "list"]
+)
+
+
+def build_tokenizer(out_dir: Path):
+    """A word-level tokenizer over a fixed vocabulary (letters, digits, punctuation, a few words)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(special + sorted(set(_WORDS) - set(special)))}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    # Words in the vocabulary are single tokens; spaces and other text go character by character.
+    tk.pre_tokenizer = pre_tokenizers.Split(
+        pattern=__import__("tokenizers").Regex(r"[A-Za-z]+|\s|."), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def tiny_llama(out_dir: Path, seed: int = 0, layers: int = 2, hidden: int = 64):
+    """A random LlamaForCausalLM (GQA, like SmolLM2) with its tokenizer, saved to `out_dir`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    tok = build_tokenizer(out_dir)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512,
+        tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return model, tok
+
+
+def tiny_t5(out_dir: Path, seed: int = 0):
+    """A random T5ForConditionalGeneration with the same tokenizer, saved to `out_dir`."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    tok = build_tokenizer(out_dir)
+    torch.manual_seed(seed)
+    cfg = T5Config(
+        vocab_size=len(tok), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+        num_heads=4, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
+    model = T5ForConditionalGeneration(cfg).eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return model, tok
+
+
+def random_adapter(base_model, out_dir: Path, rank: int = 4, alpha: int | None = None,
+                   target_modules=("q_proj", "v_proj"), seed: int = 0, scale: float = 0.5,
+                   base_name: str | None = None) -> Path:
+    """Save a PEFT LoRA with random non-zero A and B (B is zero at PEFT's init) to `out_dir`."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, target_modules=list(target_modules),
+                     lora_dropout=0.0, bias="none")
+    peft_model = get_peft_model(base_model, cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                p.copy_(torch.randn_like(p) * scale / max(p.shape[-1], 1) ** 0.5)
+    if base_name is not None:
+        peft_model.peft_config["default"].base_model_name_or_path = base_name
+    peft_model.save_pretrained(out_dir, safe_serialization=True)
+    peft_model.unload()
+    return Path(out_dir)
+
+
+def random_hub(base_model, hub_dir: Path, n: int = 4, ranks=(4,), target_modules=("q_proj", "v_proj"),
+               base_name: str = "tiny", scale: float = 0.5) -> Path:
+    """A hub folder (`hub.json` + modules/) of `n` random adapters; ranks cycle through `ranks`."""
+    from .atomic import write_json_atomic
+    from .hub_build import ADAPTER_FILE, HUB_FORMAT, sha256_file
+
+    hub_dir = Path(hub_dir)
+    modules = []
+    for i in range(n):
+        name = f"task{i}"
+        r = ranks[i % len(ranks)]
+        path = random_adapter(base_model, hub_dir / "modules" / name, rank=r, seed=100 + i,
+                              target_modules=target_modules, scale=scale)
+        modules.append({"name": name, "path": f"modules/{name}", "source_task": name, "rank": r,
+                        "alpha": 2 * r, "target_modules": list(target_modules),
+                        "sha256": sha256_file(path / ADAPTER_FILE)})
+    write_json_atomic(hub_dir / "hub.json", {"format": HUB_FORMAT, "base_model": base_name,
+                                             "modules": modules})
+    return hub_dir

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny random models and hubs built offline in seconds.
+
+Without CUDA, Triton kernels can only run through its interpreter, which must be switched on
+before triton is first imported: that happens here, before any test module loads.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from lorahub_serve import testing  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_llama")
+    testing.tiny_llama(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_t5")
+    testing.tiny_t5(d)
+    return d
+
+
+def _load(folder):
+    from lorahub_serve.models import load_base
+
+    return load_base(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_hub(tiny_llama_dir, tmp_path_factory):
+    """4 random modules with mixed ranks (2 and 4) on q_proj, v_proj."""
+    model, _ = _load(tiny_llama_dir)
+    return testing.random_hub(model, tmp_path_factory.mktemp("llama_hub"), n=4, ranks=(2, 4), scale=3.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_hub(tiny_t5_dir, tmp_path_factory):
+    model, _ = _load(tiny_t5_dir)
+    return testing.random_hub(model, tmp_path_factory.mktemp("t5_hub"), n=3, ranks=(4, 2),
+                              target_modules=("q", "v"), scale=3.0)
+
+
+FEW_SHOT = [
+    {"input": "Q: is the cat blue?\nA:", "output": " no"},
+    {"input": "Q: what is the capital of France?\nA:", "output": " Paris"},
+    {"input": "Q: sort the words: dog cat\nA:", "output": " cat dog"},
+    {"input": "Q: which is left of up?\nOptions:\n(A) red\n(B) green\nA:", "output": " (B)"},
+    {"input": "Q: 2 and 3?\nA:", "output": " 5"},
+]
+
+
+@pytest.fixture
+def few_shot():
+    return list(FEW_SHOT)

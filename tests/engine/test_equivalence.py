@@ -1,0 +1,106 @@
+"""The batched per-candidate losses equal a PEFT model holding the composed adapter.
+
+The oracle is built independently of the engine: the adapters' state dicts are read with PEFT's
+own loader and composed here (lorahub rule), or composed by PEFT itself
+(`add_weighted_adapter(combination_type="cat")`, which is exactly ΔW = Σ w·s·B·A: linear rule).
+"""
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.utils import load_peft_weights
+
+from lorahub_serve.data import from_records
+from lorahub_serve.engine.evaluator import Evaluator
+from lorahub_serve.engine.hub import read_manifest, stack_modules
+from lorahub_serve.models import load_base
+from lorahub_serve.prompting import encode_example, encode_seq2seq
+
+TOL = 1e-4
+
+
+def _weights(c, k, seed=0):
+    return np.random.default_rng(seed).uniform(-1.5, 1.5, size=(c, k)).astype(np.float32)
+
+
+def _peft_loss(model, tok, examples, seq2seq):
+    """HF's own loss over all examples in one padded batch: token mean over the outputs."""
+    enc = [(encode_seq2seq if seq2seq else encode_example)(tok, e) for e in examples]
+    pad = tok.pad_token_id
+    if seq2seq:
+        w_in, w_out = max(len(e.prompt_ids) for e in enc), max(len(e.target_ids) for e in enc)
+        ids = torch.tensor([list(e.prompt_ids) + [pad] * (w_in - len(e.prompt_ids)) for e in enc])
+        mask = (torch.arange(w_in)[None] < torch.tensor([len(e.prompt_ids) for e in enc])[:, None]).long()
+        labels = torch.tensor([list(e.target_ids) + [-100] * (w_out - len(e.target_ids)) for e in enc])
+    else:
+        seqs = [list(e.prompt_ids) + list(e.target_ids) for e in enc]
+        w = max(map(len, seqs))
+        ids = torch.tensor([s + [pad] * (w - len(s)) for s in seqs])
+        mask = (torch.arange(w)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()
+        labels = torch.tensor([[-100] * len(e.prompt_ids) + list(e.target_ids) + [-100] * (w - len(s))
+                               for e, s in zip(enc, seqs)])
+    with torch.inference_mode():
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+
+
+def _lorahub_state_dict(folders, weights, scalings):
+    """A = Σ wA, B = Σ w·s·B with ranks zero-padded to the largest; scaling 1 in the result."""
+    sds = [load_peft_weights(str(f)) for f in folders]
+    r = max(t.shape[0] for sd in sds for k, t in sd.items() if "lora_A" in k)
+    out = {}
+    for key in sds[0]:
+        acc = None
+        for sd, w, s in zip(sds, weights, scalings):
+            t = sd[key].float()
+            if "lora_A" in key:
+                t = torch.nn.functional.pad(t, (0, 0, 0, r - t.shape[0]))
+            else:
+                t = torch.nn.functional.pad(t, (0, r - t.shape[1])) * s
+            acc = w * t if acc is None else acc + w * t
+        out[key] = acc
+    return out, r
+
+
+@pytest.fixture(params=["llama", "t5"])
+def setup(request, tiny_llama_dir, tiny_llama_hub, tiny_t5_dir, tiny_t5_hub):
+    folder, hub = (tiny_llama_dir, tiny_llama_hub) if request.param == "llama" else (tiny_t5_dir, tiny_t5_hub)
+    return request.param == "t5", folder, hub
+
+
+@pytest.mark.parametrize("rule", ["lorahub", "linear"])
+def test_batched_losses_match_peft(setup, rule, few_shot):
+    seq2seq, folder, hub = setup
+    examples = from_records(few_shot)
+    modules = read_manifest(hub)
+    model, tok = load_base(folder)
+    stack = stack_modules(model, modules)
+    ev = Evaluator(model, tok, stack, rule=rule, backend="torch", token_budget=64)  # several micro-batches
+    ev.add_task("t", examples)
+    k = len(modules)
+    module_idx = np.tile(np.arange(k), (6, 1))
+    weights = _weights(6, k)
+    weights[0] = 0.0  # the zero composition is the base model
+    ours = ev.losses(["t"] * 6, module_idx, weights)
+    ev.close()
+
+    base_loss = _peft_loss(load_base(folder)[0], tok, examples, seq2seq)
+    assert abs(ours[0] - base_loss) < TOL
+    for c in range(1, 6):
+        base, _ = load_base(folder)
+        if rule == "lorahub":
+            sd, r = _lorahub_state_dict([m.path for m in modules], weights[c], [m.scaling for m in modules])
+            cfg = LoraConfig(r=r, lora_alpha=r, target_modules=list(modules[0].target_modules), lora_dropout=0.0)
+            peft = get_peft_model(base, cfg)
+            res = set_peft_model_state_dict(peft, sd)
+            assert not [k_ for k_ in res.unexpected_keys if "lora" in k_]
+        else:
+            peft = PeftModel.from_pretrained(base, modules[0].path, adapter_name="m0")
+            for i, m in enumerate(modules[1:], 1):
+                peft.load_adapter(m.path, adapter_name=f"m{i}")
+            peft.add_weighted_adapter([f"m{i}" for i in range(k)], [float(w) for w in weights[c]],
+                                      adapter_name="mix", combination_type="cat")
+            peft.set_adapter("mix")
+        theirs = _peft_loss(peft.eval(), tok, examples, seq2seq)
+        assert abs(ours[c] - theirs) < TOL, f"candidate {c}: engine {ours[c]:.6f} vs PEFT {theirs:.6f}"
+        assert abs(theirs - base_loss) > 1e-3, "the composition must change the loss (test would be vacuous)"
