@@ -1,10 +1,11 @@
-"""How the launchers run a kernel: which compiled form, which block sizes, which dot dtype.
+"""How the launchers run a kernel: which form (compiled or interpreted), blocks, dot dtype.
 
-`@triton.jit` picks its form once, when the kernel module is imported: an interpreter
-function when TRITON_INTERPRET=1 is set, a compiled function otherwise. The launchers instead
-pick per call from the tensors' device, rebuilding the other form from `kernel.fn` when needed,
-so one process can run interpreted kernels on CPU beside native ones on CUDA, and the kernels
-still work on CPU when this package was imported before the variable was set.
+`@triton.jit` picks a kernel's form once, when its module is imported: an interpreter function
+under TRITON_INTERPRET=1, a compiled one otherwise. The launchers pick per call instead, from
+the variable's value now, rebuilding the other form from `kernel.fn` when needed. That works
+because the kernels call only Triton builtins (`tl.full`, not the `@jit`-defined `tl.zeros`,
+whose own form was fixed when triton was imported), so CPU tests still run interpreted when
+some other module imported triton and these kernels before the variable was set.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from triton import knobs
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-_compiled: dict = {}
-_interpreted: dict = {}
+_rebuilt: dict = {}
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
@@ -28,31 +28,27 @@ def interpreter_enabled() -> bool:
 
 
 def kernel_for(op: str, kernel, device: torch.device):
-    """`kernel` in the form that runs on `device`: compiled on CUDA, interpreted on CPU."""
-    if device.type == "cuda":
-        if isinstance(kernel, JITFunction):
-            return kernel
-        if kernel.fn not in _compiled:
-            _compiled[kernel.fn] = JITFunction(kernel.fn)
-        return _compiled[kernel.fn]
-    if device.type == "cpu":
-        if not interpreter_enabled():
-            raise RuntimeError(
-                f"{op}: the tensors are on cpu, where Triton kernels run only under its "
-                "interpreter; set TRITON_INTERPRET=1 in the environment (tests do this in "
-                "tests/kernels/conftest.py), or use lora_delta(..., backend='torch'), "
-                "which is the fast path on CPU"
-            )
-        if isinstance(kernel, InterpretedFunction):
-            return kernel
-        if kernel.fn not in _interpreted:
-            _interpreted[kernel.fn] = InterpretedFunction(kernel.fn)
-        return _interpreted[kernel.fn]
-    raise ValueError(
-        f"{op}: tensors on device {device} are not supported; the Triton kernels run on CUDA "
-        "(or on CPU under TRITON_INTERPRET=1); move the tensors with .cuda() or use "
-        "lora_delta(..., backend='torch')"
-    )
+    """`kernel` as it must run now: interpreted under TRITON_INTERPRET=1 (on CPU, or on CUDA
+    through host copies, as Triton itself does), else compiled for CUDA."""
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"{op}: tensors on device {device} are not supported; the Triton kernels run on "
+            "CUDA (or on CPU under TRITON_INTERPRET=1); move them with .cuda(), or use "
+            "lora_delta(..., backend='torch')"
+        )
+    form = InterpretedFunction if interpreter_enabled() else JITFunction
+    if form is JITFunction and device.type == "cpu":
+        raise RuntimeError(
+            f"{op}: the tensors are on cpu, where Triton kernels run only under its "
+            "interpreter; set TRITON_INTERPRET=1 in the environment (tests/kernels/conftest.py "
+            "does), or use lora_delta(..., backend='torch'), the fast path on CPU"
+        )
+    if isinstance(kernel, form):
+        return kernel
+    key = (form, kernel.fn)
+    if key not in _rebuilt:
+        _rebuilt[key] = form(kernel.fn)
+    return _rebuilt[key]
 
 
 def block(n: int, lo: int = 16, hi: int = 64) -> int:
@@ -60,11 +56,11 @@ def block(n: int, lo: int = 16, hi: int = 64) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
 
 
-def dot_dtype(a: torch.dtype, b: torch.dtype, device: torch.device):
+def dot_dtype(a: torch.dtype, b: torch.dtype):
     """Operand dtype of tl.dot: the shared 16-bit dtype, else fp32 (computed as IEEE fp32).
 
     Under the interpreter always fp32: its numpy dot multiplies bf16 tiles as raw integers.
     """
-    if a == b and a != torch.float32 and device.type == "cuda":
+    if a == b and a != torch.float32 and not interpreter_enabled():
         return _TL_DTYPES[a]
     return tl.float32

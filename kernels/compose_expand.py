@@ -1,4 +1,4 @@
-"""compose_expand: y[b] += h[b] · (Σₖ w[c,k] · B[idx[c,k]])ᵀ with c = row_cand[b] (lorahub rule).
+"""compose_expand: y[b] += h[b] · (Σₖ w[c,k] B[idx[c,k]])ᵀ, c = row_cand[b] (lorahub rule).
 
 h [B, T, r], lora_b [N, d_out, r], module_idx [C, K] int64, weights [C, K] fp32,
 row_cand [B] int64, y [B, T, d_out]  ->  y, updated in place.
@@ -32,7 +32,7 @@ def _compose_expand_kernel(
     mask_t = offs_t < T
     mask_o = offs_o < D_OUT
     cand = tl.load(cand_ptr + row * s_cb)
-    acc = tl.zeros((BLOCK_T, BLOCK_O), dtype=tl.float32)
+    acc = tl.full((BLOCK_T, BLOCK_O), 0.0, tl.float32)
     for r0 in range(0, R, BLOCK_R):
         r = r0 + offs_r
         mask_r = r < R  # pads small ranks up to tl.dot's minimum of 16
@@ -41,7 +41,7 @@ def _compose_expand_kernel(
             mask=mask_t[:, None] & mask_r[None, :], other=0.0,
         )
         # B_c tile, transposed to [BLOCK_R, BLOCK_O]: composed in registers, never stored.
-        b_c = tl.zeros((BLOCK_R, BLOCK_O), dtype=tl.float32)
+        b_c = tl.full((BLOCK_R, BLOCK_O), 0.0, tl.float32)
         for k in range(K):
             n = tl.load(idx_ptr + cand * s_ic + k * s_ik)
             w = tl.load(w_ptr + cand * s_wc + k * s_wk)
@@ -83,7 +83,7 @@ def compose_expand(h, lora_b, module_idx, weights, row_cand, y, *, check_indices
         *h.stride(), *lora_b.stride(), *module_idx.stride(), *weights.stride(),
         row_cand.stride(0), *y.stride(),
         BLOCK_T=bt, BLOCK_O=bo, BLOCK_R=block(r),
-        DOT_DTYPE=dot_dtype(h.dtype, lora_b.dtype, h.device),
+        DOT_DTYPE=dot_dtype(lora_b.dtype, lora_b.dtype),  # h (fp32) rounds to 16-bit factors
     )
     return y
 

@@ -1,4 +1,4 @@
-"""compose_shrink: h[b] = x[b] · (Σₖ w[c,k] · A[idx[c,k]])ᵀ with c = row_cand[b] (lorahub rule).
+"""compose_shrink: h[b] = x[b] · (Σₖ w[c,k] A[idx[c,k]])ᵀ, c = row_cand[b] (lorahub rule).
 
 x [B, T, d_in], lora_a [N, r, d_in], module_idx [C, K] int64, weights [C, K] fp32,
 row_cand [B] int64  ->  h [B, T, r] fp32.
@@ -32,7 +32,7 @@ def _compose_shrink_kernel(
     mask_t = offs_t < T
     mask_r = offs_r < R  # also pads small ranks up to tl.dot's minimum of 16
     cand = tl.load(cand_ptr + row * s_cb)
-    acc = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
+    acc = tl.full((BLOCK_T, BLOCK_R), 0.0, tl.float32)
     for d0 in range(0, D_IN, BLOCK_D):
         d = d0 + offs_d
         mask_d = d < D_IN
@@ -41,7 +41,7 @@ def _compose_shrink_kernel(
             mask=mask_t[:, None] & mask_d[None, :], other=0.0,
         )
         # A_c tile, transposed to [BLOCK_D, BLOCK_R]: composed in registers, never stored.
-        a_c = tl.zeros((BLOCK_D, BLOCK_R), dtype=tl.float32)
+        a_c = tl.full((BLOCK_D, BLOCK_R), 0.0, tl.float32)
         for k in range(K):
             n = tl.load(idx_ptr + cand * s_ic + k * s_ik)
             w = tl.load(w_ptr + cand * s_wc + k * s_wk)
@@ -82,7 +82,7 @@ def compose_shrink(x, lora_a, module_idx, weights, row_cand, *, check_indices=Tr
         *x.stride(), *lora_a.stride(), *module_idx.stride(), *weights.stride(),
         row_cand.stride(0), *h.stride(),
         BLOCK_T=bt, BLOCK_R=br, BLOCK_D=block(d_in, 16, 64),
-        DOT_DTYPE=dot_dtype(x.dtype, lora_a.dtype, x.device),
+        DOT_DTYPE=dot_dtype(x.dtype, lora_a.dtype),
     )
     return h
 

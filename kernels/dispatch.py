@@ -6,7 +6,9 @@ delta[b] = x[b] · ΔW_cᵀ with c = row_cand[b], where
 computed as a rank-r (lorahub) or rank-K·r (linear) shrink then expand, never forming ΔW_c.
 
 Backends: "triton" runs the kernels (CUDA, or CPU under TRITON_INTERPRET=1 for tests);
-"torch" is the fast path on CPU (compose per candidate, gather per row, two bmm's);
+"torch" is the fast path on CPU: lorahub composes A_c, B_c per candidate (a [C, N] mixing
+matrix times the hub), gathers them per row and runs two bmm's; linear runs two plain GEMMs
+against the whole hub when it is small (N <= 2K), else bmm's against gathered stacks;
 "auto" picks triton for CUDA tensors and torch otherwise.
 """
 
@@ -78,13 +80,17 @@ def _choice(op: str, name: str, value, literal) -> None:
         raise ValueError(f"{op}: {name} must be one of {allowed}; got {value!r}")
 
 
+def _mixing(module_idx, weights, n_modules):
+    """mix [C, N] fp32, mix[c, n] = Σ_{k: idx[c,k] = n} w[c,k]: a K-way gather+sum as a matmul."""
+    mix = torch.zeros((module_idx.shape[0], n_modules), dtype=torch.float32, device=weights.device)
+    return mix.scatter_add_(1, module_idx, weights)
+
+
 def _lorahub_torch(x, lora_a, lora_b, module_idx, weights, row_cand):
     """Compose A_c [C, r, d_in] and B_c [C, d_out, r] once (one small matmul each), then bmm."""
     n, r, d_in = lora_a.shape
     c, d_out = module_idx.shape[0], lora_b.shape[1]
-    # mix[c, n] = Σ_{k: idx[c,k] = n} w[c,k]: turns the K-way gather+sum into a matmul.
-    mix = torch.zeros((c, n), dtype=torch.float32, device=x.device)
-    mix.scatter_add_(1, module_idx, weights)
+    mix = _mixing(module_idx, weights, n)
     a_c = (mix @ lora_a.reshape(n, -1).float()).view(c, r, d_in).to(x.dtype)
     b_c = (mix @ lora_b.reshape(n, -1).float()).view(c, d_out, r).to(x.dtype)
     h = torch.bmm(x, a_c[row_cand].transpose(1, 2))  # [B, T, r]
@@ -92,6 +98,24 @@ def _lorahub_torch(x, lora_a, lora_b, module_idx, weights, row_cand):
 
 
 def _linear_torch(x, lora_a, lora_b, module_idx, weights, row_cand):
+    """Small hub (N <= 2K): two plain GEMMs against the whole hub; else gathered stacks + bmm."""
+    n, k = lora_a.shape[0], module_idx.shape[1]
+    if n <= 2 * k:  # measured 2-3x faster than the bmm path on CPU even at N = 2K
+        return _linear_torch_hub(x, lora_a, lora_b, module_idx, weights, row_cand)
+    return _linear_torch_stacked(x, lora_a, lora_b, module_idx, weights, row_cand)
+
+
+def _linear_torch_hub(x, lora_a, lora_b, module_idx, weights, row_cand):
+    """Every row against all N modules: h = x·[A_1…A_N]ᵀ, scale block n by mix[c, n], expand."""
+    (n, r, d_in), (b, t, _), d_out = lora_a.shape, x.shape, lora_b.shape[1]
+    mix = _mixing(module_idx, weights, n)[row_cand].to(x.dtype)  # [B, N]
+    h = x.reshape(b * t, d_in) @ lora_a.reshape(n * r, d_in).to(x.dtype).T  # [B·T, N·r]
+    h = (h.view(b, t, n, r) * mix[:, None, :, None]).view(b * t, n * r)
+    b_cat = lora_b.permute(1, 0, 2).reshape(d_out, n * r).to(x.dtype)  # [d_out, N·r]
+    return (h @ b_cat.T).view(b, t, d_out)
+
+
+def _linear_torch_stacked(x, lora_a, lora_b, module_idx, weights, row_cand):
     """Gather weighted stacks [·, K·r, d_in] and [·, K·r, d_out], then bmm."""
     if x.shape[0] <= module_idx.shape[0]:  # few rows: gather per row directly
         module_idx, weights, row_cand = module_idx[row_cand], weights[row_cand], None

@@ -1,4 +1,4 @@
-"""stacked_expand: y[b] += Σₖ h[b, :, k·r:(k+1)·r] · B[idx[c,k]]ᵀ with c = row_cand[b] (linear rule).
+"""stacked_expand: y[b] += Σₖ h[b, :, k·r:(k+1)·r] · B[idx[c,k]]ᵀ, c = row_cand[b] (linear rule).
 
 h [B, T, K·r], lora_b [N, d_out, r], module_idx [C, K] int64, row_cand [B] int64,
 y [B, T, d_out]  ->  y, updated in place. The weights were applied by stacked_shrink.
@@ -25,15 +25,15 @@ def _stacked_expand_kernel(
     DOT_DTYPE: tl.constexpr,
 ):
     # One program: batch row `row`, a block of its tokens, a block of output columns; the
-    # reduction runs over the J = K·r rows of the concatenated [B_1 … B_K]ᵀ (j -> module j // r,
-    # rank j % r), so small ranks share a block instead of each padding to 16.
+    # reduction runs over the J = K·r rows of the concatenated [B_1 … B_K]ᵀ (j -> module
+    # j // r, rank j % r), so small ranks share a block instead of each padding to 16.
     row = tl.program_id(0).to(tl.int64)
     offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_o = tl.program_id(2) * BLOCK_O + tl.arange(0, BLOCK_O)
     mask_t = offs_t < T
     mask_o = offs_o < D_OUT
     cand = tl.load(cand_ptr + row * s_cb)
-    acc = tl.zeros((BLOCK_T, BLOCK_O), dtype=tl.float32)
+    acc = tl.full((BLOCK_T, BLOCK_O), 0.0, tl.float32)
     for j0 in range(0, J, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         mask_j = j < J
@@ -79,7 +79,7 @@ def stacked_expand(h, lora_b, module_idx, row_cand, y, *, check_indices=True):
         t, d_out, r, k * r,
         *h.stride(), *lora_b.stride(), *module_idx.stride(), row_cand.stride(0), *y.stride(),
         BLOCK_T=bt, BLOCK_O=bo, BLOCK_J=block(k * r),
-        DOT_DTYPE=dot_dtype(h.dtype, lora_b.dtype, h.device),
+        DOT_DTYPE=dot_dtype(lora_b.dtype, lora_b.dtype),  # h (fp32) rounds to 16-bit factors
     )
     return y
 

@@ -1,4 +1,4 @@
-"""stacked_shrink: h[b, :, k·r + i] = w[c,k] · x[b] · A[idx[c,k], i]ᵀ with c = row_cand[b] (linear rule).
+"""stacked_shrink: h[b, :, k·r + i] = w[c,k] · x[b] · A[idx[c,k], i]ᵀ, c = row_cand[b] (linear).
 
 x [B, T, d_in], lora_a [N, r, d_in], module_idx [C, K] int64, weights [C, K] fp32,
 row_cand [B] int64  ->  h [B, T, K·r] fp32.
@@ -38,7 +38,7 @@ def _stacked_shrink_kernel(
     n = tl.load(idx_ptr + cand * s_ic + kk * s_ik, mask=mask_j, other=0)  # [BLOCK_J]
     w = tl.load(w_ptr + cand * s_wc + kk * s_wk, mask=mask_j, other=0.0)
     a_rows = a_ptr + n * s_an + (offs_j % R) * s_ar  # row j of the gathered stack
-    acc = tl.zeros((BLOCK_T, BLOCK_J), dtype=tl.float32)
+    acc = tl.full((BLOCK_T, BLOCK_J), 0.0, tl.float32)
     for d0 in range(0, D_IN, BLOCK_D):
         d = d0 + offs_d
         mask_d = d < D_IN
@@ -81,7 +81,7 @@ def stacked_shrink(x, lora_a, module_idx, weights, row_cand, *, check_indices=Tr
         *x.stride(), *lora_a.stride(), *module_idx.stride(), *weights.stride(),
         row_cand.stride(0), *h.stride(),
         BLOCK_T=bt, BLOCK_J=bj, BLOCK_D=block(d_in),
-        DOT_DTYPE=dot_dtype(x.dtype, lora_a.dtype, x.device),
+        DOT_DTYPE=dot_dtype(x.dtype, lora_a.dtype),
     )
     return h
 
