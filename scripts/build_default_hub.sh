@@ -10,5 +10,5 @@ MODULES=${MODULES:-40}
   done ) &
 committer=$!
 trap 'kill $committer 2>/dev/null' EXIT
-.venv/bin/lorahub-serve hub build --model smollm2-135m --out "$HUB" --modules "$MODULES" --steps 40 --lr 1.5e-3 --max-length 160
+.venv/bin/lorahub-serve hub build --model smollm2-135m --out "$HUB" --modules "$MODULES" --steps 24 --lr 2e-3 --max-length 128
 git add "$HUB" && git commit -q -m "hub: default SmolLM2-135M hub ($(ls $HUB/modules | wc -l) modules)" -- "$HUB"
