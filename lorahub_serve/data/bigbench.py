@@ -110,7 +110,8 @@ def format_example(raw: dict, spec: dict, task: str, index: int, seed: int = 0) 
         rng.shuffle(options)
         best = max(options, key=lambda o: scores[o])
         if len(options) > len(LETTERS):
-            return None
+            # Too many options to letter (dyck_languages): answer with the option's text.
+            return Example(f"{task_prefix}{q_prefix}{text}\n{a_prefix}", f" {best}")
         # Options are always shown BBH-style and answered by letter, also where the file sets
         # append_choices_to_input=false: BBH shows them for every multiple-choice task, and a
         # letter answer makes exact match well defined.

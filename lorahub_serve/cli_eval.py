@@ -1,0 +1,45 @@
+"""`lorahub-serve eval --suite bbh`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    if "-" in text:
+        lo, hi = text.split("-")
+        return tuple(range(int(lo), int(hi) + 1))
+    return tuple(int(s) for s in text.split(","))
+
+
+def _cmd_eval(a) -> int:
+    from .data.bbh import BBH_TASKS
+    from .evaluation import EvalConfig, markdown_table, run_eval, summarise, write_report
+
+    cfg = EvalConfig(tasks=tuple(a.tasks or BBH_TASKS), seeds=_seeds(a.seeds), shots=a.shots,
+                     limit=a.limit, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt)
+    rows = run_eval(a.model, a.hub, cfg)
+    command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    paths = write_report(rows, Path(a.out), a.name, command)
+    print(markdown_table(summarise(rows)))
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="compare zero-shot, ICL, LoraHub and single modules on BBH")
+    p.add_argument("--suite", choices=["bbh"], default="bbh")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--hub", required=True)
+    p.add_argument("--tasks", nargs="*", default=None, help="BBH tasks (default: all 24 JSON ones)")
+    p.add_argument("--seeds", default="1-3", help="e.g. 1-5 or 1,3")
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--limit", type=int, default=50, help="evaluation examples per task")
+    p.add_argument("--budget", type=int, default=40)
+    p.add_argument("--modules", type=int, default=None, help="K (default min(20, hub size))")
+    p.add_argument("--no-ngopt", action="store_true", help="skip the NGOpt comparison")
+    p.add_argument("--out", default="bench/results")
+    p.add_argument("--name", default="bbh_smollm2")
+    p.set_defaults(func=_cmd_eval)

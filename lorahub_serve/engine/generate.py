@@ -1,0 +1,50 @@
+"""Greedy generation with many compositions in one batch (evaluation without a server).
+
+Each prompt row names its candidate; the attached multi-candidate LoRA layers apply that
+candidate's composition, so zero-shot (all-zero weights), LoraHub and single-module answers
+for many examples come out of the same batched `generate` calls.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .evaluator import Evaluator
+
+
+@torch.inference_mode()
+def generate(ev: Evaluator, prompts: Sequence[str], cands: Sequence[int], module_idx: np.ndarray,
+             weights: np.ndarray, max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
+    """Greedy continuation of each prompt under composition `cands[i]` of (module_idx, weights).
+
+    module_idx, weights: [C, K]; cands: [len(prompts)] in [0, C). Returns decoded texts
+    (special tokens dropped, cut at EOS).
+    """
+    tok, model = ev.tokenizer, ev.model
+    routing = ev.handle.routing
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))  # similar lengths together
+    out: list[str] = [""] * len(prompts)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    routing.module_idx = torch.as_tensor(np.asarray(module_idx, dtype=np.int64), device=ev.device)
+    routing.weights = torch.as_tensor(np.asarray(weights, dtype=np.float32), device=ev.device)
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(len(enc[i]) for i in rows)
+            ids = torch.tensor([[pad] * (width - len(enc[i])) + enc[i] for i in rows])  # left pad
+            mask = torch.tensor([[0] * (width - len(enc[i])) + [1] * len(enc[i]) for i in rows])
+            routing.row_cand = torch.tensor([cands[i] for i in rows], device=ev.device)
+            gen = model.generate(input_ids=ids.to(ev.device), attention_mask=mask.to(ev.device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                 eos_token_id=tok.eos_token_id)
+            for i, row in zip(rows, gen[:, width:].tolist()):
+                if tok.eos_token_id in row:
+                    row = row[: row.index(tok.eos_token_id)]
+                out[i] = tok.decode(row, skip_special_tokens=True)
+    finally:
+        routing.row_cand = routing.module_idx = routing.weights = None
+    return out

@@ -1,0 +1,184 @@
+"""`lorahub-serve eval --suite bbh`: what composition buys on held-out Big-Bench Hard tasks.
+
+Per task and seed, with the same few-shot examples for every method:
+- zero-shot: the base model;
+- ICL: the few-shot examples in the prompt;
+- LoraHub: the search (population CMA-ES by default) over K hub modules, then greedy answers;
+- best single module: the hub module with the lowest few-shot loss (one batched evaluation);
+- NGOpt: the reference's sequential optimiser at the same budget.
+Accuracy is exact match after the reference's normalisation. The evaluation set is fixed per
+task (split seed 0); the few-shot examples and the module selection change with the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import bigbench
+from .data.bbh import BBH_TASKS
+from .engine.adapt import Engine
+from .engine.generate import generate
+from .engine.search import SearchConfig
+
+METHODS = ("zero_shot", "icl", "lorahub", "lorahub_ngopt", "best_single")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...] = (1, 2, 3)
+    shots: int = 5
+    limit: int = 50
+    budget: int = 40
+    modules: int | None = None  # K; default min(20, hub size)
+    ngopt: bool = True
+
+    def __post_init__(self):
+        unknown = [t for t in self.tasks if t not in BBH_TASKS]
+        if unknown:
+            raise ValueError(f"not BBH tasks: {unknown}; choose from {', '.join(BBH_TASKS)}")
+
+
+def accuracy(preds: list[str], golds: list[str]) -> float:
+    norm = bigbench.normalize_answer
+    return 100.0 * sum(norm(p) == norm(g) for p, g in zip(preds, golds)) / max(len(golds), 1)
+
+
+def icl_prompt(shots, example) -> str:
+    return "\n\n".join(f"{s.input}{s.output}" for s in shots) + "\n\n" + example.input
+
+
+def eval_task_seed(engine: Engine, task: str, seed: int, cfg: EvalConfig, cache: dict) -> dict:
+    exs = bigbench.load_task(task)
+    shots, evalset = bigbench.split(exs, cfg.shots, cfg.limit, seed)
+    golds = [e.output for e in evalset]
+    max_new = max(len(engine.tokenizer(e.output)["input_ids"]) for e in shots) + 4
+    k = cfg.modules or min(20, len(engine.hub_modules))
+    key = f"{task}@{seed}"
+    t0 = time.perf_counter()
+    res = engine.adapt(shots, task=key, modules=k, config=SearchConfig(budget=cfg.budget, seed=seed),
+                       progress=False)
+    idx = engine.module_indices(k, seed)
+    t_search = time.perf_counter() - t0
+    ng_res = (engine.adapt(shots, task=key, modules=k, progress=False,
+                           config=SearchConfig(budget=cfg.budget, seed=seed, optimizer="ngopt"))
+              if cfg.ngopt else None)
+    # Best single module: one-hot candidates, scored in one batched evaluation.
+    single_losses = engine.evaluator.losses([key] * k, np.tile(idx, (k, 1)), np.eye(k, dtype=np.float32))
+    best_single = int(np.argmin(single_losses))
+    cand_w = [np.zeros(k), res.weights, np.eye(k)[best_single]]
+    names = ["zero_shot", "lorahub", "best_single"]
+    if ng_res is not None:
+        cand_w.append(ng_res.weights)
+        names.append("lorahub_ngopt")
+    weights = np.stack(cand_w).astype(np.float32)
+    module_idx = np.tile(idx, (len(weights), 1))
+    prompts, cands = [], []
+    for c, name in enumerate(names):
+        if name == "zero_shot" and task in cache:  # same evaluation set for every seed
+            continue
+        prompts += [e.input for e in evalset]
+        cands += [c] * len(evalset)
+    prompts += [icl_prompt(shots, e) for e in evalset]
+    cands += [0] * len(evalset)  # ICL runs on the base model (zero weights)
+    preds = generate(engine.evaluator, prompts, cands, module_idx, weights, max_new_tokens=max_new)
+    out, pos = {}, 0
+    for name in names + ["icl"]:
+        if name == "zero_shot" and task in cache:
+            out[name] = cache[task]
+            continue
+        out[name] = accuracy(preds[pos:pos + len(evalset)], golds)
+        pos += len(evalset)
+    cache.setdefault(task, out["zero_shot"])
+    n_tok = statistics.mean(len(engine.tokenizer(e.input)["input_ids"]) for e in evalset)
+    n_tok_icl = statistics.mean(len(engine.tokenizer(icl_prompt(shots, e))["input_ids"]) for e in evalset)
+    return {"task": task, "seed": seed, **out, "best_single_module": engine.hub_modules[idx[best_single]].name,
+            "lorahub_loss": res.best_loss, "ngopt_loss": ng_res.best_loss if ng_res else None,
+            "optimizer": res.optimizer, "ngopt_optimizer": ng_res.optimizer if ng_res else None,
+            "search_seconds": round(t_search, 1), "evals_per_second": round(res.evals_per_second, 2),
+            "input_tokens": round(n_tok, 1), "input_tokens_icl": round(n_tok_icl, 1),
+            "n_eval": len(evalset)}
+
+
+def run_eval(model: str, hub: str, cfg: EvalConfig, progress: bool = True) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    engine = Engine(model, hub)
+    rows, cache = [], {}
+    jobs = [(t, s) for t in cfg.tasks for s in cfg.seeds]
+    bar = tqdm(jobs, desc="bbh eval", unit="task-seed", disable=not progress)
+    try:
+        for task, seed in bar:
+            bar.set_postfix(task=task[:24], seed=seed)
+            rows.append(eval_task_seed(engine, task, seed, cfg, cache))
+    finally:
+        engine.close()
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One line per task: chance, method means over seeds, LoraHub best seed, token counts."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        rs = [r for r in rows if r["task"] == task]
+        info = bigbench.task_info(task)
+        line = {"task": task, "chance": round(100 * info.chance, 1), "seeds": len(rs)}
+        for m in METHODS:
+            vals = [r[m] for r in rs if r.get(m) is not None]
+            line[m] = round(statistics.mean(vals), 1) if vals else None
+        line["lorahub_best"] = max(r["lorahub"] for r in rs)
+        line["input_tokens"] = rs[0]["input_tokens"]
+        line["input_tokens_icl"] = round(statistics.mean(r["input_tokens_icl"] for r in rs), 1)
+        out.append(line)
+    return out
+
+
+def markdown_table(summary: list[dict]) -> str:
+    cols = ["task", "chance", "zero_shot", "icl", "lorahub", "lorahub_best", "lorahub_ngopt",
+            "best_single", "input_tokens", "input_tokens_icl"]
+    head = ["task", "chance", "zero-shot", "5-shot ICL", "LoraHub avg", "LoraHub best",
+            "LoraHub (NGOpt)", "best single module", "tokens/ex", "tokens/ex ICL"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        lines.append("| " + " | ".join("-" if s.get(c) is None else str(s[c]) for c in cols) + " |")
+    avg = {c: round(statistics.mean(s[c] for s in summary if s.get(c) is not None), 1)
+           for c in cols[1:] if any(s.get(c) is not None for s in summary)}
+    lines.append("| **average** | " + " | ".join(str(avg.get(c, "-")) for c in cols[1:]) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in ("zero_shot", "icl", "lorahub", "lorahub_ngopt", "best_single")
+               if any(s.get(m) is not None for s in summary)]
+    x = np.arange(len(summary))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(summary)), 4.5))
+    for i, m in enumerate(methods):
+        ax.bar(x + i * width, [s.get(m) or 0 for s in summary], width, label=m)
+    ax.scatter(x + 0.4 - width / 2, [s["chance"] for s in summary], marker="_", s=400, c="k", label="chance")
+    ax.set_xticks(x + 0.4 - width / 2, [s["task"].replace("/", "\n") for s in summary], fontsize=7)
+    ax.set_ylabel("exact match (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_report(rows: list[dict], out_dir: Path, name: str, command: str) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise(rows)
+    paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "png": out_dir / f"{name}.png"}
+    paths["json"].write_text(json.dumps({"command": command, "rows": rows, "summary": summary}, indent=2))
+    plot(summary, paths["png"])
+    paths["md"].write_text(f"# {name}\n\nCommand: `{command}`\n\n{markdown_table(summary)}\n")
+    return paths

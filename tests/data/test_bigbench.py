@@ -1,0 +1,79 @@
+"""BIG-bench read from the PyPI sdist: task list, BBH families, formatting, option order, splits."""
+
+import collections
+
+import pytest
+
+from lorahub_serve.data import BBH_TASKS, bigbench, is_bbh, refuse_bbh
+
+EXPECTED_COUNTS = {"penguins_in_a_table": 149, "causal_judgment": 190,
+                   "logical_deduction/three_objects": 300, "word_sorting": 1900}
+
+
+def test_lists_at_least_150_tasks():
+    tasks = bigbench.list_tasks()
+    assert len(tasks) >= 150
+    assert "navigate" in tasks and "logical_deduction/three_objects" in tasks
+
+
+@pytest.mark.parametrize("task", BBH_TASKS)
+def test_every_bbh_task_loads_all_its_examples(task):
+    raw = bigbench.read_task_json(task)["examples"]
+    exs = bigbench.load_task(task)
+    assert len(exs) == len(raw) > 0
+    if task in EXPECTED_COUNTS:
+        assert len(exs) == EXPECTED_COUNTS[task]
+
+
+def test_multiple_choice_format_shows_lettered_options():
+    ex = bigbench.load_task("navigate")[0]
+    raw = bigbench.read_task_json("navigate")["examples"][0]
+    assert "\nQ: " in ex.input and ex.input.endswith("\nA:")  # task prefix, then the question
+    assert "\nOptions:\n(A) " in ex.input and "(B) " in ex.input
+    letter = ex.output.strip()[1]
+    shown = {line[1]: line[4:] for line in ex.input.splitlines() if line[:1] == "(" and line[2:4] == ") "}
+    assert raw["target_scores"][shown[letter]] == max(raw["target_scores"].values())
+
+
+def test_generative_format_uses_target_and_task_prefix():
+    ex = bigbench.load_task("word_sorting")[0]
+    raw = bigbench.read_task_json("word_sorting")["examples"][0]
+    assert ex.output == " " + raw["target"].strip() if isinstance(raw["target"], str) else raw["target"][0]
+    assert "Options:" not in ex.input
+
+
+@pytest.mark.parametrize("task", ["date_understanding", "temporal_sequences"])
+def test_correct_option_position_is_spread(task):
+    """The files list the right answer first; shown order must not leak it."""
+    exs = bigbench.load_task(task)
+    counts = collections.Counter(e.output for e in exs)
+    n_opts = bigbench.task_info(task).n_options
+    assert len(counts) == n_opts
+    assert max(counts.values()) / len(exs) < 1.5 / n_opts  # roughly uniform, far from 99%
+
+
+def test_option_order_is_seeded():
+    a, b, c = (bigbench.load_task("navigate", seed=s)[:20] for s in (0, 0, 1))
+    assert a == b and a != c
+
+
+def test_split_is_deterministic_and_disjoint():
+    exs = bigbench.load_task("navigate")
+    shots1, ev1 = bigbench.split(exs, 5, 50, seed=1)
+    shots1b, ev1b = bigbench.split(exs, 5, 50, seed=1)
+    shots2, ev2 = bigbench.split(exs, 5, 50, seed=2)
+    assert (shots1, ev1) == (shots1b, ev1b)
+    assert ev1 == ev2 and shots1 != shots2  # fixed evaluation set, seeded few-shot draw
+    assert len(ev1) == 50 and not set(map(id, shots1)) & set(map(id, ev1))
+    assert not set(shots1) & set(ev1)
+
+
+def test_bbh_is_refused_for_training():
+    assert is_bbh("logical_deduction/five_objects") and not is_bbh("strategyqa")
+    with pytest.raises(ValueError, match="held-out Big-Bench Hard"):
+        refuse_bbh("navigate")
+
+
+def test_normalisation():
+    assert bigbench.normalize_answer(" (A). ") == "(a)"
+    assert bigbench.normalize_answer("Paris.") == "paris"
