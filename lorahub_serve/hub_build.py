@@ -119,7 +119,7 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
         try:
             stats = train_lora(
                 net, tok, exs, out, cfg,
-                progress=lambda s, n, loss: bar.set_postfix(task=task[:24], step=f"{s}/{n}", loss=f"{loss:.3f}"),
+                progress=lambda s, n, loss, task=task: bar.set_postfix(task=task[:24], step=f"{s}/{n}", loss=f"{loss:.3f}"),
             )
         except ValueError as e:
             log(f"[hub] skipped {task}: {e}")

@@ -1,9 +1,15 @@
 """Few-shot examples (JSONL / lists) and BIG-bench tasks read from the PyPI sdist."""
 
 from .bbh import BBH_TASKS, is_bbh, refuse_bbh
-from .examples import Example, ExampleError, load_examples, load_jsonl, from_records
+from .examples import Example, ExampleError, from_records, load_examples, load_jsonl
 
 __all__ = [
-    "BBH_TASKS", "is_bbh", "refuse_bbh", "Example", "ExampleError", "load_examples", "load_jsonl",
+    "BBH_TASKS",
+    "Example",
+    "ExampleError",
     "from_records",
+    "is_bbh",
+    "load_examples",
+    "load_jsonl",
+    "refuse_bbh",
 ]

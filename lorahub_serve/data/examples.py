@@ -6,9 +6,10 @@ Bad input raises `ExampleError` naming the file, the line and the problem.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 
 class ExampleError(ValueError):
@@ -79,5 +80,4 @@ def load_examples(src: str | Path | Sequence[Any]) -> list[Example]:
 
 def write_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for ex in examples:
-            f.write(json.dumps({"input": ex.input, "output": ex.output}) + "\n")
+        f.writelines(json.dumps({"input": ex.input, "output": ex.output}) + "\n" for ex in examples)

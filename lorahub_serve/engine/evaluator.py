@@ -10,8 +10,8 @@ and need no padding, and groups are packed into micro-batches under a token budg
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -7,7 +7,7 @@ for many examples come out of the same batched `generate` calls.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

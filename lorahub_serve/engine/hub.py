@@ -149,7 +149,7 @@ class HubStack:
     def layers(self) -> list[str]:
         return sorted(self.lora_a)
 
-    def to(self, device) -> "HubStack":
+    def to(self, device) -> HubStack:
         self.lora_a = {k: v.to(device) for k, v in self.lora_a.items()}
         self.lora_b = {k: v.to(device) for k, v in self.lora_b.items()}
         return self

@@ -13,8 +13,9 @@ it knows nothing of models, kernels or clusters. Objective = loss + l1 · mean|w
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
