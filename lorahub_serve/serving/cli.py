@@ -1,0 +1,63 @@
+"""`lorahub-serve serve`: the sub-command (found by `lorahub_serve.cli` through `register`).
+
+Importing this module does not import vLLM; `serve` does, when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve the base model and every adapter of a store with vLLM (OpenAI API)",
+        description="Start vLLM's OpenAI-compatible server for --model with LoRA enabled. Every "
+        "adapter in --store is served under its folder name, including ones written after start. "
+        "Arguments after `--` go to vLLM unchanged (e.g. `-- --max-model-len 2048`).")
+    p.add_argument("--model", required=True, help="registry name (e.g. smollm2-135m) or HF folder")
+    p.add_argument("--store", required=True, type=Path, help="adapter store folder (STORE/NAME/)")
+    p.add_argument("--hub", type=Path, default=None,
+                   help="hub folder for POST /v1/adapters (adaptation is off without it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route")
+    p.add_argument("--max-loras", type=int, default=4, help="adapters in one batch (default 4)")
+    p.add_argument("--max-lora-rank", type=int, default=16,
+                   help="largest adapter rank served (1, 8, 16, 32, 64, ...; default 16)")
+    p.add_argument("--adapt-timeout", type=float, default=3600.0,
+                   help="seconds before an adaptation job is stopped (default 3600)")
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER,
+                   help="`-- ARGS...`: passed to vLLM's server unchanged")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(a) -> int:
+    from .server import ServeConfig, serve
+
+    extra = list(a.vllm_args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    elif extra:
+        print(f"lorahub-serve serve: unrecognized arguments {extra}; put vLLM's after `--`",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = ServeConfig(model=a.model, store=a.store, hub=a.hub, host=a.host, port=a.port,
+                          api_key=a.api_key, max_loras=a.max_loras, max_lora_rank=a.max_lora_rank,
+                          adapt_timeout_s=a.adapt_timeout, vllm_args=tuple(extra))
+    except ValueError as e:
+        print(f"lorahub-serve serve: {e}", file=sys.stderr)
+        return 2
+    from ..models import ModelNotFoundError
+
+    try:
+        return serve(cfg)
+    except (ModelNotFoundError, FileNotFoundError) as e:
+        print(f"lorahub-serve serve: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # typically: the port is taken
+        print(f"lorahub-serve serve: cannot serve on {cfg.url}: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,46 @@
+"""Adapter names and where they live: the only way a request's text becomes a path.
+
+A name is 1-64 characters of letters, digits, `.`, `_` and `-`, not starting with `.` (so it can
+never be `.`, `..`, a hidden folder such as the store's `.jobs/`, or contain a `/`). Its folder
+is `store / name`, and the resolved folder (symlinks followed) must still lie inside the store.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+MAX_NAME_LENGTH = 64
+_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}")
+
+
+class AdapterNameError(ValueError):
+    """A requested adapter name is not allowed; the message says why."""
+
+
+def check_name(name: object) -> str:
+    """Return `name` if it is a valid adapter name, else raise `AdapterNameError`."""
+    if not isinstance(name, str):
+        raise AdapterNameError(f"adapter name must be a string, got {type(name).__name__}")
+    if _NAME.fullmatch(name) is None:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise AdapterNameError(
+            f"invalid adapter name {shown!r}: use 1-{MAX_NAME_LENGTH} letters, digits, '.', '_' "
+            "or '-', not starting with '.'"
+        )
+    return name
+
+
+def adapter_dir(store: Path, name: str) -> Path:
+    """The folder of adapter `name` in `store`, refusing anything that would leave the store."""
+    check_name(name)
+    root = Path(store).resolve()
+    folder = (root / name).resolve()
+    if not folder.is_relative_to(root) or folder == root:
+        raise AdapterNameError(f"adapter {name!r} resolves outside the adapter store; refused")
+    return folder
+
+
+def inside(store: Path, path: Path) -> bool:
+    """Whether `path` (symlinks followed) lies inside `store`."""
+    return Path(path).resolve().is_relative_to(Path(store).resolve())
