@@ -87,7 +87,9 @@ def eval_task_seed(engine: Engine, task: str, seed: int, cfg: EvalConfig, cache:
         cands += [c] * len(evalset)
     prompts += [icl_prompt(shots, e) for e in evalset]
     cands += [0] * len(evalset)  # ICL runs on the base model (zero weights)
+    t1 = time.perf_counter()
     preds = generate(engine.evaluator, prompts, cands, module_idx, weights, max_new_tokens=max_new)
+    t_generate = time.perf_counter() - t1
     out, pos = {}, 0
     for name in names + ["icl"]:
         if name == "zero_shot" and task in cache:
@@ -101,7 +103,8 @@ def eval_task_seed(engine: Engine, task: str, seed: int, cfg: EvalConfig, cache:
     return {"task": task, "seed": seed, **out, "best_single_module": engine.hub_modules[idx[best_single]].name,
             "lorahub_loss": res.best_loss, "ngopt_loss": ng_res.best_loss if ng_res else None,
             "optimizer": res.optimizer, "ngopt_optimizer": ng_res.optimizer if ng_res else None,
-            "search_seconds": round(t_search, 1), "evals_per_second": round(res.evals_per_second, 2),
+            "search_seconds": round(t_search, 1), "generate_seconds": round(t_generate, 1),
+            "total_seconds": round(time.perf_counter() - t0, 1), "evals_per_second": round(res.evals_per_second, 2),
             "input_tokens": round(n_tok, 1), "input_tokens_icl": round(n_tok_icl, 1),
             "n_eval": len(evalset)}
 

@@ -117,3 +117,29 @@ def random_hub(base_model, hub_dir: Path, n: int = 4, ranks=(4,), target_modules
     write_json_atomic(hub_dir / "hub.json", {"format": HUB_FORMAT, "base_model": base_name,
                                              "modules": modules})
     return hub_dir
+
+
+def reference_loss(model, tokenizer, examples) -> float:
+    """HF's own loss (token mean over the outputs) for `examples` in one padded batch: the oracle
+    that the engine's batched losses are checked against."""
+    from .data.examples import from_records
+    from .prompting import encode_example, encode_seq2seq
+
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    enc = [(encode_seq2seq if seq2seq else encode_example)(tokenizer, e) for e in from_records(examples)]
+    pad = tokenizer.pad_token_id
+
+    def padded(rows, fill):
+        width = max(map(len, rows))
+        return torch.tensor([list(r) + [fill] * (width - len(r)) for r in rows])
+
+    if seq2seq:
+        ids = padded([e.prompt_ids for e in enc], pad)
+        mask = padded([[1] * len(e.prompt_ids) for e in enc], 0)
+        labels = padded([e.target_ids for e in enc], -100)
+    else:
+        ids = padded([e.prompt_ids + e.target_ids for e in enc], pad)
+        mask = padded([[1] * e.length for e in enc], 0)
+        labels = padded([[-100] * len(e.prompt_ids) + list(e.target_ids) for e in enc], -100)
+    with torch.inference_mode():
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()

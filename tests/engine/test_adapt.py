@@ -12,21 +12,7 @@ from lorahub_serve import adapt
 from lorahub_serve.data import ExampleError, from_records
 from lorahub_serve.engine.hub import HubError
 from lorahub_serve.models import load_base
-from lorahub_serve.prompting import encode_example
-
-
-def _peft_loss(model, tok, examples):
-    enc = [encode_example(tok, e) for e in from_records(examples)]
-    seqs = [list(e.prompt_ids) + list(e.target_ids) for e in enc]
-    w = max(map(len, seqs))
-    ids = torch.tensor([s + [tok.pad_token_id] * (w - len(s)) for s in seqs])
-    mask = (ids != -1).long()
-    for i, s in enumerate(seqs):
-        mask[i, len(s):] = 0
-    labels = torch.tensor([[-100] * len(e.prompt_ids) + list(e.target_ids) + [-100] * (w - len(s))
-                           for e, s in zip(enc, seqs)])
-    with torch.inference_mode():
-        return model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+from lorahub_serve.testing import reference_loss
 
 
 @pytest.mark.parametrize("rule", ["lorahub", "linear"])
@@ -40,7 +26,7 @@ def test_exported_adapter_reproduces_best_loss(tiny_llama_dir, tiny_llama_hub, f
     assert min(meta["loss_history"]) == pytest.approx(res.best_objective)
     base, tok = load_base(tiny_llama_dir)
     peft = PeftModel.from_pretrained(base, out).eval()
-    assert _peft_loss(peft, tok, few_shot) == pytest.approx(res.best_loss, abs=1e-4)
+    assert reference_loss(peft, tok, few_shot) == pytest.approx(res.best_loss, abs=1e-4)
 
 
 def test_same_seed_same_weights(tiny_llama_dir, tiny_llama_hub, few_shot):
@@ -61,7 +47,7 @@ def test_bad_inputs_get_clear_errors(tiny_llama_dir, tiny_llama_hub, tiny_t5_hub
     out = tmp_path / "keep"
     out.mkdir()
     (out / "precious.txt").write_text("data")
-    kw = dict(out=out, progress=False)
+    kw = {"out": out, "progress": False}
     with pytest.raises(ValueError, match="budget"):
         adapt(tiny_llama_dir, tiny_llama_hub, few_shot, budget=0, **kw)
     with pytest.raises(HubError, match="larger than the hub"):

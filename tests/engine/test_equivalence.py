@@ -15,33 +15,13 @@ from lorahub_serve.data import from_records
 from lorahub_serve.engine.evaluator import Evaluator
 from lorahub_serve.engine.hub import read_manifest, stack_modules
 from lorahub_serve.models import load_base
-from lorahub_serve.prompting import encode_example, encode_seq2seq
+from lorahub_serve.testing import reference_loss
 
 TOL = 1e-4
 
 
 def _weights(c, k, seed=0):
     return np.random.default_rng(seed).uniform(-1.5, 1.5, size=(c, k)).astype(np.float32)
-
-
-def _peft_loss(model, tok, examples, seq2seq):
-    """HF's own loss over all examples in one padded batch: token mean over the outputs."""
-    enc = [(encode_seq2seq if seq2seq else encode_example)(tok, e) for e in examples]
-    pad = tok.pad_token_id
-    if seq2seq:
-        w_in, w_out = max(len(e.prompt_ids) for e in enc), max(len(e.target_ids) for e in enc)
-        ids = torch.tensor([list(e.prompt_ids) + [pad] * (w_in - len(e.prompt_ids)) for e in enc])
-        mask = (torch.arange(w_in)[None] < torch.tensor([len(e.prompt_ids) for e in enc])[:, None]).long()
-        labels = torch.tensor([list(e.target_ids) + [-100] * (w_out - len(e.target_ids)) for e in enc])
-    else:
-        seqs = [list(e.prompt_ids) + list(e.target_ids) for e in enc]
-        w = max(map(len, seqs))
-        ids = torch.tensor([s + [pad] * (w - len(s)) for s in seqs])
-        mask = (torch.arange(w)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()
-        labels = torch.tensor([[-100] * len(e.prompt_ids) + list(e.target_ids) + [-100] * (w - len(s))
-                               for e, s in zip(enc, seqs)])
-    with torch.inference_mode():
-        return model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
 
 
 def _lorahub_state_dict(folders, weights, scalings):
@@ -70,7 +50,7 @@ def setup(request, tiny_llama_dir, tiny_llama_hub, tiny_t5_dir, tiny_t5_hub):
 
 @pytest.mark.parametrize("rule", ["lorahub", "linear"])
 def test_batched_losses_match_peft(setup, rule, few_shot):
-    seq2seq, folder, hub = setup
+    _, folder, hub = setup
     examples = from_records(few_shot)
     modules = read_manifest(hub)
     model, tok = load_base(folder)
@@ -84,7 +64,7 @@ def test_batched_losses_match_peft(setup, rule, few_shot):
     ours = ev.losses(["t"] * 6, module_idx, weights)
     ev.close()
 
-    base_loss = _peft_loss(load_base(folder)[0], tok, examples, seq2seq)
+    base_loss = reference_loss(load_base(folder)[0], tok, examples)
     assert abs(ours[0] - base_loss) < TOL
     for c in range(1, 6):
         base, _ = load_base(folder)
@@ -101,6 +81,6 @@ def test_batched_losses_match_peft(setup, rule, few_shot):
             peft.add_weighted_adapter([f"m{i}" for i in range(k)], [float(w) for w in weights[c]],
                                       adapter_name="mix", combination_type="cat")
             peft.set_adapter("mix")
-        theirs = _peft_loss(peft.eval(), tok, examples, seq2seq)
+        theirs = reference_loss(peft.eval(), tok, examples)
         assert abs(ours[c] - theirs) < TOL, f"candidate {c}: engine {ours[c]:.6f} vs PEFT {theirs:.6f}"
         assert abs(theirs - base_loss) > 1e-3, "the composition must change the loss (test would be vacuous)"

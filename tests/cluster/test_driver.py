@@ -1,0 +1,110 @@
+"""run_adapt_batch in this process (actors=0, no Ray): results, store, resume, bad tasks, CLI."""
+
+import json
+
+import pytest
+from _cluster_common import (
+    CONFIG,
+    TASKS,
+    TOO_LONG,
+    assert_same_results,
+    assert_store_like_reference,
+    task_pairs,
+)
+from lorahub_serve.cluster import run_adapt_batch
+
+from lorahub_serve.cli import main
+
+
+class Crash(Exception):
+    """Stands in for the driver dying."""
+
+
+def _run(model, hub, store, tasks=None, **kw):
+    kw.setdefault("config", CONFIG)
+    return run_adapt_batch(str(model), hub, tasks or task_pairs(), store, actors=0,
+                           progress=False, **kw)
+
+
+def test_equals_single_process_adapt(tiny_llama_dir, tiny_llama_hub, reference, tmp_path):
+    report = _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "store", max_batch=5)
+    assert report["done"] == 4 and report["failed"] == 0
+    assert report["evaluations"] == 4 * CONFIG.budget
+    assert_same_results(report["results"], reference)
+    assert_store_like_reference(tmp_path / "store", reference)
+    saved = json.loads((tmp_path / "store" / ".jobs").glob("*/report.json").__next__().read_text())
+    assert saved["tasks"]["alpha"]["status"] == "done" and "results" not in saved
+
+
+def test_resume_after_a_crash_redoes_nothing(tiny_llama_dir, tiny_llama_hub, reference, tmp_path):
+    store = tmp_path / "store"
+    done = []
+
+    def crash_after_two(event, data):
+        if event == "task_done":
+            done.append(data["task"])
+            if len(done) == 2:
+                raise Crash
+
+    # max_batch 8 = one generation: tasks run in turn, so two finish while two are mid-search
+    with pytest.raises(Crash):
+        _run(tiny_llama_dir, tiny_llama_hub, store, max_batch=8, callback=crash_after_two)
+    mtimes = {n: (store / n / "lorahub.json").stat().st_mtime_ns for n in done}
+    assert not (store / "gamma").exists()
+
+    events = []
+    report = _run(tiny_llama_dir, tiny_llama_hub, store, callback=lambda e, d: events.append((e, d)))
+    first_gen = {}
+    for e, d in events:
+        if e == "generation":
+            first_gen.setdefault(d["task"], d["evaluations"])
+    assert set(first_gen) == set(TASKS) - set(done)  # finished tasks were not searched again
+    assert all(first_gen[n] > CONFIG.population(4) for n in first_gen)  # resumed mid-search
+    assert {n: (store / n / "lorahub.json").stat().st_mtime_ns for n in done} == mtimes
+    assert [report["tasks"][n]["status"] for n in done] == ["done-earlier"] * 2
+    assert report["done"] == 2 and report["evaluations"] < 2 * CONFIG.budget
+    assert_same_results(report["results"], reference, names=set(TASKS) - set(done))
+    assert_store_like_reference(store, reference)
+
+    again = _run(tiny_llama_dir, tiny_llama_hub, store)  # a third run has nothing to do
+    assert again["done-earlier"] == 4 and again["evaluations"] == 0
+
+
+def test_missing_output_is_exported_again_without_search(tiny_llama_dir, tiny_llama_hub, reference, tmp_path):
+    import shutil
+
+    store = tmp_path / "store"
+    _run(tiny_llama_dir, tiny_llama_hub, store, tasks=task_pairs(["beta"]))
+    shutil.rmtree(store / "beta")
+    report = _run(tiny_llama_dir, tiny_llama_hub, store, tasks=task_pairs(["beta"]))
+    assert report["tasks"]["beta"]["status"] == "done" and report["evaluations"] == 0
+    assert_store_like_reference(store, reference, names=["beta"])
+
+
+def test_bad_tasks_fail_alone(tiny_llama_dir, tiny_llama_hub, reference, tmp_path):
+    tasks = task_pairs(["alpha", "delta"]) + [("long", TOO_LONG), ("broken", [{"input": "q"}])]
+    report = _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "store", tasks=tasks)
+    assert report["done"] == 2 and report["failed"] == 2
+    assert "exceeds the model's context" in report["tasks"]["long"]["error"]
+    assert "missing field 'output'" in report["tasks"]["broken"]["error"]
+    assert not (tmp_path / "store" / "long").exists()
+    assert_same_results(report["results"], reference, names=["alpha", "delta"])
+
+
+def test_cli_adapt_batch(tiny_llama_dir, tiny_llama_hub, reference, tmp_path, capsys):
+    (tmp_path / "ex").mkdir()
+    (tmp_path / "ex" / "gamma.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TASKS["gamma"]))
+    lines = [{"name": "alpha", "examples": TASKS["alpha"]}, {"name": "gamma", "examples_path": "ex/gamma.jsonl"},
+             {"name": "bad", "examples_path": "ex/missing.jsonl"}]
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    args = ["adapt-batch", str(tasks), "--hub", str(tiny_llama_hub), "--out", str(tmp_path / "store"),
+            "--model", str(tiny_llama_dir), "--actors", "0", "--budget", str(CONFIG.budget),
+            "--seed", str(CONFIG.seed), "--no-progress"]
+    assert main(args) == 1  # one task failed
+    out = capsys.readouterr().out
+    assert "alpha\tdone" in out and "bad\tfailed" in out and "2 done" in out
+    assert_store_like_reference(tmp_path / "store", reference, names=["alpha", "gamma"])
+    tasks.write_text("{oops\n")
+    assert main(args) == 2
+    assert "tasks.jsonl:1: invalid JSON" in capsys.readouterr().err

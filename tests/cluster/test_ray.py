@@ -1,0 +1,139 @@
+"""adapt-batch on a real local Ray cluster (2 CPUs): equality, actor faults, driver kill, bad tasks."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _cluster_common import (
+    CONFIG,
+    TASKS,
+    TOO_LONG,
+    assert_same_results,
+    assert_store_like_reference,
+    task_pairs,
+)
+from lorahub_serve.cluster import run_adapt_batch
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """One local cluster for the module; run_adapt_batch uses it (and leaves it running)."""
+    ctx = ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ctx.address_info["address"]
+    ray.shutdown()
+
+
+def _run(model, hub, store, tasks=None, **kw):
+    kw.setdefault("config", CONFIG)
+    kw.setdefault("actors", 2)
+    return run_adapt_batch(str(model), hub, tasks or task_pairs(), store, progress=False, **kw)
+
+
+def test_distributed_equals_single_process(ray_address, tiny_llama_dir, tiny_llama_hub, reference, tmp_path):
+    pids = []
+    report = _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "store", max_batch=5,  # generations split
+                  callback=lambda e, d: pids.extend(d["pids"]) if e == "actors" else None)
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    assert report["done"] == 4 and report["actor_failures"] == 0
+    assert_same_results(report["results"], reference)
+    assert_store_like_reference(tmp_path / "store", reference)
+
+
+def test_killed_actor_job_completes_with_same_results(ray_address, tiny_llama_dir, tiny_llama_hub,
+                                                       reference, tmp_path):
+    names, killed = [], []
+
+    def kill_one(event, data):
+        if event == "actors":
+            names.extend(data["names"])
+        elif event == "generation" and not killed:
+            ray.kill(ray.get_actor(names[0]))  # gone for good (no restart): the pool replaces it
+            killed.append(names[0])
+
+    report = _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "store", max_batch=4, callback=kill_one)
+    assert killed and report["actor_failures"] >= 1
+    assert report["done"] == 4
+    assert_same_results(report["results"], reference)
+    assert_store_like_reference(tmp_path / "store", reference)
+
+
+def test_crashed_actor_process_is_restarted(ray_address, tiny_llama_dir, tiny_llama_hub, reference, tmp_path):
+    pids, killed = [], []
+
+    def crash_one(event, data):
+        if event == "actors":
+            pids.extend(data["pids"])
+        elif event == "generation" and not killed:
+            os.kill(pids[0], signal.SIGKILL)  # as the OOM killer would: Ray restarts the actor
+            killed.append(pids[0])
+
+    report = _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "store", max_batch=4, callback=crash_one)
+    assert killed and report["done"] == 4
+    assert_same_results(report["results"], reference)
+
+
+_DRIVER = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+from _cluster_common import CONFIG, task_pairs
+from lorahub_serve.cluster import run_adapt_batch
+done = []
+def die_after_two(event, data):
+    if event == "task_done":
+        done.append(data["task"])
+        print("done", data["task"], flush=True)
+        if len(done) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+run_adapt_batch({model!r}, {hub!r}, task_pairs(), {store!r}, actors=1, ray_address={address!r},
+                config=CONFIG, progress=False, cpus_per_actor=1, max_batch=8, callback=die_after_two)
+"""
+
+
+def test_killed_driver_resumes_without_redoing(ray_address, tiny_llama_dir, tiny_llama_hub, reference, tmp_path):
+    from peft import PeftModel
+
+    from lorahub_serve.models import load_base
+
+    store = tmp_path / "store"
+    script = _DRIVER.format(here=str(Path(__file__).parent), model=str(tiny_llama_dir),
+                            hub=str(tiny_llama_hub), store=str(store), address=ray_address)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    done = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("done ")]
+    assert len(done) == 2
+    mtimes = {n: (store / n / "lorahub.json").stat().st_mtime_ns for n in done}
+
+    events = []
+    report = _run(tiny_llama_dir, tiny_llama_hub, store, callback=lambda e, d: events.append((e, d)))
+    first_gen = {}
+    for e, d in events:
+        if e == "generation":
+            first_gen.setdefault(d["task"], d["evaluations"])
+    assert set(first_gen) == set(TASKS) - set(done)  # finished tasks were not searched again
+    assert all(n > CONFIG.population(4) for n in first_gen.values())  # the others resumed mid-search
+    assert {n: (store / n / "lorahub.json").stat().st_mtime_ns for n in done} == mtimes
+    assert sorted(n for n, t in report["tasks"].items() if t["status"] == "done-earlier") == sorted(done)
+    assert_same_results(report["results"], reference, names=set(TASKS) - set(done))
+    assert_store_like_reference(store, reference)
+    assert sorted(p.name for p in store.iterdir()) == sorted([".jobs", *TASKS])
+    for name in TASKS:
+        base, _ = load_base(tiny_llama_dir)
+        model = PeftModel.from_pretrained(base, store / name)
+        assert any("lora_A" in k for k, _ in model.named_parameters()), name
+
+
+def test_bad_task_fails_alone(ray_address, tiny_llama_dir, tiny_llama_hub, reference, tmp_path):
+    tasks = task_pairs(["beta", "gamma"]) + [("long", TOO_LONG), ("broken", "missing.jsonl")]
+    report = _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "store", tasks=tasks)
+    assert report["done"] == 2 and report["failed"] == 2
+    assert "exceeds the model's context" in report["tasks"]["long"]["error"]
+    assert "no such example file" in report["tasks"]["broken"]["error"]
+    assert_same_results(report["results"], reference, names=["beta", "gamma"])
+    assert_store_like_reference(tmp_path / "store", reference, names=["beta", "gamma"])
