@@ -1,0 +1,200 @@
+"""Ray: evaluator actors (thin wrappers over `BatchWorker`) and the pool that keeps them busy.
+
+Faults. An actor process that crashes (killed by the OS, out of memory) is restarted by Ray
+(`max_restarts`) and its call re-run there (`max_task_retries`): the Batch carries its tasks'
+examples, so the fresh process needs nothing else. An actor that is gone for good (`ray.kill`,
+node lost, restarts spent) surfaces as a RayActorError: the pool re-queues its Work on a live
+actor and starts a replacement (at most `max_replacements`). A Work that kills workers
+`max_attempts` times comes back as `WorkerLostError`, so the driver fails only its task(s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+
+from .pools import WorkerLostError, run_work
+from .scheduler import Work
+from .worker import BatchWorker
+
+
+class ClusterError(RuntimeError):
+    """The Ray side cannot run the job (no actor starts, all died, too few resources)."""
+
+
+class EvaluatorActor:
+    """One BatchWorker per actor process (wrapped with `ray.remote` by `RayPool`)."""
+
+    def __init__(self, **worker_kwargs):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # N actors' loading bars would garble the driver's
+        self.worker = BatchWorker(**worker_kwargs)
+
+    def info(self) -> dict:
+        return self.worker.info()
+
+    def run(self, work: Work):
+        return run_work(self.worker, work)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int) -> Iterator[bool]:
+    """Use the Ray already initialised in this process, join `address`, or start a local one
+    with `num_cpus` CPUs (and stop it afterwards). Yields whether this is a local cluster."""
+    if ray.is_initialized():
+        yield address is None
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        yield address is None
+    finally:
+        ray.shutdown()
+
+
+def actor_resources(actors: int, cpus_per_actor: int | None) -> tuple[int, int]:
+    """(num_cpus, num_gpus) for each actor, checked against the cluster's resources.
+
+    One GPU per actor when the cluster has GPUs; CPUs: `cpus_per_actor`, else an even share
+    (at least 1) of the cluster's CPUs.
+    """
+    res = ray.cluster_resources()
+    total_cpu, total_gpu = int(res.get("CPU", 0)), int(res.get("GPU", 0))
+    num_gpus = 1 if total_gpu >= 1 else 0
+    num_cpus = cpus_per_actor or max(1, total_cpu // actors)
+    if actors * num_cpus > total_cpu or actors * num_gpus > total_gpu:
+        need = f"{actors} x ({num_cpus} CPU" + (f", {num_gpus} GPU)" if num_gpus else ")")
+        raise ClusterError(f"--actors {actors} needs {need}, but the Ray cluster has {total_cpu} CPUs "
+                           f"and {total_gpu} GPUs; use fewer actors or --cpus-per-actor")
+    return num_cpus, num_gpus
+
+
+class RayPool:
+    """`actors` EvaluatorActors; runs Work on free ones and re-runs the Work of dead ones."""
+
+    def __init__(self, actors: int, worker_kwargs: dict, num_cpus: int, num_gpus: int,
+                 max_attempts: int = 3, max_replacements: int | None = None,
+                 on_event: Callable[[str, dict], None] | None = None):
+        self.worker_kwargs = dict(worker_kwargs, threads=num_cpus,
+                                  device="cuda" if num_gpus else worker_kwargs.get("device"))
+        self._cls = ray.remote(EvaluatorActor)
+        self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": 1,
+                         "max_task_retries": 1}
+        self.max_attempts = max_attempts
+        self.max_replacements = 2 * actors + 2 if max_replacements is None else max_replacements
+        self.on_event = on_event or (lambda event, data: None)
+        self._prefix = f"lorahub-eval-{uuid.uuid4().hex[:8]}"
+        self._count = 0
+        self._actors: dict[str, ray.actor.ActorHandle] = {}
+        self._free: list[str] = []
+        self._in_flight: dict[ray.ObjectRef, tuple[str, Work]] = {}
+        self._retry: list[Work] = []
+        self.failures = self.replacements = 0
+        for _ in range(actors):
+            self._start()
+        self._info = self._check_started()
+        self.on_event("actors", {"names": list(self._actors), "pids": [i["pid"] for i in self._info]})
+
+    # -- the pool interface ------------------------------------------------------------------
+    def free(self) -> int:
+        return max(0, len(self._free) - len(self._retry))
+
+    def busy(self) -> bool:
+        return bool(self._in_flight or self._retry)
+
+    def submit(self, work: Work) -> None:
+        name = self._free.pop(0)
+        self._in_flight[self._actors[name].run.remote(work)] = (name, work)
+
+    def wait(self) -> list[tuple[Work, object]]:
+        self._dispatch_retries()
+        if not self._in_flight:
+            return []
+        refs = list(self._in_flight)
+        ready, rest = ray.wait(refs, num_returns=1)
+        if rest:
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        out = []
+        for ref in ready:
+            name, work = self._in_flight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except RayTaskError as e:  # the Work raised; the actor lives on
+                self._free.append(name)
+                out.append((work, e.cause if isinstance(e.cause, Exception) else e))
+            except RayError as e:  # the actor is gone (killed, out of memory, node lost)
+                self._lost(name, e)
+                work.attempts += 1
+                if work.attempts >= self.max_attempts:
+                    out.append((work, WorkerLostError(
+                        f"evaluator actors died {work.attempts} times running this work "
+                        f"(last: {type(e).__name__}: {_first_line(e)}); it may need more memory")))
+                else:
+                    self._retry.append(work)
+            else:
+                self._free.append(name)
+                out.append((work, result))
+        self._dispatch_retries()
+        return out
+
+    def info(self) -> dict:
+        return self._info[0]
+
+    def close(self) -> None:
+        for handle in self._actors.values():
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+        self._actors.clear()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _start(self) -> str:
+        self._count += 1
+        name = f"{self._prefix}-{self._count}"
+        self._actors[name] = self._cls.options(name=name, **self._options).remote(
+            **self.worker_kwargs)
+        self._free.append(name)
+        return name
+
+    def _check_started(self) -> list[dict]:
+        """Wait for every actor to load the model; a failure here is fatal (not a fault)."""
+        try:
+            return ray.get([h.info.remote() for h in self._actors.values()])
+        except RayActorError as e:
+            self.close()
+            raise ClusterError(f"an evaluator actor failed to start: {_first_line(e)}\n{e}") from None
+
+    def _lost(self, name: str, err: Exception) -> None:
+        handle = self._actors.pop(name, None)
+        with contextlib.suppress(Exception):
+            ray.kill(handle)
+        self.failures += 1
+        self.on_event("actor_lost", {"name": name, "error": _first_line(err)})
+        if self.replacements < self.max_replacements:
+            self.replacements += 1
+            new = self._start()
+            self.on_event("actor_started", {"name": new})
+        elif not self._actors:
+            raise ClusterError(f"all evaluator actors died ({self.failures} failures, "
+                               f"{self.replacements} replacements); last error: {_first_line(err)}")
+
+    def _dispatch_retries(self) -> None:
+        while self._retry and self._free:
+            self.submit(self._retry.pop(0))
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def local_cpus() -> int:
+    return os.cpu_count() or 1

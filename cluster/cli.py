@@ -1,0 +1,101 @@
+"""`lorahub-serve adapt-batch`: adapt every task of a tasks.jsonl at once (found through `register`).
+
+Importing this module imports neither torch nor Ray; the command does, when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _modules_arg(value: str):
+    """`--modules 20` (K seeded-random modules) or `--modules a,b,c` (named modules)."""
+    return int(value) if value.isdigit() else [v for v in value.split(",") if v]
+
+
+def add_cluster_arguments(p, default_actors: int = 1) -> None:
+    """--actors, --ray-address, --cpus-per-actor (shared by adapt-batch; adapt may reuse it)."""
+    p.add_argument("--actors", type=int, default=default_actors,
+                   help=f"evaluator actors, each holding the model once (default {default_actors}; "
+                        "0: evaluate in this process, without Ray)")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a "
+                        "local one with this machine's CPUs and stop it at the end")
+    p.add_argument("--cpus-per-actor", type=int, default=None,
+                   help="CPUs each actor reserves (default: an even share; 1 per GPU actor is enough)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "adapt-batch", help="adapt many tasks at once on Ray actors (resumable)",
+        description="Search composition weights for every task of TASKS (JSONL: one "
+        '{"name", "examples": [...]} or {"name", "examples_path": FILE} per line) and write each '
+        "task's adapter to OUT/<name>, as `adapt` does. The tasks' populations share forward "
+        "passes; job state lives in OUT/.jobs/, so the same command after a crash resumes it. "
+        "Exit status: 0 all done, 1 some tasks failed (see the report), 2 unusable arguments.")
+    p.add_argument("tasks", type=Path, help="tasks.jsonl")
+    p.add_argument("--hub", required=True, help="hub folder (hub.json + adapter folders)")
+    p.add_argument("--out", required=True, type=Path, help="adapter store: task NAME goes to OUT/NAME")
+    p.add_argument("--model", default="smollm2-135m", help="registry name or Hugging Face folder")
+    add_cluster_arguments(p)
+    p.add_argument("--modules", type=_modules_arg, default=None,
+                   help="K (seeded-random modules, default min(20, hub size)) or comma-separated names")
+    p.add_argument("--budget", type=int, default=40, help="candidate evaluations per task")
+    p.add_argument("--seed", type=int, default=0, help="search seed (each task's optimiser uses it)")
+    p.add_argument("--rule", choices=["lorahub", "linear"], default="lorahub")
+    p.add_argument("--optimizer", choices=["cma", "ngopt"], default="cma",
+                   help="population CMA-ES (batched) or the reference's sequential NGOpt "
+                        "(NGOpt's state does not pickle: a resumed job restarts its unfinished tasks)")
+    p.add_argument("--popsize", type=int, default=None)
+    p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
+    p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per micro-batch")
+    p.add_argument("--max-batch", type=int, default=256, help="most candidates sent to an actor at once")
+    p.add_argument("--job-dir", type=Path, default=None, help="job state folder (default OUT/.jobs/<id>)")
+    p.add_argument("--truncate", action="store_true", help="truncate over-long examples instead of failing")
+    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) adapters you trust")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_adapt_batch)
+
+
+def _cmd_adapt_batch(a) -> int:
+    from ..engine.hub import HubError
+    from ..engine.search import SearchConfig
+    from ..models import ModelNotFoundError
+    from .jobstate import JobLockedError
+    from .tasks import TasksFileError, read_tasks_file
+
+    try:
+        config = SearchConfig(budget=a.budget, seed=a.seed, optimizer=a.optimizer, popsize=a.popsize)
+        specs = read_tasks_file(a.tasks)
+        from .driver import run_adapt_batch
+
+        report = run_adapt_batch(
+            a.model, a.hub, specs, a.out, a.actors, a.ray_address, config, a.modules, a.rule,
+            a.backend, a.token_budget, a.job_dir, progress=not a.no_progress,
+            cpus_per_actor=a.cpus_per_actor, max_batch=a.max_batch, truncate=a.truncate,
+            allow_pickle=a.allow_pickle)
+    except (TasksFileError, HubError, ModelNotFoundError, JobLockedError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # ClusterError and other Ray-side failures
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_report(report)
+    return 1 if report["failed"] else 0
+
+
+def print_report(report: dict, file=None) -> None:
+    """One line per task, then totals."""
+    file = file or sys.stdout
+    for name, e in report["tasks"].items():
+        if e["status"] == "failed":
+            print(f"{name}\tfailed\t{e['error']}", file=file)
+        else:
+            loss = "n/a" if e["best_loss"] is None else f"{e['best_loss']:.4f}"
+            print(f"{name}\t{e['status']}\tloss {loss}\t{e['evaluations']} evals\t{e['out_dir'] or ''}",
+                  file=file)
+    print(f"# {report['done']} done, {report['done-earlier']} done earlier, {report['failed']} failed; "
+          f"{report['evaluations']} evaluations in {report['seconds']:.1f} s "
+          f"({report['evals_per_second'] or 0:.2f}/s); report: {report['job_dir']}/report.json",
+          file=file)
