@@ -137,3 +137,11 @@ def test_bad_task_fails_alone(ray_address, tiny_llama_dir, tiny_llama_hub, refer
     assert "no such example file" in report["tasks"]["broken"]["error"]
     assert_same_results(report["results"], reference, names=["beta", "gamma"])
     assert_store_like_reference(tmp_path / "store", reference, names=["beta", "gamma"])
+
+
+def test_actor_that_cannot_start_stops_the_job_clearly(ray_address, tiny_llama_hub, tmp_path):
+    from lorahub_serve.cluster.actors import ClusterError
+
+    with pytest.raises(ClusterError, match="failed to start"):  # the driver skips the model check
+        _run(tmp_path / "no-such-model", tiny_llama_hub, tmp_path / "store", actors=1,
+             ray_address=ray_address, tasks=task_pairs(["alpha"]))
