@@ -25,10 +25,15 @@ def _cmd_adapt(a) -> int:
     out = Path(a.out)
     if a.actors:
         from .cluster import run_adapt_batch
+        from .cluster.cli import print_report
 
+        if a.merge:
+            print("error: --merge is not supported with --actors", file=sys.stderr)
+            return 2
         report = run_adapt_batch(a.model, a.hub, [(out.name, examples)], out.parent, a.actors,
-                                 a.ray_address, config, a.modules, a.rule, a.backend, a.token_budget)
-        print(report)
+                                 a.ray_address, config, a.modules, a.rule, a.backend, a.token_budget,
+                                 truncate=a.truncate, allow_pickle=a.allow_pickle)
+        print_report(report)
         return 0 if not report.get("failed") else 1
     from .engine.adapt import Engine
 
