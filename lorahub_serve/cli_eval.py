@@ -20,8 +20,8 @@ def _cmd_eval(a) -> int:
 
     cfg = EvalConfig(tasks=tuple(a.tasks or BBH_TASKS), seeds=_seeds(a.seeds), shots=a.shots,
                      limit=a.limit, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt)
-    rows = run_eval(a.model, a.hub, cfg)
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    rows = run_eval(a.model, a.hub, cfg, on_row=lambda rows: write_report(rows, Path(a.out), a.name, command))
     paths = write_report(rows, Path(a.out), a.name, command)
     print(markdown_table(summarise(rows)))
     print(f"written: {', '.join(str(p) for p in paths.values())}")

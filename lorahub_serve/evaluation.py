@@ -109,7 +109,9 @@ def eval_task_seed(engine: Engine, task: str, seed: int, cfg: EvalConfig, cache:
             "n_eval": len(evalset)}
 
 
-def run_eval(model: str, hub: str, cfg: EvalConfig, progress: bool = True) -> list[dict]:
+def run_eval(model: str, hub: str, cfg: EvalConfig, progress: bool = True, on_row=None) -> list[dict]:
+    """All (task, seed) rows; `on_row(rows)` after each one (the CLI rewrites its report then, so
+    a long run that is stopped keeps what it measured)."""
     from tqdm.auto import tqdm
 
     engine = Engine(model, hub)
@@ -120,6 +122,8 @@ def run_eval(model: str, hub: str, cfg: EvalConfig, progress: bool = True) -> li
         for task, seed in bar:
             bar.set_postfix(task=task[:24], seed=seed)
             rows.append(eval_task_seed(engine, task, seed, cfg, cache))
+            if on_row is not None:
+                on_row(rows)
     finally:
         engine.close()
     return rows
