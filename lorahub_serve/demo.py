@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
     _say(f"2/5 data: {a.shots} few-shot examples of the held-out BBH task {a.task!r}")
     shots, evalset = bigbench.split(bigbench.load_task(a.task), a.shots, a.eval, a.seed)
-    for ex in shots[:2]:
-        print(f"  {ex.input.splitlines()[-3][:70]!r:75} -> {ex.output.strip()!r}")
+    for ex in shots[:3]:
+        question = next((ln for ln in ex.input.splitlines() if ln.startswith("Q: ")), ex.input)
+        print(f"  {question[:80]!r:85} -> {ex.output.strip()!r}")
 
     _say(f"3/5 LoraHub search over the hub {a.hub} (budget {a.budget}, batched CMA-ES)")
     from .engine.adapt import adapt
