@@ -20,6 +20,16 @@ _WORDS = (
 )
 
 
+# Five few-shot examples written in the tiny tokenizer's vocabulary (tests, demos of the API).
+FEW_SHOT = (
+    {"input": "Q: is the cat blue?\nA:", "output": " no"},
+    {"input": "Q: what is the capital of France?\nA:", "output": " Paris"},
+    {"input": "Q: sort the words: dog cat\nA:", "output": " cat dog"},
+    {"input": "Q: which is left of up?\nOptions:\n(A) red\n(B) green\nA:", "output": " (B)"},
+    {"input": "Q: 2 and 3?\nA:", "output": " 5"},
+)
+
+
 def build_tokenizer(out_dir: Path):
     """A word-level tokenizer over a fixed vocabulary (letters, digits, punctuation, a few words)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

@@ -11,9 +11,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
+import pytest
 
-from lorahub_serve import testing  # noqa: E402
+from lorahub_serve import testing
 
 
 @pytest.fixture(scope="session")
@@ -50,15 +50,8 @@ def tiny_t5_hub(tiny_t5_dir, tmp_path_factory):
                               target_modules=("q", "v"), scale=3.0)
 
 
-FEW_SHOT = [
-    {"input": "Q: is the cat blue?\nA:", "output": " no"},
-    {"input": "Q: what is the capital of France?\nA:", "output": " Paris"},
-    {"input": "Q: sort the words: dog cat\nA:", "output": " cat dog"},
-    {"input": "Q: which is left of up?\nOptions:\n(A) red\n(B) green\nA:", "output": " (B)"},
-    {"input": "Q: 2 and 3?\nA:", "output": " 5"},
-]
 
 
 @pytest.fixture
 def few_shot():
-    return list(FEW_SHOT)
+    return list(testing.FEW_SHOT)

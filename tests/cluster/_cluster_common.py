@@ -6,14 +6,9 @@ import json
 import numpy as np
 
 from lorahub_serve.engine.search import SearchConfig
+from lorahub_serve.testing import FEW_SHOT
 
-_FEW = [
-    {"input": "Q: is the cat blue?\nA:", "output": " no"},
-    {"input": "Q: what is the capital of France?\nA:", "output": " Paris"},
-    {"input": "Q: sort the words: dog cat\nA:", "output": " cat dog"},
-    {"input": "Q: which is left of up?\nOptions:\n(A) red\n(B) green\nA:", "output": " (B)"},
-    {"input": "Q: 2 and 3?\nA:", "output": " 5"},
-]
+_FEW = list(FEW_SHOT)
 # Distinct example sets, so every task has its own losses.
 TASKS = {
     "alpha": _FEW[0:3],
