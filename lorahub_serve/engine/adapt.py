@@ -81,13 +81,13 @@ class Engine:
         self.fingerprint = folder_fingerprint(self.model_folder)
         self.hub_modules = read_manifest(Path(hub))
         self.net, self.tokenizer = load_base(self.model_folder)
+        device = device or ("cuda" if torch.cuda.is_available() else None)  # kernels need CUDA
         if device:
             self.net.to(device)
         self.stack = stack_modules(self.net, self.hub_modules, allow_pickle=allow_pickle)
         self.rule = rule
         self.evaluator = Evaluator(self.net, self.tokenizer, self.stack, rule, backend, token_budget,
                                    truncate=truncate)
-        self._torch = torch
 
     def module_indices(self, modules: int | Sequence[str] | None, seed: int) -> list[int]:
         chosen = select_modules(self.hub_modules, list(modules) if isinstance(modules, (list, tuple)) else modules, seed)
@@ -113,7 +113,6 @@ class Engine:
                 bar.update(s.evaluations - bar.n)
                 bar.set_postfix(best=f"{s.best_objective:.4f}", evals_s=f"{s.evaluations / (time.perf_counter() - t0):.2f}")
 
-        self._torch.manual_seed(config.seed)
         state = run_search(loss_fn, len(idx), config, on_gen)
         if bar is not None:
             bar.close()
