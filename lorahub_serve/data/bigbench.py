@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,27 +17,55 @@ from pathlib import Path
 from .. import paths
 from .examples import Example
 
-SDIST = "bigbench==1.0.0"
+SDIST_FILE = "bigbench-1.0.0.tar.gz"
+PYPI_SIMPLE = "https://pypi.org/simple/bigbench/"  # PyPI's JSON simple API (PEP 691)
 _TASK_DIR = "bigbench/benchmark_tasks/"
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def sdist_path(download: bool = True) -> Path:
-    """The cached sdist tarball; downloaded once with pip (358 MB)."""
+    """The cached sdist tarball; downloaded once from PyPI (358 MB)."""
     dl = paths.downloads_dir() / "bigbench"
-    found = sorted(dl.glob("bigbench-1.0.0.tar.gz"))
-    if found:
-        return found[0]
+    target = dl / SDIST_FILE
+    if target.exists():
+        return target
     if not download:
         raise FileNotFoundError(f"BIG-bench sdist not in {dl}; run `lorahub-serve data fetch`")
-    dl.mkdir(parents=True, exist_ok=True)
-    print(f"[data] pip download {SDIST} (358 MB, once)", file=sys.stderr)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-         "-d", str(dl), SDIST],
-        check=True,
-    )
-    return sdist_path(download=False)
+    _download_sdist(target)
+    return target
+
+
+def _download_sdist(target: Path) -> None:
+    """Fetch the sdist file itself from PyPI, checked against PyPI's sha256.
+
+    Not `pip download`: a current pip builds the sdist's metadata, and bigbench declares a
+    direct-URL dependency that pip then refuses. We only need the file.
+    """
+    import hashlib
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    index = urllib.request.Request(PYPI_SIMPLE, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(index, timeout=60) as r:
+        files = json.load(r)["files"]
+    entry = next((f for f in files if f["filename"] == SDIST_FILE), None)
+    if entry is None:
+        raise RuntimeError(f"{PYPI_SIMPLE} lists no {SDIST_FILE}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_suffix(".part")
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(entry["url"], timeout=120) as r, open(part, "wb") as f, tqdm(
+        total=entry.get("size"), unit="B", unit_scale=True, desc=f"download {SDIST_FILE}"
+    ) as bar:
+        while chunk := r.read(1 << 20):
+            f.write(chunk)
+            digest.update(chunk)
+            bar.update(len(chunk))
+    if digest.hexdigest() != entry["hashes"]["sha256"]:
+        part.unlink()
+        raise RuntimeError(f"{SDIST_FILE}: sha256 mismatch with PyPI; download again")
+    part.rename(target)
 
 
 def _extracted_dir() -> Path:
