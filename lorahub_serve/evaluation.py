@@ -181,11 +181,31 @@ def plot(summary: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def run_metadata() -> dict:
+    """Machine, date and git commit, recorded with every report."""
+    import datetime
+    import os
+    import platform
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": commit, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "cpus": os.cpu_count(), "platform": platform.platform()}
+
+
 def write_report(rows: list[dict], out_dir: Path, name: str, command: str) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    meta = run_metadata()
     summary = summarise(rows)
     paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "png": out_dir / f"{name}.png"}
-    paths["json"].write_text(json.dumps({"command": command, "rows": rows, "summary": summary}, indent=2))
+    paths["json"].write_text(json.dumps({"command": command, "meta": meta, "rows": rows,
+                                         "summary": summary}, indent=2))
     plot(summary, paths["png"])
-    paths["md"].write_text(f"# {name}\n\nCommand: `{command}`\n\n{markdown_table(summary)}\n")
+    header = "\n".join(f"- {k}: {v}" for k, v in meta.items())
+    paths["md"].write_text(f"# {name}\n\nCommand: `{command}`\n\n{header}\n\n{markdown_table(summary)}\n")
     return paths
