@@ -56,6 +56,26 @@ def assert_store_like_reference(store, reference: dict, names=None) -> None:
             assert ta[k].equal(tb[k]), (name, k)
 
 
+def resume_and_check(run, store, done, reference) -> dict:
+    """Run an interrupted job again (`run(callback=...)` -> report) and check the resume: the
+    `done` tasks were neither searched nor rewritten, the others resumed mid-search and end with
+    the reference results, and the store is complete. Returns the report."""
+    mtimes = {n: (store / n / "lorahub.json").stat().st_mtime_ns for n in done}
+    events = []
+    report = run(callback=lambda e, d: events.append((e, d)))
+    first_gen = {}
+    for e, d in events:
+        if e == "generation":
+            first_gen.setdefault(d["task"], d["evaluations"])
+    assert set(first_gen) == set(TASKS) - set(done)  # finished tasks were not searched again
+    assert all(n > CONFIG.population(4) for n in first_gen.values())  # the others resumed mid-search
+    assert {n: (store / n / "lorahub.json").stat().st_mtime_ns for n in done} == mtimes
+    assert sorted(n for n, t in report["tasks"].items() if t["status"] == "done-earlier") == sorted(done)
+    assert_same_results(report["results"], reference, names=set(TASKS) - set(done))
+    assert_store_like_reference(store, reference)
+    return report
+
+
 @contextlib.contextmanager
 def one_thread():
     """Tiny models gain nothing from 2 threads, and lose a lot on a loaded 2-core machine."""

@@ -13,6 +13,7 @@ from _cluster_common import (
     TOO_LONG,
     assert_same_results,
     assert_store_like_reference,
+    resume_and_check,
     task_pairs,
 )
 from lorahub_serve.cluster import run_adapt_batch
@@ -108,20 +109,7 @@ def test_killed_driver_resumes_without_redoing(ray_address, tiny_llama_dir, tiny
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     done = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("done ")]
     assert len(done) == 2
-    mtimes = {n: (store / n / "lorahub.json").stat().st_mtime_ns for n in done}
-
-    events = []
-    report = _run(tiny_llama_dir, tiny_llama_hub, store, callback=lambda e, d: events.append((e, d)))
-    first_gen = {}
-    for e, d in events:
-        if e == "generation":
-            first_gen.setdefault(d["task"], d["evaluations"])
-    assert set(first_gen) == set(TASKS) - set(done)  # finished tasks were not searched again
-    assert all(n > CONFIG.population(4) for n in first_gen.values())  # the others resumed mid-search
-    assert {n: (store / n / "lorahub.json").stat().st_mtime_ns for n in done} == mtimes
-    assert sorted(n for n, t in report["tasks"].items() if t["status"] == "done-earlier") == sorted(done)
-    assert_same_results(report["results"], reference, names=set(TASKS) - set(done))
-    assert_store_like_reference(store, reference)
+    resume_and_check(lambda **kw: _run(tiny_llama_dir, tiny_llama_hub, store, **kw), store, done, reference)
     assert sorted(p.name for p in store.iterdir()) == sorted([".jobs", *TASKS])
     for name in TASKS:
         base, _ = load_base(tiny_llama_dir)
