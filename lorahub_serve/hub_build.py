@@ -16,10 +16,10 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import write_json_atomic
 from .data import bigbench, is_bbh, refuse_bbh
+from .engine.hub import ADAPTER_FILE
 from .training import TrainConfig, train_lora
 
 HUB_FORMAT = 1
-ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def module_name(task: str) -> str:
