@@ -39,7 +39,12 @@ def _cmd_hub_build(a) -> int:
 
     cfg = TrainConfig(rank=a.rank, alpha=2 * a.rank, steps=a.steps, lr=a.lr, max_length=a.max_length,
                       target_modules=tuple(a.target_modules.split(",")))
-    manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg)
+    try:
+        manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg, actors=a.actors,
+                             ray_address=a.ray_address)
+    except ValueError as e:
+        print(f"lorahub-serve hub build: {e}", file=sys.stderr)
+        return 2
     print(f"hub {a.out}: {len(manifest['modules'])} modules")
     return 0
 
@@ -65,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     hb.add_argument("--model", default="smollm2-135m")
     hb.add_argument("--out", required=True)
     hb.add_argument("--tasks", nargs="*", default=None, help="task names (default: curated list)")
-    hb.add_argument("--modules", type=int, default=32, help="number of default tasks to train")
+    hb.add_argument("--modules", type=int, default=32,
+                    help="modules the hub should hold, from the curated task list (default 32)")
+    hb.add_argument("--actors", type=int, default=1, help="train this many modules at once on Ray actors")
+    hb.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one)")
     hb.add_argument("--rank", type=int, default=8)
     hb.add_argument("--steps", type=int, default=60)
     hb.add_argument("--lr", type=float, default=1e-3)

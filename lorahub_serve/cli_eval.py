@@ -21,7 +21,8 @@ def _cmd_eval(a) -> int:
     cfg = EvalConfig(tasks=tuple(a.tasks or BBH_TASKS), seeds=_seeds(a.seeds), shots=a.shots,
                      limit=a.limit, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt)
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-    rows = run_eval(a.model, a.hub, cfg, on_row=lambda rows: write_report(rows, Path(a.out), a.name, command))
+    rows = run_eval(a.model, a.hub, cfg, generator=a.generator,
+                    on_row=lambda rows: write_report(rows, Path(a.out), a.name, command))
     paths = write_report(rows, Path(a.out), a.name, command)
     print(markdown_table(summarise(rows)))
     print(f"written: {', '.join(str(p) for p in paths.values())}")
@@ -40,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--budget", type=int, default=40)
     p.add_argument("--modules", type=int, default=None, help="K (default min(20, hub size))")
     p.add_argument("--no-ngopt", action="store_true", help="skip the NGOpt comparison")
+    p.add_argument("--generator", choices=["auto", "vllm", "engine"], default="auto",
+                   help="greedy answers from vLLM (our server + OpenAI client) or the engine's batched "
+                   "generate; auto = vLLM when installed and the model is decoder-only")
     p.add_argument("--out", default="bench/results")
     p.add_argument("--name", default="bbh_smollm2")
     p.set_defaults(func=_cmd_eval)

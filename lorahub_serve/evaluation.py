@@ -23,7 +23,6 @@ import numpy as np
 from .data import bigbench
 from .data.bbh import BBH_TASKS
 from .engine.adapt import Engine
-from .engine.generate import generate
 from .engine.search import SearchConfig
 
 METHODS = ("zero_shot", "icl", "lorahub", "lorahub_ngopt", "best_single")
@@ -54,7 +53,7 @@ def icl_prompt(shots, example) -> str:
     return "\n\n".join(f"{s.input}{s.output}" for s in shots) + "\n\n" + example.input
 
 
-def eval_task_seed(engine: Engine, task: str, seed: int, cfg: EvalConfig, cache: dict) -> dict:
+def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalConfig, cache: dict) -> dict:
     exs = bigbench.load_task(task)
     shots, evalset = bigbench.split(exs, cfg.shots, cfg.limit, seed)
     golds = [e.output for e in evalset]
@@ -72,59 +71,55 @@ def eval_task_seed(engine: Engine, task: str, seed: int, cfg: EvalConfig, cache:
     # Best single module: one-hot candidates, scored in one batched evaluation.
     single_losses = engine.evaluator.losses([key] * k, np.tile(idx, (k, 1)), np.eye(k, dtype=np.float32))
     best_single = int(np.argmin(single_losses))
-    cand_w = [np.zeros(k), res.weights, np.eye(k)[best_single]]
-    names = ["zero_shot", "lorahub", "best_single"]
+    comps = {"base": None, "lorahub": res.weights, "best_single": np.eye(k)[best_single]}
     if ng_res is not None:
-        cand_w.append(ng_res.weights)
-        names.append("lorahub_ngopt")
-    weights = np.stack(cand_w).astype(np.float32)
-    module_idx = np.tile(idx, (len(weights), 1))
-    prompts, cands = [], []
-    for c, name in enumerate(names):
-        if name == "zero_shot" and task in cache:  # same evaluation set for every seed
-            continue
-        prompts += [e.input for e in evalset]
-        cands += [c] * len(evalset)
-    prompts += [icl_prompt(shots, e) for e in evalset]
-    cands += [0] * len(evalset)  # ICL runs on the base model (zero weights)
+        comps["lorahub_ngopt"] = ng_res.weights
+    plain = [e.input for e in evalset]
+    jobs = [(m, m, plain) for m in comps if m != "base"]
+    if task not in cache:  # zero-shot: same evaluation set for every seed
+        jobs.append(("zero_shot", "base", plain))
+    jobs.append(("icl", "base", [icl_prompt(shots, e) for e in evalset]))
     t1 = time.perf_counter()
-    preds = generate(engine.evaluator, prompts, cands, module_idx, weights, max_new_tokens=max_new)
+    preds = generator.answers(f"{task.replace('/', '-')[:40]}-s{seed}", idx, comps, jobs, max_new)
     t_generate = time.perf_counter() - t1
-    out, pos = {}, 0
-    for name in names + ["icl"]:
-        if name == "zero_shot" and task in cache:
-            out[name] = cache[task]
-            continue
-        out[name] = accuracy(preds[pos:pos + len(evalset)], golds)
-        pos += len(evalset)
-    cache.setdefault(task, out["zero_shot"])
+    out = {m: accuracy(p, golds) for m, p in preds.items()}
+    out["zero_shot"] = cache.setdefault(task, out.get("zero_shot"))
     n_tok = statistics.mean(len(engine.tokenizer(e.input)["input_ids"]) for e in evalset)
     n_tok_icl = statistics.mean(len(engine.tokenizer(icl_prompt(shots, e))["input_ids"]) for e in evalset)
     return {"task": task, "seed": seed, **out, "best_single_module": engine.hub_modules[idx[best_single]].name,
             "lorahub_loss": res.best_loss, "ngopt_loss": ng_res.best_loss if ng_res else None,
             "optimizer": res.optimizer, "ngopt_optimizer": ng_res.optimizer if ng_res else None,
+            "generator": generator.name, "examples": [{"gold": g, **{m: p[i] for m, p in preds.items()}}
+                                                      for i, g in enumerate(golds[:5])],
             "search_seconds": round(t_search, 1), "generate_seconds": round(t_generate, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "evals_per_second": round(res.evals_per_second, 2),
             "input_tokens": round(n_tok, 1), "input_tokens_icl": round(n_tok_icl, 1),
             "n_eval": len(evalset)}
 
 
-def run_eval(model: str, hub: str, cfg: EvalConfig, progress: bool = True, on_row=None) -> list[dict]:
+def run_eval(model: str, hub: str, cfg: EvalConfig, progress: bool = True, on_row=None,
+             generator: str = "auto", log_dir: Path | None = None) -> list[dict]:
     """All (task, seed) rows; `on_row(rows)` after each one (the CLI rewrites its report then, so
-    a long run that is stopped keeps what it measured)."""
+    a long run that is stopped keeps what it measured). `generator`: see `eval_generation`."""
     from tqdm.auto import tqdm
 
+    from .eval_generation import choose_generator
+
     engine = Engine(model, hub)
+    gen = None
     rows, cache = [], {}
     jobs = [(t, s) for t in cfg.tasks for s in cfg.seeds]
     bar = tqdm(jobs, desc="bbh eval", unit="task-seed", disable=not progress)
     try:
+        gen = choose_generator(generator, engine, log_dir)
         for task, seed in bar:
-            bar.set_postfix(task=task[:24], seed=seed)
-            rows.append(eval_task_seed(engine, task, seed, cfg, cache))
+            bar.set_postfix(task=task[:24], seed=seed, generator=gen.name)
+            rows.append(eval_task_seed(engine, gen, task, seed, cfg, cache))
             if on_row is not None:
                 on_row(rows)
     finally:
+        if gen is not None:
+            gen.close()
         engine.close()
     return rows
 

@@ -2,6 +2,8 @@
 
 Resumable: `hub.json` is rewritten (atomically) after every module, and a module whose folder
 and manifest entry exist is skipped, so a killed build started again trains only the rest.
+Several modules train at once on Ray actors (`--actors N`, `--ray-address`); the driver writes
+every module, so the actors need no shared filesystem.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import write_json_atomic
+from .atomic import atomic_dir, write_json_atomic
 from .data import bigbench, is_bbh, refuse_bbh
 from .engine.hub import ADAPTER_FILE
 from .training import TrainConfig, train_lora
@@ -50,6 +53,8 @@ DEFAULT_HUB_TASKS: tuple[str, ...] = (
     "metaphor_understanding/lit2met", "social_support", "color/hcl", "hindu_knowledge",
     "movie_dialog_same_or_different", "undo_permutation/reorder_byswap",
     "symbol_interpretation/name_agnostic", "fact_checker/covid19_scientific",
+    "emojis_emotion_prediction", "auto_categorization", "tense", "qa_wikidata", "operators",
+    "periodic_elements/subtask_0", "gem/common_gen", "word_unscrambling",
 )
 
 
@@ -91,48 +96,133 @@ def _to_fp16(adapter_dir: Path) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
 
 
+@dataclass
+class TrainedModule:
+    """One module's outcome, as plain data (it travels back from a Ray actor on another node):
+    the PEFT folder's files, or the reason the task was skipped."""
+
+    task: str
+    files: dict[str, bytes] | None = None
+    stats: dict | None = None
+    skipped: str | None = None
+
+
+def train_module(net, tok, task: str, cfg: TrainConfig, progress=None) -> TrainedModule:
+    """Train `task`'s LoRA on `net` (restored afterwards); factors stored in float16."""
+    import tempfile
+
+    exs = bigbench.load_task(task)
+    with tempfile.TemporaryDirectory(prefix="lorahub-module-") as tmp:
+        out = Path(tmp) / module_name(task)
+        t0 = time.time()
+        try:
+            stats = train_lora(net, tok, exs, out, cfg, progress=progress)
+        except ValueError as e:  # too few usable examples for this context length
+            return TrainedModule(task, skipped=str(e))
+        _to_fp16(out)
+        files = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    return TrainedModule(task, files=files, stats={**stats, "seconds": round(time.time() - t0, 1)})
+
+
+def record_module(hub_dir: Path, manifest: dict, mod: TrainedModule, cfg: TrainConfig) -> dict:
+    """Write a trained module's folder (atomically) and its `hub.json` entry; returns the entry."""
+    name = module_name(mod.task)
+    with atomic_dir(hub_dir / "modules" / name) as tmp:
+        for fname, data in mod.files.items():
+            (tmp / fname).write_bytes(data)
+    out = hub_dir / "modules" / name
+    entry = {
+        "name": name, "path": f"modules/{name}", "source_task": mod.task,
+        "sha256": sha256_file(out / ADAPTER_FILE), "rank": cfg.rank, "alpha": cfg.alpha,
+        "target_modules": list(cfg.target_modules), "steps": cfg.steps, "lr": cfg.lr, "max_length": cfg.max_length,
+        "final_loss": round(mod.stats["final_loss"], 4), "train_examples": mod.stats["examples"],
+        "seconds": mod.stats["seconds"],
+    }
+    manifest["modules"] = [m for m in manifest["modules"] if m["name"] != name] + [entry]
+    write_json_atomic(hub_dir / "hub.json", manifest)
+    return entry
+
+
+@dataclass
+class BuildPlan:
+    """What is left to train. Explicit `--tasks`: each one not yet present. Default: the curated
+    list in order until the hub holds `target` modules (a task that turns out unusable, e.g. all
+    its inputs are longer than `--max-length`, is skipped and the next one takes its place)."""
+
+    candidates: list[str]
+    target: int  # modules the hub should hold when done
+
+    @classmethod
+    def make(cls, tasks: list[str] | None, n_modules: int, done: set[str]) -> BuildPlan:
+        if tasks:
+            for t in tasks:
+                refuse_bbh(t, "hub training")
+            unknown = sorted(set(tasks) - set(bigbench.list_tasks()))
+            if unknown:
+                raise ValueError(f"unknown BIG-bench tasks {unknown}; see `lorahub-serve data list`")
+            todo = [t for t in tasks if t not in done]
+            return cls(todo, len(done) + len(todo))
+        if n_modules > len(DEFAULT_HUB_TASKS):
+            raise ValueError(f"--modules {n_modules}: the curated list has {len(DEFAULT_HUB_TASKS)} tasks; "
+                             "name more with --tasks (see `lorahub-serve data list`)")
+        return cls([t for t in DEFAULT_HUB_TASKS if t not in done], max(n_modules, len(done)))
+
+
 def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modules: int = 32,
-              cfg: TrainConfig = TrainConfig(), log=print) -> dict:
+              cfg: TrainConfig | None = None, log=print, actors: int = 1,
+              ray_address: str | None = None) -> dict:
+    """Train the missing modules into `hub_dir`: in this process (`actors=1`, no `ray_address`)
+    or on Ray actors (cluster/hub_trainers.py), writing each module as soon as it is done."""
     from tqdm import tqdm
 
-    from .models import load_base, resolve_model
-
+    cfg = cfg or TrainConfig()
     hub_dir = Path(hub_dir)
-    tasks = list(tasks or DEFAULT_HUB_TASKS[:n_modules])
-    for t in tasks:
-        refuse_bbh(t, "hub training")
     manifest = load_manifest(hub_dir)
     manifest.update({"format": HUB_FORMAT, "base_model": str(model)})
     done = {m["source_task"] for m in manifest["modules"] if (hub_dir / m["path"] / ADAPTER_FILE).exists()}
-    todo = [t for t in tasks if t not in done]
-    log(f"[hub] {len(done)} modules present, {len(todo)} to train into {hub_dir}")
-    if not todo:
+    plan = BuildPlan.make(tasks, n_modules, done)
+    missing = plan.target - len(done)
+    where = f"on {actors} Ray actors" if actors > 1 or ray_address else "in this process"
+    log(f"[hub] {len(done)} modules present, {missing} to train into {hub_dir} ({where})")
+    if missing <= 0:
         return manifest
+    bar = tqdm(total=missing, desc="hub build", unit="module")
+
+    def on_result(mod: TrainedModule) -> bool:
+        if mod.skipped:
+            log(f"[hub] skipped {mod.task}: {mod.skipped}")
+            return False
+        entry = record_module(hub_dir, manifest, mod, cfg)
+        bar.update(1)
+        bar.set_postfix(task=mod.task[:24], loss=f"{entry['final_loss']:.3f}")
+        log(f"[hub] {mod.task}: loss {mod.stats['first_loss']:.3f} -> {mod.stats['final_loss']:.3f} "
+            f"in {entry['seconds']} s")
+        return True
+
+    try:
+        if actors > 1 or ray_address:
+            from .cluster.hub_trainers import train_on_ray
+
+            train_on_ray(model, plan.candidates, missing, cfg, on_result, actors, ray_address)
+        else:
+            _train_here(model, plan.candidates, missing, cfg, on_result, bar)
+    finally:
+        bar.close()
+    trained = len(done) + bar.n
+    if trained < plan.target:
+        log(f"[hub] {trained} of {plan.target} modules: the task list ran out of usable tasks")
+    return manifest
+
+
+def _train_here(model: str, candidates: list[str], missing: int, cfg: TrainConfig, on_result, bar) -> None:
+    from .models import load_base, resolve_model
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
     net, tok = load_base(resolve_model(model))
-    bar = tqdm(todo, desc="hub build", unit="module")
-    for task in bar:
-        exs = bigbench.load_task(task)
-        name = module_name(task)
-        out = hub_dir / "modules" / name
-        t0 = time.time()
-        try:
-            stats = train_lora(
-                net, tok, exs, out, cfg,
-                progress=lambda s, n, loss, task=task: bar.set_postfix(task=task[:24], step=f"{s}/{n}", loss=f"{loss:.3f}"),
-            )
-        except ValueError as e:
-            log(f"[hub] skipped {task}: {e}")
-            continue
-        _to_fp16(out)
-        entry = {
-            "name": name, "path": f"modules/{name}", "source_task": task,
-            "sha256": sha256_file(out / ADAPTER_FILE), "rank": cfg.rank, "alpha": cfg.alpha,
-            "target_modules": list(cfg.target_modules), "steps": cfg.steps, "lr": cfg.lr, "max_length": cfg.max_length,
-            "final_loss": round(stats["final_loss"], 4), "train_examples": stats["examples"],
-            "seconds": round(time.time() - t0, 1),
-        }
-        manifest["modules"] = [m for m in manifest["modules"] if m["name"] != name] + [entry]
-        write_json_atomic(hub_dir / "hub.json", manifest)
-        log(f"[hub] {task}: loss {stats['first_loss']:.3f} -> {stats['final_loss']:.3f} in {entry['seconds']} s")
-    return manifest
+    trained = 0
+    for task in candidates:
+        if trained >= missing:
+            break
+        mod = train_module(net, tok, task, cfg, progress=lambda s, n, loss, task=task: bar.set_postfix(
+            task=task[:24], step=f"{s}/{n}", loss=f"{loss:.3f}"))
+        trained += on_result(mod)

@@ -26,6 +26,15 @@ class EncodedExample:
         return len(self.prompt_ids) + len(self.target_ids)
 
 
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """A prompt's token ids exactly as training and search see them (BOS only where the
+    tokenizer's own convention adds one). Generation, local or through vLLM, uses this too."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if getattr(tokenizer, "bos_token_id", None) is not None and getattr(tokenizer, "add_bos_token", False):
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
 def encode_example(tokenizer, example: Example, max_length: int | None = None,
                    truncate: bool = True) -> EncodedExample:
     """Tokenize prompt and output separately (so the boundary is exact) and append EOS.
@@ -33,12 +42,10 @@ def encode_example(tokenizer, example: Example, max_length: int | None = None,
     An example longer than `max_length` keeps its output and loses prompt tokens from the
     left (when `truncate`), or raises `ExampleTooLongError`.
     """
-    prompt = tokenizer(example.input, add_special_tokens=False)["input_ids"]
+    prompt = prompt_ids(tokenizer, example.input)
     target = tokenizer(example.output, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         target = target + [tokenizer.eos_token_id]
-    if getattr(tokenizer, "bos_token_id", None) is not None and getattr(tokenizer, "add_bos_token", False):
-        prompt = [tokenizer.bos_token_id] + prompt
     if max_length is not None and len(prompt) + len(target) > max_length:
         overflow = len(prompt) + len(target) - max_length
         if not truncate or overflow >= len(prompt):

@@ -70,6 +70,19 @@ def tiny_llama(out_dir: Path, seed: int = 0, layers: int = 2, hidden: int = 64):
     return model, tok
 
 
+def tiny_llama_for_vllm(out_dir: Path):
+    """A tiny Llama vLLM can serve: head size 32 (`hidden=128`; vLLM's CPU attention needs >= 32),
+    weights re-drawn with std 0.1 so that greedy output varies from token to token."""
+    model, tok = tiny_llama(out_dir, hidden=128)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.1)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return model, tok
+
+
 def tiny_t5(out_dir: Path, seed: int = 0):
     """A random T5ForConditionalGeneration with the same tokenizer, saved to `out_dir`."""
     from transformers import T5Config, T5ForConditionalGeneration

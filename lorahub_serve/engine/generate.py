@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..prompting import prompt_ids
 from .evaluator import Evaluator
 
 
@@ -25,7 +26,7 @@ def generate(ev: Evaluator, prompts: Sequence[str], cands: Sequence[int], module
     """
     tok, model = ev.tokenizer, ev.model
     routing = ev.handle.routing
-    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    enc = [prompt_ids(tok, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))  # similar lengths together
     out: list[str] = [""] * len(prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -28,17 +28,6 @@ EXAMPLES = [{"input": "Q: is the cat blue?\nA:", "output": " no"},
             {"input": "Q: sort the words: dog cat\nA:", "output": " cat dog"}]
 
 
-def _tiny_model(folder):
-    model, tok = testing.tiny_llama(folder, hidden=128)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.1)
-    model.save_pretrained(folder, safe_serialization=True)
-    return model, tok
-
-
 def _composed_adapter(model, hub, out):
     """A LoraHub composition of three hub modules with fixed weights (the `lorahub` rule)."""
     from lorahub_serve.engine.export import compose_factors, write_adapter
@@ -52,7 +41,7 @@ def _composed_adapter(model, hub, out):
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     model_dir, store = root / "model", root / "store"
-    model, tok = _tiny_model(model_dir)
+    model, tok = testing.tiny_llama_for_vllm(model_dir)
     hub = testing.random_hub(model, root / "hub", n=4, scale=3.0)
     _composed_adapter(model, hub, store / "composed")
     testing.random_adapter(model, store / "big", rank=32, seed=5)

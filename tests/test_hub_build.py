@@ -1,0 +1,94 @@
+"""`lorahub-serve hub build` on a tiny Llama with real BIG-bench tasks: in process and on Ray.
+
+Tokenized with the tiny word-level tokenizer, strategyqa and anachronisms fit in 100 tokens while
+every intent_recognition example is longer, so that task must be skipped and replaced.
+"""
+
+import json
+
+import pytest
+import torch
+
+from lorahub_serve import hub_build
+from lorahub_serve.engine.hub import read_manifest, stack_modules
+from lorahub_serve.models import load_base
+from lorahub_serve.training import TrainConfig
+
+CFG = TrainConfig(rank=4, alpha=8, steps=2, batch_size=2, max_length=100)
+
+
+@pytest.fixture(scope="module")
+def built(tiny_llama_dir, tmp_path_factory):
+    """The default-list path: 2 modules wanted, the unusable task in between is replaced."""
+    hub = tmp_path_factory.mktemp("built") / "hub"
+    logs = []
+    mp = pytest.MonkeyPatch()
+    mp.setattr(hub_build, "DEFAULT_HUB_TASKS", ("strategyqa", "intent_recognition", "anachronisms", "winowhy"))
+    torch.set_num_threads(1)
+    try:
+        hub_build.build_hub(str(tiny_llama_dir), hub, n_modules=2, cfg=CFG, log=logs.append)
+    finally:
+        mp.undo()
+    return hub, logs
+
+
+def test_unusable_task_is_replaced_by_the_next(built):
+    hub, logs = built
+    manifest = json.loads((hub / "hub.json").read_text())
+    assert [m["source_task"] for m in manifest["modules"]] == ["strategyqa", "anachronisms"]
+    assert any("skipped intent_recognition" in line and "usable examples" in line for line in logs)
+    for m in manifest["modules"]:
+        assert m["rank"] == 4 and m["steps"] == 2 and m["final_loss"] > 0 and len(m["sha256"]) == 64
+
+
+def test_built_hub_loads_as_a_stack_in_float16(built, tiny_llama_dir):
+    hub, _ = built
+    from safetensors.torch import load_file
+
+    for m in read_manifest(hub):
+        tensors = load_file(hub / "modules" / m.name / "adapter_model.safetensors")
+        assert {t.dtype for t in tensors.values()} == {torch.float16}
+    net, _ = load_base(tiny_llama_dir)
+    stack = stack_modules(net, read_manifest(hub))
+    assert all(stack.lora_b[layer].abs().sum() > 0 for layer in stack.layers)  # B moved off zero
+
+
+def test_resume_trains_nothing_new(built, tiny_llama_dir):
+    hub, _ = built
+    before = (hub / "hub.json").read_text()
+    logs = []
+    hub_build.build_hub(str(tiny_llama_dir), hub, n_modules=2, cfg=CFG, log=logs.append)
+    assert logs == [f"[hub] 2 modules present, 0 to train into {hub} (in this process)"]
+    assert (hub / "hub.json").read_text() == before
+
+
+def test_bad_task_lists_are_refused_before_training(tiny_llama_dir, tmp_path):
+    with pytest.raises(ValueError, match="held-out Big-Bench Hard"):
+        hub_build.build_hub(str(tiny_llama_dir), tmp_path / "h", tasks=["navigate"], cfg=CFG)
+    with pytest.raises(ValueError, match="unknown BIG-bench tasks"):
+        hub_build.build_hub(str(tiny_llama_dir), tmp_path / "h", tasks=["no_such_task"], cfg=CFG)
+    with pytest.raises(ValueError, match="curated list has"):
+        hub_build.build_hub(str(tiny_llama_dir), tmp_path / "h", n_modules=10_000, cfg=CFG)
+    assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.ray
+def test_ray_actors_add_modules_to_an_existing_hub(built, tiny_llama_dir, tmp_path):
+    import shutil
+
+    import ray
+
+    hub = tmp_path / "hub"
+    shutil.copytree(built[0], hub)
+    logs = []
+    try:
+        hub_build.build_hub(str(tiny_llama_dir), hub, tasks=["strategyqa", "odd_one_out", "implicatures"],
+                            cfg=CFG, log=logs.append, actors=2)
+    finally:
+        ray.shutdown()
+    assert logs[0] == f"[hub] 2 modules present, 2 to train into {hub} (on 2 Ray actors)"
+    names = sorted(m.source_task for m in read_manifest(hub))
+    assert names == ["anachronisms", "implicatures", "odd_one_out", "strategyqa"]
+    net, _ = load_base(tiny_llama_dir)
+    stack = stack_modules(net, read_manifest(hub))
+    assert all(len(stack.lora_a[layer]) == 4 for layer in stack.layers)
