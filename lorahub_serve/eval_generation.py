@@ -15,6 +15,7 @@ exactly the tokens the search scored.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +28,13 @@ from .prompting import prompt_ids
 
 # A method's request: (method name, composition name, prompts).
 Job = tuple[str, str, Sequence[str]]
+# Answers end at a blank line: the few-shot prompts separate examples with one, and a model that
+# has answered (ICL especially) goes on to invent the next example.
+STOP = "\n\n"
+
+
+def cut_at_stop(text: str) -> str:
+    return text.split(STOP, 1)[0]
 
 
 def vllm_available() -> bool:
@@ -53,6 +61,7 @@ def choose_generator(kind: str, engine: Engine, log_dir: Path | None = None):
 
 class EngineGenerator:
     name = "engine"
+    startup_seconds = 0.0
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -70,7 +79,7 @@ class EngineGenerator:
                          weights.astype(np.float32), max_new_tokens=max_new_tokens)
         out, pos = {}, 0
         for method, _, ps in jobs:
-            out[method] = preds[pos:pos + len(ps)]
+            out[method] = [cut_at_stop(t) for t in preds[pos:pos + len(ps)]]
             pos += len(ps)
         return out
 
@@ -99,16 +108,19 @@ class VllmGenerator:
         self.max_loras = max_loras
         self.server = None
         self.client = None
+        self.startup_seconds = 0.0  # server start-up, reported apart from answering time
 
     def _start(self, rank: int) -> None:
         from openai import OpenAI
 
         from .serving.process import ServeProcess, free_port
 
+        t0 = time.perf_counter()
         opts = ["--model", self.engine.model_name, "--store", self.store, "--port", free_port(),
                 "--max-loras", self.max_loras, "--max-lora-rank", _served_rank(rank)]
         self.server = ServeProcess(opts, self.log).start()
         self.client = OpenAI(base_url=f"{self.server.url}/v1", api_key="unused", timeout=3600)
+        self.startup_seconds = time.perf_counter() - t0
 
     def _needed_rank(self, module_idx: Sequence[int]) -> int:
         ranks = [self.engine.hub_modules[i].rank for i in module_idx]
@@ -132,10 +144,10 @@ class VllmGenerator:
         for method, comp, ps in jobs:
             ids = [prompt_ids(tok, p) for p in ps]
             r = self.client.completions.create(model=served[comp], prompt=ids, max_tokens=max_new_tokens,
-                                               temperature=0.0)
+                                               temperature=0.0, stop=[STOP])
             texts = [""] * len(ps)
             for choice in r.choices:
-                texts[choice.index] = choice.text
+                texts[choice.index] = cut_at_stop(choice.text)
             out[method] = texts
         return out
 

@@ -6,7 +6,8 @@ Per task and seed, with the same few-shot examples for every method:
 - LoraHub: the search (population CMA-ES by default) over K hub modules, then greedy answers;
 - best single module: the hub module with the lowest few-shot loss (one batched evaluation);
 - NGOpt: the reference's sequential optimiser at the same budget.
-Accuracy is exact match after the reference's normalisation. The evaluation set is fixed per
+Accuracy is exact match after the reference's normalisation, on the answer up to the first blank
+line (the separator of the few-shot prompt; see `eval_generation.STOP`). The evaluation set is fixed per
 task (split seed 0); the few-shot examples and the module selection change with the seed.
 """
 
@@ -65,9 +66,11 @@ def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalCon
                        progress=False)
     idx = engine.module_indices(k, seed)
     t_search = time.perf_counter() - t0
+    t_ng = time.perf_counter()
     ng_res = (engine.adapt(shots, task=key, modules=k, progress=False,
                            config=SearchConfig(budget=cfg.budget, seed=seed, optimizer="ngopt"))
               if cfg.ngopt else None)
+    t_ng = time.perf_counter() - t_ng
     # Best single module: one-hot candidates, scored in one batched evaluation.
     single_losses = engine.evaluator.losses([key] * k, np.tile(idx, (k, 1)), np.eye(k, dtype=np.float32))
     best_single = int(np.argmin(single_losses))
@@ -79,9 +82,10 @@ def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalCon
     if task not in cache:  # zero-shot: same evaluation set for every seed
         jobs.append(("zero_shot", "base", plain))
     jobs.append(("icl", "base", [icl_prompt(shots, e) for e in evalset]))
-    t1 = time.perf_counter()
+    t1, started = time.perf_counter(), generator.startup_seconds
     preds = generator.answers(f"{task.replace('/', '-')[:40]}-s{seed}", idx, comps, jobs, max_new)
-    t_generate = time.perf_counter() - t1
+    t_start = generator.startup_seconds - started  # a server started by this call
+    t_generate = time.perf_counter() - t1 - t_start
     out = {m: accuracy(p, golds) for m, p in preds.items()}
     out["zero_shot"] = cache.setdefault(task, out.get("zero_shot"))
     n_tok = statistics.mean(len(engine.tokenizer(e.input)["input_ids"]) for e in evalset)
@@ -92,6 +96,7 @@ def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalCon
             "generator": generator.name, "examples": [{"gold": g, **{m: p[i] for m, p in preds.items()}}
                                                       for i, g in enumerate(golds[:5])],
             "search_seconds": round(t_search, 1), "generate_seconds": round(t_generate, 1),
+            "ngopt_seconds": round(t_ng, 1), "server_start_seconds": round(t_start, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "evals_per_second": round(res.evals_per_second, 2),
             "input_tokens": round(n_tok, 1), "input_tokens_icl": round(n_tok_icl, 1),
             "n_eval": len(evalset)}
