@@ -20,10 +20,14 @@ def _say(msg: str) -> None:
 
 
 def _answers(client, model: str, prompts: list[str], max_tokens: int) -> list[str]:
-    out = []
-    for p in prompts:
-        r = client.completions.create(model=model, prompt=p, max_tokens=max_tokens, temperature=0.0)
-        out.append(r.choices[0].text)
+    """One batched completions request; answers end at a blank line, as in the evaluation."""
+    from .eval_generation import STOP
+
+    r = client.completions.create(model=model, prompt=prompts, max_tokens=max_tokens, temperature=0.0,
+                                  stop=[STOP])
+    out = [""] * len(prompts)
+    for choice in r.choices:
+        out[choice.index] = choice.text
     return out
 
 
