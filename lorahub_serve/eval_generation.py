@@ -14,6 +14,7 @@ exactly the tokens the search scored.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -104,7 +105,7 @@ class VllmGenerator:
     def __init__(self, engine: Engine, log_dir: Path | None = None, max_loras: int = 4):
         self.engine = engine
         self.store = Path(tempfile.mkdtemp(prefix="lorahub-eval-store-"))
-        self.log = Path(log_dir or self.store) / "eval-serve.log"
+        self.log = Path(log_dir) / "eval-serve.log" if log_dir else self.store / "eval-serve.log"
         self.max_loras = max_loras
         self.server = None
         self.client = None
@@ -152,6 +153,9 @@ class VllmGenerator:
         return out
 
     def close(self) -> None:
+        """Stop the server and remove the private store (its adapters can be re-made from the
+        report's weights; a server that failed to start has put its log tail in the error)."""
         if self.server is not None:
             self.server.stop()
             self.server = None
+        shutil.rmtree(self.store, ignore_errors=True)

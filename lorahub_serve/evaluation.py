@@ -93,6 +93,9 @@ def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalCon
     return {"task": task, "seed": seed, **out, "best_single_module": engine.hub_modules[idx[best_single]].name,
             "lorahub_loss": res.best_loss, "ngopt_loss": ng_res.best_loss if ng_res else None,
             "optimizer": res.optimizer, "ngopt_optimizer": ng_res.optimizer if ng_res else None,
+            "modules": [engine.hub_modules[i].name for i in idx],
+            "lorahub_weights": [round(float(w), 5) for w in res.weights],
+            "ngopt_weights": [round(float(w), 5) for w in ng_res.weights] if ng_res else None,
             "generator": generator.name, "examples": [{"gold": g, **{m: p[i] for m, p in preds.items()}}
                                                       for i, g in enumerate(golds[:5])],
             "search_seconds": round(t_search, 1), "generate_seconds": round(t_generate, 1),
