@@ -19,18 +19,6 @@ def _say(msg: str) -> None:
     print(f"\n=== {msg}", flush=True)
 
 
-def _answers(client, model: str, prompts: list[str], max_tokens: int) -> list[str]:
-    """One batched completions request; answers end at a blank line, as in the evaluation."""
-    from .eval_generation import STOP
-
-    r = client.completions.create(model=model, prompt=prompts, max_tokens=max_tokens, temperature=0.0,
-                                  stop=[STOP])
-    out = [""] * len(prompts)
-    for choice in r.choices:
-        out[choice.index] = choice.text
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -45,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
 
     from .data import bigbench, is_bbh
+    from .eval_generation import complete
     from .evaluation import accuracy
     from .models import fetch_model
 
@@ -89,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         max_tokens = 8
         golds = [e.output for e in evalset]
         prompts = [e.input for e in evalset]
-        zero = accuracy(_answers(client, a.model, prompts, max_tokens), golds)
-        adapted = accuracy(_answers(client, name, prompts, max_tokens), golds)
+        zero = accuracy(complete(client, a.model, prompts, max_tokens), golds)
+        adapted = accuracy(complete(client, name, prompts, max_tokens), golds)
     chance = 100 * bigbench.task_info(a.task).chance
     print(f"\n  task {a.task}: zero-shot {zero:.0f}%  ->  LoraHub-adapted {adapted:.0f}%   (chance {chance:.0f}%)")
     print(f"  done in {time.time() - t_start:.0f} s")

@@ -25,6 +25,7 @@ from .data import bigbench
 from .data.bbh import BBH_TASKS
 from .engine.adapt import Engine
 from .engine.search import SearchConfig
+from .eval_generation import STOP  # the few-shot separator is also where answers end
 
 METHODS = ("zero_shot", "icl", "lorahub", "lorahub_ngopt", "best_single")
 
@@ -51,7 +52,7 @@ def accuracy(preds: list[str], golds: list[str]) -> float:
 
 
 def icl_prompt(shots, example) -> str:
-    return "\n\n".join(f"{s.input}{s.output}" for s in shots) + "\n\n" + example.input
+    return STOP.join([*(f"{s.input}{s.output}" for s in shots), example.input])
 
 
 def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalConfig, cache: dict) -> dict:

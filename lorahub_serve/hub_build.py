@@ -203,18 +203,18 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
         if actors > 1 or ray_address:
             from .cluster.hub_trainers import train_on_ray
 
-            train_on_ray(model, plan.candidates, missing, cfg, on_result, actors, ray_address)
+            trained = train_on_ray(model, plan.candidates, missing, cfg, on_result, actors, ray_address)
         else:
-            _train_here(model, plan.candidates, missing, cfg, on_result, bar)
+            trained = _train_here(model, plan.candidates, missing, cfg, on_result, bar)
     finally:
         bar.close()
-    trained = len(done) + bar.n
+    trained += len(done)
     if trained < plan.target:
         log(f"[hub] {trained} of {plan.target} modules: the task list ran out of usable tasks")
     return manifest
 
 
-def _train_here(model: str, candidates: list[str], missing: int, cfg: TrainConfig, on_result, bar) -> None:
+def _train_here(model: str, candidates: list[str], missing: int, cfg: TrainConfig, on_result, bar) -> int:
     from .models import load_base, resolve_model
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -226,3 +226,4 @@ def _train_here(model: str, candidates: list[str], missing: int, cfg: TrainConfi
         mod = train_module(net, tok, task, cfg, progress=lambda s, n, loss, task=task: bar.set_postfix(
             task=task[:24], step=f"{s}/{n}", loss=f"{loss:.3f}"))
         trained += on_result(mod)
+    return trained
