@@ -41,7 +41,7 @@ def _cmd_hub_build(a) -> int:
                       target_modules=tuple(a.target_modules.split(",")))
     try:
         manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg, actors=a.actors,
-                             ray_address=a.ray_address)
+                             ray_address=a.ray_address, retrain_stale=a.retrain_stale)
     except ValueError as e:
         print(f"lorahub-serve hub build: {e}", file=sys.stderr)
         return 2
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     hb.add_argument("--lr", type=float, default=1e-3)
     hb.add_argument("--target-modules", default="q_proj,v_proj")
     hb.add_argument("--max-length", type=int, default=256, help="skip training examples longer than this")
+    hb.add_argument("--retrain-stale", action="store_true",
+                    help="retrain modules trained in an answer format the data no longer uses")
     hb.set_defaults(func=_cmd_hub_build)
 
     for register in _extensions():

@@ -55,6 +55,10 @@ DEFAULT_HUB_TASKS: tuple[str, ...] = (
     "symbol_interpretation/name_agnostic", "fact_checker/covid19_scientific",
     "emojis_emotion_prediction", "auto_categorization", "tense", "qa_wikidata", "operators",
     "periodic_elements/subtask_0", "gem/common_gen", "word_unscrambling",
+    # generative, so that compositions can also answer in free text
+    "modified_arithmetic/three_digit_addition_control",
+    "natural_instructions/subtask020_mctaco_span_based_question", "language_games/pig_latin_encode",
+    "codenames", "list_functions/00_shot_baseline", "unnatural_in_context_learning/dates",
 )
 
 
@@ -94,6 +98,29 @@ def _to_fp16(adapter_dir: Path) -> None:
     path = adapter_dir / ADAPTER_FILE
     tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(path).items()}
     save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def trained_style(task: str) -> str:
+    """How `task`'s examples are answered in training today: "text", "letter" or "" (generative)."""
+    style = bigbench.answer_style(task)
+    return "letter" if style == "letter-label" else style
+
+
+def stale_modules(manifest: dict) -> list[str]:
+    """Tasks whose module was trained in an answer format that the data no longer uses. Entries
+    without `answer_style` predate word answers: every multiple-choice task was lettered then."""
+    stale = []
+    for m in manifest["modules"]:
+        old = m.get("answer_style")
+        if old is None:
+            old = "letter" if bigbench.task_info(m["source_task"]).kind == "multiple_choice" else ""
+        if old != trained_style(m["source_task"]):
+            stale.append(m["source_task"])
+    return stale
 
 
 @dataclass
@@ -136,7 +163,8 @@ def record_module(hub_dir: Path, manifest: dict, mod: TrainedModule, cfg: TrainC
         "sha256": sha256_file(out / ADAPTER_FILE), "rank": cfg.rank, "alpha": cfg.alpha,
         "target_modules": list(cfg.target_modules), "steps": cfg.steps, "lr": cfg.lr, "max_length": cfg.max_length,
         "final_loss": round(mod.stats["final_loss"], 4), "train_examples": mod.stats["examples"],
-        "seconds": mod.stats["seconds"],
+        "heldout_loss": _round(mod.stats.get("heldout_loss")), "heldout_examples": mod.stats.get("heldout_examples", 0),
+        "answer_style": trained_style(mod.task), "seconds": mod.stats["seconds"],
     }
     manifest["modules"] = [m for m in manifest["modules"] if m["name"] != name] + [entry]
     write_json_atomic(hub_dir / "hub.json", manifest)
@@ -170,7 +198,7 @@ class BuildPlan:
 
 def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modules: int = 32,
               cfg: TrainConfig | None = None, log=print, actors: int = 1,
-              ray_address: str | None = None) -> dict:
+              ray_address: str | None = None, retrain_stale: bool = False) -> dict:
     """Train the missing modules into `hub_dir`: in this process (`actors=1`, no `ray_address`)
     or on Ray actors (cluster/hub_trainers.py), writing each module as soon as it is done."""
     from tqdm import tqdm
@@ -179,6 +207,17 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
     hub_dir = Path(hub_dir)
     manifest = load_manifest(hub_dir)
     manifest.update({"format": HUB_FORMAT, "base_model": str(model)})
+    stale = stale_modules(manifest)
+    if stale and retrain_stale:  # dropped from the manifest first, so a killed run still retrains them
+        log(f"[hub] retraining {len(stale)} modules whose answer format changed: {', '.join(stale)}")
+        manifest["modules"] = [m for m in manifest["modules"] if m["source_task"] not in stale]
+        write_json_atomic(hub_dir / "hub.json", manifest)
+    for m in manifest["modules"]:
+        if m["source_task"] not in stale:
+            m.setdefault("answer_style", trained_style(m["source_task"]))
+    if stale and not retrain_stale:
+        log(f"[hub] {len(stale)} modules were trained in an older answer format ({', '.join(stale)}); "
+            "--retrain-stale retrains them")
     done = {m["source_task"] for m in manifest["modules"] if (hub_dir / m["path"] / ADAPTER_FILE).exists()}
     plan = BuildPlan.make(tasks, n_modules, done)
     missing = plan.target - len(done)

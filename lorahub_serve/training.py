@@ -25,6 +25,7 @@ class TrainConfig:
     lr: float = 1e-3
     max_length: int = 256
     seed: int = 0
+    heldout: int = 32  # examples kept out of training to measure the module's held-out loss
 
     def __post_init__(self):
         for name in ("rank", "alpha", "steps", "batch_size", "max_length"):
@@ -60,6 +61,9 @@ def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: Tr
         except ValueError:
             continue
         rows.append((enc.prompt_ids, enc.target_ids))
+    n_held = min(cfg.heldout, len(rows) // 5)
+    random.Random(f"heldout:{cfg.seed}").shuffle(rows)
+    heldout, rows = rows[:n_held], rows[n_held:]
     if len(rows) < cfg.batch_size:
         raise ValueError(f"only {len(rows)} usable examples (need >= {cfg.batch_size})")
     torch.manual_seed(cfg.seed)
@@ -92,9 +96,24 @@ def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: Tr
         if progress is not None:
             progress(step + 1, cfg.steps, loss.item())
     peft_model.eval()
+    held_loss = mean_loss(peft_model, heldout, pad, cfg.batch_size) if heldout else None
     with atomic_dir(Path(out_dir)) as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
     peft_model.unload()  # restore the plain base model for the next module
     tail = losses[-10:]
     return {"final_loss": sum(tail) / len(tail), "first_loss": losses[0], "steps": cfg.steps,
-            "examples": len(rows), "seconds": round(time.time() - t0, 1)}
+            "examples": len(rows), "heldout_loss": held_loss, "heldout_examples": len(heldout),
+            "seconds": round(time.time() - t0, 1)}
+
+
+@torch.no_grad()
+def mean_loss(model, rows, pad_id: int, batch_size: int) -> float:
+    """Mean output-token cross-entropy over (prompt_ids, target_ids) rows."""
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        ids, mask, labels = _batch(rows[i:i + batch_size], pad_id)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        gold = labels[:, 1:]
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), gold, ignore_index=-100, reduction="sum")
+        total, count = total + ce.item(), count + int((gold != -100).sum())
+    return total / max(count, 1)

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
-from .examples import Example
+from .examples import LETTERS, Example
 
 SDIST_FILE = "bigbench-1.0.0.tar.gz"
 PYPI_SIMPLE = "https://pypi.org/simple/bigbench/"  # PyPI's JSON simple API (PEP 691)
 _TASK_DIR = "bigbench/benchmark_tasks/"
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def sdist_path(download: bool = True) -> Path:
@@ -121,35 +120,74 @@ def _clean_prefix(text: str | None, default: str) -> str:
     return default if text is None else text.lstrip("\n")
 
 
+# A task answers with its labels' text (BBH-style "yes", "valid", "True") when every example offers
+# the same small label set; larger fixed sets (salient_translation's six error types) and options
+# that change per example are answered by letter, as BBH does.
+MAX_WORD_LABELS = 4
+
+
+@functools.lru_cache(maxsize=512)
+def answer_style(task: str) -> str:
+    """"text", "letter" or "letter-label" (the labels are themselves letters, a/b or (a)/(b), and
+    name options written into the input, as in hyperbaton and snarks); "" for generative tasks."""
+    sets = {frozenset(e["target_scores"]) for e in read_task_json(task).get("examples", [])
+            if e.get("target_scores")}
+    if not sets:
+        return ""
+    if max(len(s) for s in sets) > len(LETTERS):  # too many options to letter (dyck_languages)
+        return "text"
+    if len(sets) == 1:
+        labels = next(iter(sets))
+        as_letters = {lab.strip("()").upper() for lab in labels}
+        if as_letters == set(LETTERS[: len(labels)]) and all(len(lab.strip("()")) == 1 for lab in labels):
+            return "letter-label"
+        if len(labels) <= MAX_WORD_LABELS:
+            return "text"
+    return "letter"
+
+
 def format_example(raw: dict, spec: dict, task: str, index: int, seed: int = 0) -> Example | None:
-    """One BIG-bench example as (prompt, answer); None when it has no usable target."""
+    """One BIG-bench example as (prompt, answer); None when it has no usable target.
+
+    Multiple choice, options in a seeded random order (some files list the answer first):
+    - text: `Q: …\nOptions: implausible, plausible\nA:` -> " plausible";
+    - letter: `Q: …\nOptions:\n(A) …\n(B) …\nA:` -> " (B)";
+    - letter-label: the input names its options a/b: `Q: …\nOptions: (A), (B)\nA:` -> " (A)".
+    Options are shown for every multiple-choice task, also where the file sets
+    append_choices_to_input=false, as BBH does.
+    """
     q_prefix = _clean_prefix(spec.get("example_input_prefix"), "Q: ")
     a_prefix = _clean_prefix(spec.get("example_output_prefix"), "A:").rstrip()
     task_prefix = spec.get("task_prefix", "") or ""
     if task_prefix and not task_prefix[-1].isspace():
         task_prefix += "\n"
     text = str(raw.get("input", "")).strip()
+    head = f"{task_prefix}{q_prefix}{text}"
     scores = raw.get("target_scores")
     if scores:
+        style = answer_style(task)
+        if style == "letter-label":
+            labels = sorted(scores, key=lambda lab: lab.strip("()").upper())  # bound to the input: no shuffle
+            best = max(labels, key=lambda lab: scores[lab])
+            opts = tuple(f"({lab.strip('()').upper()})" for lab in labels)
+            return Example(f"{head}\nOptions: {', '.join(opts)}\n{a_prefix}", f" {opts[labels.index(best)]}",
+                           opts, "letter")
         options = list(scores)
         rng = random.Random(f"{task}:{index}:{seed}")  # str seeds are stable across runs
         rng.shuffle(options)
         best = max(options, key=lambda o: scores[o])
-        if len(options) > len(LETTERS):
-            # Too many options to letter (dyck_languages): answer with the option's text.
-            return Example(f"{task_prefix}{q_prefix}{text}\n{a_prefix}", f" {best}")
-        # Options are always shown BBH-style and answered by letter, also where the file sets
-        # append_choices_to_input=false: BBH shows them for every multiple-choice task, and a
-        # letter answer makes exact match well defined.
+        if style == "text":
+            listed = f"\nOptions: {', '.join(options)}" if len(options) <= MAX_WORD_LABELS else ""
+            return Example(f"{head}{listed}\n{a_prefix}", f" {best}", tuple(options), "text")
         opts = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
-        prompt = f"{task_prefix}{q_prefix}{text}\nOptions:\n{opts}\n{a_prefix}"
-        return Example(prompt, f" ({LETTERS[options.index(best)]})")
+        return Example(f"{head}\nOptions:\n{opts}\n{a_prefix}", f" ({LETTERS[options.index(best)]})",
+                       tuple(options), "letter")
     target = raw.get("target")
     if isinstance(target, list):
         target = target[0] if target else None
     if target is None or not str(target).strip():
         return None
-    return Example(f"{task_prefix}{q_prefix}{text}\n{a_prefix}", " " + str(target).strip())
+    return Example(f"{head}\n{a_prefix}", " " + str(target).strip())
 
 
 def load_task(task: str, seed: int = 0) -> list[Example]:

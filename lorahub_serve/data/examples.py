@@ -9,17 +9,39 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 class ExampleError(ValueError):
     """An example file or list is unusable; the message says where and why."""
 
 
+AnswerStyle = Literal["", "letter", "text"]
+
+
 @dataclass(frozen=True)
 class Example:
+    """A prompt and its output. Multiple-choice examples also carry their options (texts in the
+    order shown) and how they are answered: `letter` (" (B)") or `text` (" yes"); a user's JSONL
+    example has neither (`answer_style` ""), and is scored by exact match."""
+
     input: str
     output: str
+    options: tuple[str, ...] = ()
+    answer_style: AnswerStyle = ""
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The answer strings of the options, as an output would spell them (rank classification)."""
+        if self.answer_style == "letter":
+            return tuple(f" ({LETTERS[i]})" for i in range(len(self.options)))
+        return tuple(f" {o}" for o in self.options)
+
+    @property
+    def gold_index(self) -> int | None:
+        return self.choices.index(self.output) if self.output in self.choices else None
 
 
 def _check_record(rec: Any, where: str) -> Example:
