@@ -38,7 +38,7 @@ def test_adapt_cli_on_smollm2_exports_a_peft_adapter_with_the_reported_loss(smol
                     "--hub", str(hub), "--examples", str(tmp_path / "ex.jsonl"), "--out", str(out),
                     "--modules", "20", "--budget", "24", "--seed", "1"], check=True)
     meta = json.loads((out / "lorahub.json").read_text())
-    assert len(meta["modules"]) == 20 and len(meta["loss_history"]) == 24
+    assert len(meta["modules"]) == 20 and len(meta["objective_history"]) == 24
     peft = PeftModel.from_pretrained(load_base(smollm2)[0], out).eval()
     records = [{"input": e.input, "output": e.output} for e in shots]
     with torch.inference_mode():

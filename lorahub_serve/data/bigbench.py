@@ -134,7 +134,7 @@ def answer_style(task: str) -> str:
             if e.get("target_scores")}
     if not sets:
         return ""
-    if max(len(s) for s in sets) > len(LETTERS):  # too many options to letter (dyck_languages)
+    if min(len(s) for s in sets) > len(LETTERS):  # too many options to letter (dyck_languages)
         return "text"
     if len(sets) == 1:
         labels = next(iter(sets))
@@ -176,7 +176,7 @@ def format_example(raw: dict, spec: dict, task: str, index: int, seed: int = 0) 
         rng = random.Random(f"{task}:{index}:{seed}")  # str seeds are stable across runs
         rng.shuffle(options)
         best = max(options, key=lambda o: scores[o])
-        if style == "text":
+        if style == "text" or len(options) > len(LETTERS):  # the odd example with 34 options: text
             listed = f"\nOptions: {', '.join(options)}" if len(options) <= MAX_WORD_LABELS else ""
             return Example(f"{head}{listed}\n{a_prefix}", f" {best}", tuple(options), "text")
         opts = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))

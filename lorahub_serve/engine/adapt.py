@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ class AdaptResult:
     weights: np.ndarray  # [K], aligned with `modules`
     best_loss: float  # few-shot cross-entropy of the best candidate (without the L1 term)
     best_objective: float  # best_loss + l1 · mean|w|
-    history: list[float]
+    history: list[float]  # objective (loss + L1) of each evaluation, in order
     optimizer: str
     config: SearchConfig
     rule: str
@@ -39,6 +39,7 @@ class AdaptResult:
     seconds: float
     out_dir: Path | None = None
     extra: dict = field(default_factory=dict)
+    start_losses: np.ndarray | None = None  # [1 + K]: w = 0, then each module alone; None: no start
 
     @property
     def evals_per_second(self) -> float:
@@ -52,9 +53,10 @@ class AdaptResult:
                          "rank": m.rank, "alpha": m.alpha, "weight": float(w)}
                         for m, w in zip(self.modules, self.weights)],
             "weights": [float(w) for w in self.weights], "best_loss": self.best_loss,
-            "best_objective": self.best_objective, "loss_history": self.history,
+            "best_objective": self.best_objective,
+            "objective_history": self.history,  # loss + l1·mean|w| of each evaluation, in order
             "seed": self.config.seed, "budget": self.config.budget, "optimizer": self.optimizer,
-            "search": asdict(self.config), "evaluations": self.evaluations,
+            "search": self.config.describe(len(self.modules)), "evaluations": self.evaluations,
             "seconds": round(self.seconds, 3), "evals_per_second": round(self.evals_per_second, 3),
             **self.extra,
         }
@@ -118,7 +120,8 @@ class Engine:
             bar.close()
         result = AdaptResult(task, [self.hub_modules[i] for i in idx], state.best_weights, state.best_loss,
                              state.best_objective, state.history, state.optimizer_name, config, self.rule,
-                             state.evaluations, time.perf_counter() - t0)
+                             state.evaluations, time.perf_counter() - t0,
+                             start_losses=state.start_losses)
         if out is not None:
             self.export(result, Path(out), merge=merge)
         return result

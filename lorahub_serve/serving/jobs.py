@@ -265,7 +265,7 @@ def final_loss(meta_path: Path, fallback: float | None) -> float | None:
     for key in ("best_loss", "loss"):
         if isinstance(meta.get(key), (int, float)):
             return float(meta[key])
-    curve = meta.get("loss_history", meta.get("loss_curve"))
+    curve = meta.get("objective_history", meta.get("loss_history"))
     if isinstance(curve, list):
         values = [v if isinstance(v, (int, float)) else (v or {}).get("loss") for v in curve
                   if isinstance(v, (int, float, dict))]

@@ -16,7 +16,7 @@ TASKS = {
     "gamma": _FEW[2:5],
     "delta": [_FEW[0], _FEW[4]],
 }
-CONFIG = SearchConfig(budget=24, seed=3)  # K = 4 (the tiny hub) -> popsize 8 -> 3 generations
+CONFIG = SearchConfig(budget=24, seed=3)  # K = 4 (the tiny hub): start 5, then generations of 4
 LOSS_TOL = 1e-5  # per-candidate losses move by ~1e-7 with the batch they share (fp32 GEMM order)
 TOO_LONG = [{"input": "x " * 400, "output": " no"}]  # 800 tokens > the tiny model's 512
 

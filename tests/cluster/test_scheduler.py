@@ -11,7 +11,7 @@ from lorahub_serve.data import from_records
 from lorahub_serve.engine.search import SearchConfig, SearchState, run_search
 
 K = 5
-CONFIG = SearchConfig(budget=30, seed=7)  # popsize 8 -> generations of 8, 8, 8, 6
+CONFIG = SearchConfig(budget=30, seed=7, popsize=8)  # start 6 (w=0, 5 one-hots), then 8, 8, 8
 CENTRES = {f"t{i}": np.linspace(-1, 1, K) * (i + 1) / 4 for i in range(4)}
 
 
@@ -64,7 +64,7 @@ def test_any_split_equals_run_search(limit, shuffle):
 def test_batches_mix_tasks():
     sched = Scheduler(_runs())
     work = sched.take(100)
-    assert len(set(work.batch.tasks)) == 4 and work.batch.size == 4 * CONFIG.population(K)
+    assert len(set(work.batch.tasks)) == 4 and work.batch.size == 4 * CONFIG.start_size(K)
     assert set(work.batch.examples) == set(CENTRES)
 
 
@@ -80,7 +80,7 @@ def test_checkpoint_between_tell_and_ask_resumes_exactly():
         sched.complete(work := sched.take(1000), _losses(work))
     resumed = [TaskRun(n, r.examples, r.digest, r.module_idx, pickle.loads(saved[n]))
                for n, r in sched.runs.items()]
-    assert all(r.state.evaluations == 16 for r in resumed)
+    assert all(r.state.evaluations == CONFIG.start_size(K) + CONFIG.population(K) for r in resumed)
     sched2 = Scheduler(resumed)
     _drain(sched2, 5)
     for name, run in sched2.runs.items():
@@ -114,11 +114,11 @@ def test_failed_task_alone_and_stale_results_ignored():
 
 def test_isolate_splits_a_batch_by_task():
     sched = Scheduler(_runs())
-    work = sched.take(20)  # t0's 8, t1's 8, t2's 4
+    work = sched.take(14)  # the start batches: t0's 6, t1's 6, t2's 2
     sched.isolate(work)
     parts = [sched.take(1000) for _ in range(3)]
     assert [p.tasks for p in parts] == [["t0"], ["t1"], ["t2"]]
-    assert sum(p.batch.size for p in parts) == 20
+    assert sum(p.batch.size for p in parts) == 14
 
 
 def test_no_export_marks_done_without_compose():

@@ -25,14 +25,54 @@ def test_every_bbh_task_loads_all_its_examples(task):
         assert len(exs) == EXPECTED_COUNTS[task]
 
 
-def test_multiple_choice_format_shows_lettered_options():
-    ex = bigbench.load_task("navigate")[0]
-    raw = bigbench.read_task_json("navigate")["examples"][0]
-    assert "\nQ: " in ex.input and ex.input.endswith("\nA:")  # task prefix, then the question
-    assert "\nOptions:\n(A) " in ex.input and "(B) " in ex.input
+def test_per_example_options_are_lettered():
+    ex = bigbench.load_task("date_understanding")[0]
+    raw = bigbench.read_task_json("date_understanding")["examples"][0]
+    assert ex.input.startswith("Q: ") and ex.input.endswith("\nA:")
+    assert "\nOptions:\n(A) " in ex.input and "(B) " in ex.input and ex.answer_style == "letter"
     letter = ex.output.strip()[1]
     shown = {line[1]: line[4:] for line in ex.input.splitlines() if line[:1] == "(" and line[2:4] == ") "}
     assert raw["target_scores"][shown[letter]] == max(raw["target_scores"].values())
+    assert ex.choices[ex.gold_index] == ex.output and list(shown.values()) == list(ex.options)
+
+
+def test_fixed_label_set_is_answered_with_the_label_text():
+    ex = bigbench.load_task("sports_understanding")[0]
+    raw = bigbench.read_task_json("sports_understanding")["examples"][0]
+    assert ex.answer_style == "text" and sorted(ex.options) == ["implausible", "plausible"]
+    assert "\nOptions: " in ex.input and "(A)" not in ex.input
+    assert raw["target_scores"][ex.output.strip()] == 1
+    assert ex.choices == tuple(f" {o}" for o in ex.options)
+
+
+# What BBH itself answers with (Suzgun et al., 2022, bbh/*.json targets).
+BBH_TARGET_KIND = {
+    "causal_judgment": "word", "formal_fallacies_syllogisms_negation": "word", "navigate": "word",
+    "sports_understanding": "word", "dyck_languages": "free", "object_counting": "free",
+    "word_sorting": "free",
+}
+
+
+@pytest.mark.parametrize("task", BBH_TASKS)
+def test_answer_kind_matches_bbh(task):
+    """Words for yes/no-style label sets, letters where BBH letters the options, free text else."""
+    want = BBH_TARGET_KIND.get(task, "letter")
+    for ex in bigbench.load_task(task)[:50]:
+        out = ex.output.strip()
+        is_letter = len(out) == 3 and out[0] == "(" and out[2] == ")" and out[1].isupper()
+        assert is_letter == (want == "letter"), (task, out)
+        if want == "word":
+            assert out in ex.options and len(ex.options) == 2 and ex.answer_style == "text"
+        if want == "free":
+            assert not is_letter
+
+
+@pytest.mark.parametrize("task", ["hyperbaton", "snarks"])
+def test_letter_labels_name_the_options_in_the_input(task):
+    """hyperbaton's labels are a/b, snarks' (a)/(b): the letter names the input's option, unshuffled."""
+    for ex, raw in zip(bigbench.load_task(task)[:30], bigbench.read_task_json(task)["examples"]):
+        best = max(raw["target_scores"], key=raw["target_scores"].get)
+        assert ex.output == f" ({best.strip('()').upper()})" and ex.options == ("(A)", "(B)")
 
 
 def test_generative_format_uses_target_and_task_prefix():

@@ -21,9 +21,9 @@ def test_exported_adapter_reproduces_best_loss(tiny_llama_dir, tiny_llama_hub, f
     res = adapt(tiny_llama_dir, tiny_llama_hub, few_shot, out=out, budget=12, seed=3, rule=rule,
                 progress=False)
     meta = json.loads((out / "lorahub.json").read_text())
-    assert meta["rule"] == rule and meta["budget"] == 12 and len(meta["loss_history"]) == 12
+    assert meta["rule"] == rule and meta["budget"] == 12 and len(meta["objective_history"]) == 12
     assert meta["best_loss"] == pytest.approx(res.best_loss)
-    assert min(meta["loss_history"]) == pytest.approx(res.best_objective)
+    assert min(meta["objective_history"]) == pytest.approx(res.best_objective)
     base, tok = load_base(tiny_llama_dir)
     peft = PeftModel.from_pretrained(base, out).eval()
     assert reference_loss(peft, tok, few_shot) == pytest.approx(res.best_loss, abs=1e-4)
