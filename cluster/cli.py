@@ -8,10 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-
-def _modules_arg(value: str):
-    """`--modules 20` (K seeded-random modules) or `--modules a,b,c` (named modules)."""
-    return int(value) if value.isdigit() else [v for v in value.split(",") if v]
+from lorahub_serve.cli_args import add_search_arguments, search_config
 
 
 def add_cluster_arguments(p, default_actors: int = 1) -> None:
@@ -39,15 +36,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="adapter store: task NAME goes to OUT/NAME")
     p.add_argument("--model", default="smollm2-135m", help="registry name or Hugging Face folder")
     add_cluster_arguments(p)
-    p.add_argument("--modules", type=_modules_arg, default=None,
-                   help="K (seeded-random modules, default min(20, hub size)) or comma-separated names")
-    p.add_argument("--budget", type=int, default=40, help="candidate evaluations per task")
-    p.add_argument("--seed", type=int, default=0, help="search seed (each task's optimiser uses it)")
+    add_search_arguments(p, "candidate evaluations per task, the start batch included")
     p.add_argument("--rule", choices=["lorahub", "linear"], default="lorahub")
-    p.add_argument("--optimizer", choices=["cma", "ngopt"], default="cma",
-                   help="population CMA-ES (batched) or the reference's sequential NGOpt "
-                        "(NGOpt's state does not pickle: a resumed job restarts its unfinished tasks)")
-    p.add_argument("--popsize", type=int, default=None)
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
     p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per micro-batch")
     p.add_argument("--max-batch", type=int, default=256, help="most candidates sent to an actor at once")
@@ -60,13 +50,12 @@ def register(sub) -> None:
 
 def _cmd_adapt_batch(a) -> int:
     from ..engine.hub import HubError
-    from ..engine.search import SearchConfig
     from ..models import ModelNotFoundError
     from .jobstate import JobLockedError
     from .tasks import TasksFileError, read_tasks_file
 
     try:
-        config = SearchConfig(budget=a.budget, seed=a.seed, optimizer=a.optimizer, popsize=a.popsize)
+        config = search_config(a)
         specs = read_tasks_file(a.tasks)
         from .driver import run_adapt_batch
 

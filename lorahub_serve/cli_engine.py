@@ -5,20 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-
-def _modules_arg(value: str):
-    """`--modules 20` (K seeded-random modules) or `--modules a,b,c` (named modules)."""
-    return int(value) if value.isdigit() else [v for v in value.split(",") if v]
+from .cli_args import add_search_arguments, search_config
 
 
 def _cmd_adapt(a) -> int:
     from .data.examples import ExampleError, load_jsonl
     from .engine.hub import HubError
-    from .engine.search import SearchConfig
 
     try:
         examples = load_jsonl(a.examples)
-        config = SearchConfig(budget=a.budget, seed=a.seed, optimizer=a.optimizer, popsize=a.popsize)
+        config = search_config(a)
     except (ExampleError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -57,14 +53,8 @@ def register(sub) -> None:
     p.add_argument("--hub", required=True, help="hub folder (hub.json + adapter folders)")
     p.add_argument("--examples", required=True, help="JSONL of {\"input\", \"output\"}")
     p.add_argument("--out", required=True, help="adapter folder to write (e.g. STORE/NAME)")
-    p.add_argument("--modules", type=_modules_arg, default=None,
-                   help="K (seeded-random modules, default min(20, hub size)) or comma-separated names")
-    p.add_argument("--budget", type=int, default=40, help="candidate evaluations")
-    p.add_argument("--seed", type=int, default=0)
+    add_search_arguments(p)
     p.add_argument("--rule", choices=["lorahub", "linear"], default="lorahub")
-    p.add_argument("--optimizer", choices=["cma", "ngopt"], default="cma",
-                   help="population CMA-ES (batched) or the reference's sequential NGOpt")
-    p.add_argument("--popsize", type=int, default=None)
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
     p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per micro-batch")
     p.add_argument("--merge", action="store_true", help="also write OUT-merged, a full merged model")
