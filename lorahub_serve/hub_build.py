@@ -224,6 +224,7 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
     where = f"on {actors} Ray actors" if actors > 1 or ray_address else "in this process"
     log(f"[hub] {len(done)} modules present, {missing} to train into {hub_dir} ({where})")
     if missing <= 0:
+        backfill_heldout(model, hub_dir, manifest, log)
         return manifest
     bar = tqdm(total=missing, desc="hub build", unit="module")
 
@@ -250,7 +251,36 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
     trained += len(done)
     if trained < plan.target:
         log(f"[hub] {trained} of {plan.target} modules: the task list ran out of usable tasks")
+    backfill_heldout(model, hub_dir, manifest, log)
     return manifest
+
+
+def backfill_heldout(model: str, hub_dir: Path, manifest: dict, log=print, limit: int = 32) -> int:
+    """Held-out loss of modules trained before `train_lora` kept rows out: measured on rows their
+    sampler never drew (`rows_never_drawn`); None where it drew them all. Returns modules measured."""
+    from peft import PeftModel
+
+    from .models import load_base, resolve_model
+    from .training import TrainConfig, encode_rows, mean_loss, rows_never_drawn
+
+    todo = [m for m in manifest["modules"] if "heldout_loss" not in m]
+    if not todo:
+        return 0
+    log(f"[hub] held-out loss of {len(todo)} modules trained before held-out rows existed")
+    net, tok = load_base(resolve_model(model))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for m in todo:
+        cfg = TrainConfig(max_length=m.get("max_length", 256))
+        rows = encode_rows(tok, bigbench.load_task(m["source_task"]), cfg.max_length)
+        unseen = rows_never_drawn(len(rows), m["steps"], cfg.batch_size)[:limit]
+        loss = None
+        if len(unseen) >= cfg.batch_size:
+            peft_model = PeftModel.from_pretrained(net, hub_dir / m["path"]).eval()
+            loss = mean_loss(peft_model, [rows[i] for i in unseen], pad, cfg.batch_size)
+            net = peft_model.unload()
+        m["heldout_loss"], m["heldout_examples"] = _round(loss), len(unseen) if loss is not None else 0
+        write_json_atomic(hub_dir / "hub.json", manifest)
+    return len(todo)
 
 
 def _train_here(model: str, candidates: list[str], missing: int, cfg: TrainConfig, on_result, bar) -> int:

@@ -46,6 +46,32 @@ def _batch(rows, pad_id: int):
     return ids, mask, labels
 
 
+def encode_rows(tokenizer, examples: list[Example], max_length: int) -> list[tuple]:
+    """(prompt_ids, target_ids) of every example that fits `max_length`, in order."""
+    rows = []
+    for ex in examples:
+        try:
+            enc = encode_example(tokenizer, ex, max_length, truncate=False)
+        except ValueError:
+            continue
+        rows.append((enc.prompt_ids, enc.target_ids))
+    return rows
+
+
+def rows_never_drawn(n_rows: int, steps: int, batch_size: int, seed: int = 0) -> list[int]:
+    """Rows that the sampler of modules trained before held-out rows existed never drew (it
+    drew `batch_size` rows a step from a seeded shuffle of all rows, reshuffling when short).
+    Their loss is a true held-out loss for those modules."""
+    rng, order, drawn = random.Random(seed), [], set()
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order = list(range(n_rows))
+            rng.shuffle(order)
+        drawn.update(order[:batch_size])
+        order = order[batch_size:]
+    return [i for i in range(n_rows) if i not in drawn]
+
+
 def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: TrainConfig,
                progress=None) -> dict:
     """Fit a LoRA on `examples` and save it as a PEFT folder (atomically). Returns stats.
@@ -54,13 +80,7 @@ def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: Tr
     """
     from peft import LoraConfig, get_peft_model
 
-    rows = []
-    for ex in examples:
-        try:
-            enc = encode_example(tokenizer, ex, cfg.max_length, truncate=False)
-        except ValueError:
-            continue
-        rows.append((enc.prompt_ids, enc.target_ids))
+    rows = encode_rows(tokenizer, examples, cfg.max_length)
     n_held = min(cfg.heldout, len(rows) // 5)
     random.Random(f"heldout:{cfg.seed}").shuffle(rows)
     heldout, rows = rows[:n_held], rows[n_held:]

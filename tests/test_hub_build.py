@@ -92,3 +92,44 @@ def test_ray_actors_add_modules_to_an_existing_hub(built, tiny_llama_dir, tmp_pa
     net, _ = load_base(tiny_llama_dir)
     stack = stack_modules(net, read_manifest(hub))
     assert all(len(stack.lora_a[layer]) == 4 for layer in stack.layers)
+
+
+def test_modules_record_answer_format_and_held_out_loss(built):
+    hub, _ = built
+    for m in json.loads((hub / "hub.json").read_text())["modules"]:
+        assert m["answer_style"] == "text"  # strategyqa and anachronisms answer Yes/No in words
+        assert m["heldout_examples"] > 0 and m["heldout_loss"] > 0
+
+
+def test_rows_never_drawn_replays_the_old_sampler():
+    import random
+
+    from lorahub_serve.training import rows_never_drawn
+
+    order = list(range(50))
+    random.Random(0).shuffle(order)
+    assert rows_never_drawn(50, 3, 8) == sorted(order[3 * 8:])  # 3 steps of 8 from one shuffle
+    assert rows_never_drawn(16, 3, 8) == []  # two steps draw all 16 rows
+
+
+def test_stale_format_modules_are_retrained_and_old_ones_get_a_held_out_loss(built, tiny_llama_dir, tmp_path):
+    """A hub from before word answers: its Yes/No module is retrained; a module without a
+    held-out loss gets one measured on rows its sampler never drew."""
+    import shutil
+
+    hub = tmp_path / "hub"
+    shutil.copytree(built[0], hub)
+    manifest = json.loads((hub / "hub.json").read_text())
+    old = manifest["modules"][0]
+    for key in ("answer_style", "heldout_loss", "heldout_examples"):
+        old.pop(key)
+    manifest["modules"][1].pop("heldout_loss")
+    (hub / "hub.json").write_text(json.dumps(manifest))
+    assert hub_build.stale_modules(manifest) == [old["source_task"]]
+    logs = []
+    hub_build.build_hub(str(tiny_llama_dir), hub, n_modules=2, cfg=CFG, log=logs.append, retrain_stale=True,
+                        tasks=[old["source_task"]])
+    after = {m["source_task"]: m for m in json.loads((hub / "hub.json").read_text())["modules"]}
+    assert any("retraining 1 modules" in line for line in logs)
+    assert after[old["source_task"]]["answer_style"] == "text"
+    assert "heldout_loss" in after[manifest["modules"][1]["source_task"]]
