@@ -16,10 +16,12 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def _cmd_eval(a) -> int:
     from .data.bbh import BBH_TASKS
-    from .evaluation import EvalConfig, markdown_table, run_eval, summarise, write_report
+    from .eval_report import markdown_table, summarise, write_report
+    from .evaluation import EvalConfig, run_eval
 
     cfg = EvalConfig(tasks=tuple(a.tasks or BBH_TASKS), seeds=_seeds(a.seeds), shots=a.shots,
-                     limit=a.limit, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt)
+                     limit=a.limit, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt,
+                     soup_k=a.soup_k)
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     rows = run_eval(a.model, a.hub, cfg, generator=a.generator,
                     on_row=lambda rows: write_report(rows, Path(a.out), a.name, command))
@@ -30,7 +32,8 @@ def _cmd_eval(a) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="compare zero-shot, ICL, LoraHub and single modules on BBH")
+    p = sub.add_parser("eval", help="compare zero-shot, ICL, LoraHub, single modules and a soup on BBH "
+                       "(exact match and rank classification)")
     p.add_argument("--suite", choices=["bbh"], default="bbh")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--hub", required=True)
@@ -41,6 +44,8 @@ def register(sub) -> None:
     p.add_argument("--budget", type=int, default=40)
     p.add_argument("--modules", type=int, default=None, help="K (default min(20, hub size))")
     p.add_argument("--no-ngopt", action="store_true", help="skip the NGOpt comparison")
+    p.add_argument("--soup-k", type=int, default=3,
+                   help="soup baseline: average (weight 1/k) of the k modules with the lowest few-shot loss")
     p.add_argument("--generator", choices=["auto", "vllm", "engine"], default="auto",
                    help="greedy answers from vLLM (our server + OpenAI client) or the engine's batched "
                    "generate; auto = vLLM when installed and the model is decoder-only")

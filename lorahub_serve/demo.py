@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .data import bigbench, is_bbh
     from .eval_generation import complete
-    from .evaluation import accuracy
     from .models import fetch_model
+    from .scoring import accuracy
 
     if not is_bbh(a.task):
         print(f"--task {a.task!r} is not a held-out BBH task", file=sys.stderr)
@@ -76,10 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
         _say(f"5/5 accuracy on {len(evalset)} held-out examples (exact match), through the server")
         max_tokens = 8
-        golds = [e.output for e in evalset]
         prompts = [e.input for e in evalset]
-        zero = accuracy(complete(client, a.model, prompts, max_tokens), golds)
-        adapted = accuracy(complete(client, name, prompts, max_tokens), golds)
+        zero = accuracy(complete(client, a.model, prompts, max_tokens), evalset)
+        adapted = accuracy(complete(client, name, prompts, max_tokens), evalset)
     chance = 100 * bigbench.task_info(a.task).chance
     print(f"\n  task {a.task}: zero-shot {zero:.0f}%  ->  LoraHub-adapted {adapted:.0f}%   (chance {chance:.0f}%)")
     print(f"  done in {time.time() - t_start:.0f} s")

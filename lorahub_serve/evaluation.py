@@ -1,21 +1,29 @@
 """`lorahub-serve eval --suite bbh`: what composition buys on held-out Big-Bench Hard tasks.
 
 Per task and seed, with the same few-shot examples for every method:
-- zero-shot: the base model;
-- ICL: the few-shot examples in the prompt;
-- LoraHub: the search (population CMA-ES by default) over K hub modules, then greedy answers;
-- best single module: the hub module with the lowest few-shot loss (one batched evaluation);
-- NGOpt: the reference's sequential optimiser at the same budget.
-Accuracy is exact match after the reference's normalisation, on the answer up to the first blank
-line (the separator of the few-shot prompt; see `eval_generation.STOP`). The evaluation set is fixed per
-task (split seed 0); the few-shot examples and the module selection change with the seed.
+- zero_shot: the base model;
+- icl: the few-shot examples in the prompt (base model);
+- lorahub: the default search (one-hot start + population CMA-ES) over K hub modules;
+- lorahub_ngopt: the reference's sequential NGOpt at the same budget;
+- best_single: the hub module with the lowest few-shot loss, at weight 1;
+- soup: the `soup_k` modules with the lowest few-shot loss, weight 1/k each.
+The per-module few-shot losses come from the search's start batch (each module alone), or from
+one batched evaluation when the search had none.
+
+Every method is scored twice (see `scoring` and `rank_classification`):
+- EM (row key `m`): exact match of the greedy answer, read by one extractor for all methods;
+  answers end at the first blank line (the few-shot separator, `eval_generation.STOP`);
+- RC (row key `m_rc`): rank classification, the option whose answer string has the lowest mean
+  cross-entropy given the method's prompt; None for generative tasks.
+The evaluation set is fixed per task (split seed 0); the few-shot examples and the module
+selection change with the seed. Tables and plots: `eval_report`.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +31,19 @@ import numpy as np
 
 from .data import bigbench
 from .data.bbh import BBH_TASKS
-from .engine.adapt import Engine
+from .data.examples import Example
+from .engine.adapt import AdaptResult, Engine
 from .engine.search import SearchConfig
 from .eval_generation import STOP  # the few-shot separator is also where answers end
+from .rank_classification import Method, rank_classification
+from .scoring import accuracy
 
-METHODS = ("zero_shot", "icl", "lorahub", "lorahub_ngopt", "best_single")
+METHODS = ("zero_shot", "icl", "lorahub", "lorahub_ngopt", "best_single", "soup")
+
+
+def rc_key(method: str) -> str:
+    """The row key of a method's rank-classification accuracy."""
+    return f"{method}_rc"
 
 
 @dataclass(frozen=True)
@@ -39,71 +55,152 @@ class EvalConfig:
     budget: int = 40
     modules: int | None = None  # K; default min(20, hub size)
     ngopt: bool = True
+    soup_k: int = 3  # modules averaged by the soup baseline (at most K)
 
     def __post_init__(self):
         unknown = [t for t in self.tasks if t not in BBH_TASKS]
         if unknown:
             raise ValueError(f"not BBH tasks: {unknown}; choose from {', '.join(BBH_TASKS)}")
+        if self.soup_k < 1:
+            raise ValueError(f"soup_k must be >= 1 (modules in the soup), got {self.soup_k}")
 
 
-def accuracy(preds: list[str], golds: list[str]) -> float:
-    norm = bigbench.normalize_answer
-    return 100.0 * sum(norm(p) == norm(g) for p, g in zip(preds, golds)) / max(len(golds), 1)
-
-
-def icl_prompt(shots, example) -> str:
+def icl_prompt(shots: Sequence[Example], example: Example) -> str:
+    """The few-shot examples (input + output each), then the example's input, joined by `STOP`."""
     return STOP.join([*(f"{s.input}{s.output}" for s in shots), example.input])
 
 
-def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalConfig, cache: dict) -> dict:
-    exs = bigbench.load_task(task)
-    shots, evalset = bigbench.split(exs, cfg.shots, cfg.limit, seed)
-    golds = [e.output for e in evalset]
-    max_new = max(len(engine.tokenizer(e.output)["input_ids"]) for e in shots) + 4
+def single_module_losses(engine: Engine, result: AdaptResult, key: str, idx: Sequence[int]) -> np.ndarray:
+    """[K] few-shot loss of each chosen module alone at weight 1: the search's start batch when
+    it evaluated all K one-hots, else one batched evaluation."""
+    k = len(idx)
+    start = result.start_losses
+    if start is not None and len(start) == k + 1:
+        return np.asarray(start[1:], dtype=np.float64)
+    return engine.evaluator.losses([key] * k, np.tile(idx, (k, 1)), np.eye(k, dtype=np.float32))
+
+
+def soup_weights(single_losses: np.ndarray, k: int) -> np.ndarray:
+    """[K]: 1/k on the k modules with the lowest few-shot loss (k capped at K), 0 elsewhere."""
+    k = min(k, len(single_losses))
+    w = np.zeros(len(single_losses))
+    w[np.argsort(single_losses, kind="stable")[:k]] = 1.0 / k
+    return w
+
+
+@dataclass
+class Searches:
+    """What the searches of one task-seed produced. idx: [K] hub indices; single_losses: [K]."""
+
+    idx: list[int]
+    lorahub: AdaptResult
+    ngopt: AdaptResult | None
+    single_losses: np.ndarray
+    seconds: float
+    ngopt_seconds: float
+
+
+def run_searches(engine: Engine, shots: list[Example], key: str, seed: int, cfg: EvalConfig) -> Searches:
+    """The default search, NGOpt (when `cfg.ngopt`) and the per-module losses, on `shots`."""
     k = cfg.modules or min(20, len(engine.hub_modules))
-    key = f"{task}@{seed}"
     t0 = time.perf_counter()
     res = engine.adapt(shots, task=key, modules=k, config=SearchConfig(budget=cfg.budget, seed=seed),
                        progress=False)
     idx = engine.module_indices(k, seed)
-    t_search = time.perf_counter() - t0
-    t_ng = time.perf_counter()
-    ng_res = (engine.adapt(shots, task=key, modules=k, progress=False,
-                           config=SearchConfig(budget=cfg.budget, seed=seed, optimizer="ngopt"))
-              if cfg.ngopt else None)
-    t_ng = time.perf_counter() - t_ng
-    # Best single module: one-hot candidates, scored in one batched evaluation.
-    single_losses = engine.evaluator.losses([key] * k, np.tile(idx, (k, 1)), np.eye(k, dtype=np.float32))
-    best_single = int(np.argmin(single_losses))
-    comps = {"base": None, "lorahub": res.weights, "best_single": np.eye(k)[best_single]}
-    if ng_res is not None:
-        comps["lorahub_ngopt"] = ng_res.weights
+    singles = single_module_losses(engine, res, key, idx)
+    t1 = time.perf_counter()
+    ng = (engine.adapt(shots, task=key, modules=k, progress=False,
+                       config=SearchConfig(budget=cfg.budget, seed=seed, optimizer="ngopt"))
+          if cfg.ngopt else None)
+    return Searches(idx, res, ng, singles, t1 - t0, time.perf_counter() - t1)
+
+
+def compositions(s: Searches, soup_k: int) -> dict[str, np.ndarray | None]:
+    """Composition name -> [K] weights over the chosen modules (None: the base model)."""
+    k = len(s.idx)
+    comps = {"base": None, "lorahub": s.lorahub.weights,
+             "best_single": np.eye(k)[int(np.argmin(s.single_losses))],
+             "soup": soup_weights(s.single_losses, soup_k)}
+    if s.ngopt is not None:
+        comps["lorahub_ngopt"] = s.ngopt.weights
+    return comps
+
+
+def method_plan(comps: dict, shots: list[Example], evalset: list[Example],
+                zero_shot: bool) -> dict[str, tuple[str, list[str]]]:
+    """Method -> (composition name, prompts): plain prompts, or ICL prompts on the base model."""
     plain = [e.input for e in evalset]
-    jobs = [(m, m, plain) for m in comps if m != "base"]
-    if task not in cache:  # zero-shot: same evaluation set for every seed
-        jobs.append(("zero_shot", "base", plain))
-    jobs.append(("icl", "base", [icl_prompt(shots, e) for e in evalset]))
-    t1, started = time.perf_counter(), generator.startup_seconds
-    preds = generator.answers(f"{task.replace('/', '-')[:40]}-s{seed}", idx, comps, jobs, max_new)
-    t_start = generator.startup_seconds - started  # a server started by this call
-    t_generate = time.perf_counter() - t1 - t_start
-    out = {m: accuracy(p, golds) for m, p in preds.items()}
-    out["zero_shot"] = cache.setdefault(task, out.get("zero_shot"))
-    n_tok = statistics.mean(len(engine.tokenizer(e.input)["input_ids"]) for e in evalset)
-    n_tok_icl = statistics.mean(len(engine.tokenizer(icl_prompt(shots, e))["input_ids"]) for e in evalset)
-    return {"task": task, "seed": seed, **out, "best_single_module": engine.hub_modules[idx[best_single]].name,
-            "lorahub_loss": res.best_loss, "ngopt_loss": ng_res.best_loss if ng_res else None,
-            "optimizer": res.optimizer, "ngopt_optimizer": ng_res.optimizer if ng_res else None,
-            "modules": [engine.hub_modules[i].name for i in idx],
-            "lorahub_weights": [round(float(w), 5) for w in res.weights],
-            "ngopt_weights": [round(float(w), 5) for w in ng_res.weights] if ng_res else None,
-            "generator": generator.name, "examples": [{"gold": g, **{m: p[i] for m, p in preds.items()}}
-                                                      for i, g in enumerate(golds[:5])],
-            "search_seconds": round(t_search, 1), "generate_seconds": round(t_generate, 1),
-            "ngopt_seconds": round(t_ng, 1), "server_start_seconds": round(t_start, 1),
-            "total_seconds": round(time.perf_counter() - t0, 1), "evals_per_second": round(res.evals_per_second, 2),
-            "input_tokens": round(n_tok, 1), "input_tokens_icl": round(n_tok_icl, 1),
-            "n_eval": len(evalset)}
+    plan = {m: (m, plain) for m in comps if m != "base"}
+    if zero_shot:
+        plan["zero_shot"] = ("base", plain)
+    plan["icl"] = ("base", [icl_prompt(shots, e) for e in evalset])
+    return plan
+
+
+def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalConfig, cache: dict) -> dict:
+    """One report row: EM and RC of every method on `task`'s evaluation set with `seed`'s shots.
+    `cache` keeps the zero-shot scores of a task (the same for every seed)."""
+    shots, evalset = bigbench.split(bigbench.load_task(task), cfg.shots, cfg.limit, seed)
+    key = f"{task}@{seed}"
+    t0 = time.perf_counter()
+    s = run_searches(engine, shots, key, seed, cfg)
+    comps = compositions(s, cfg.soup_k)
+    plan = method_plan(comps, shots, evalset, zero_shot=task not in cache)
+    max_new = max(len(engine.tokenizer(e.output)["input_ids"]) for e in shots) + 4
+    tag = f"{task.replace('/', '-')[:40]}-s{seed}"
+    preds, t_generate, t_start = _answers(generator, tag, s.idx, comps, plan, max_new)
+    t1 = time.perf_counter()
+    methods = {m: Method(prompts, comps[comp]) for m, (comp, prompts) in plan.items()}
+    rc = rank_classification(engine.evaluator, s.idx, methods, evalset, tag=f"rc:{key}")
+    t_rc = time.perf_counter() - t1
+    scores = {m: accuracy(p, evalset) for m, p in preds.items()} | {rc_key(m): v for m, v in rc.items()}
+    scores |= cache.setdefault(task, {m: scores.get(m) for m in ("zero_shot", rc_key("zero_shot"))})
+    examples = [{"gold": e.output, **{m: p[i] for m, p in preds.items()}} for i, e in enumerate(evalset[:5])]
+    return {"task": task, "seed": seed, **scores, **_search_fields(engine, s, cfg.soup_k),
+            "generator": generator.name, "examples": examples,
+            "search_seconds": round(s.seconds, 1), "ngopt_seconds": round(s.ngopt_seconds, 1),
+            "generate_seconds": round(t_generate, 1), "rc_seconds": round(t_rc, 1),
+            "server_start_seconds": round(t_start, 1), "total_seconds": round(time.perf_counter() - t0, 1),
+            **_token_counts(engine, shots, evalset), "n_eval": len(evalset)}
+
+
+def _answers(generator, tag: str, idx: list[int], comps: dict, plan: dict,
+             max_new: int) -> tuple[dict[str, list[str]], float, float]:
+    """Greedy answers per method; seconds spent answering, and starting a server (this call's)."""
+    jobs = [(m, comp, prompts) for m, (comp, prompts) in plan.items()]
+    t0, started = time.perf_counter(), generator.startup_seconds
+    preds = generator.answers(tag, idx, comps, jobs, max_new)
+    t_start = generator.startup_seconds - started
+    return preds, time.perf_counter() - t0 - t_start, t_start
+
+
+def _search_fields(engine: Engine, s: Searches, soup_k: int) -> dict:
+    """The searches' outcome for the report: losses, objectives, optimisers, weights, modules."""
+    names = [engine.hub_modules[i].name for i in s.idx]
+    res, ng = s.lorahub, s.ngopt
+    soup = np.flatnonzero(soup_weights(s.single_losses, soup_k))
+
+    def rounded(w):
+        return [round(float(x), 5) for x in w]
+
+    return {"best_single_module": names[int(np.argmin(s.single_losses))],
+            "soup_modules": [names[i] for i in soup],
+            "single_losses": rounded(s.single_losses),
+            "lorahub_loss": res.best_loss, "ngopt_loss": ng.best_loss if ng else None,
+            "lorahub_objective": res.best_objective, "ngopt_objective": ng.best_objective if ng else None,
+            "optimizer": res.optimizer, "ngopt_optimizer": ng.optimizer if ng else None,
+            "modules": names, "lorahub_weights": rounded(res.weights),
+            "ngopt_weights": rounded(ng.weights) if ng else None,
+            "evals_per_second": round(res.evals_per_second, 2)}
+
+
+def _token_counts(engine: Engine, shots: list[Example], evalset: list[Example]) -> dict:
+    """Mean prompt tokens per evaluation example, plain and with the ICL shots."""
+    def n(text):
+        return len(engine.tokenizer(text)["input_ids"])
+
+    return {"input_tokens": round(statistics.mean(n(e.input) for e in evalset), 1),
+            "input_tokens_icl": round(statistics.mean(n(icl_prompt(shots, e)) for e in evalset), 1)}
 
 
 def run_eval(model: str, hub: str, cfg: EvalConfig, progress: bool = True, on_row=None,
@@ -131,85 +228,3 @@ def run_eval(model: str, hub: str, cfg: EvalConfig, progress: bool = True, on_ro
             gen.close()
         engine.close()
     return rows
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """One line per task: chance, method means over seeds, LoraHub best seed, token counts."""
-    out = []
-    for task in dict.fromkeys(r["task"] for r in rows):
-        rs = [r for r in rows if r["task"] == task]
-        info = bigbench.task_info(task)
-        line = {"task": task, "chance": round(100 * info.chance, 1), "seeds": len(rs)}
-        for m in METHODS:
-            vals = [r[m] for r in rs if r.get(m) is not None]
-            line[m] = round(statistics.mean(vals), 1) if vals else None
-        line["lorahub_best"] = max(r["lorahub"] for r in rs)
-        line["input_tokens"] = rs[0]["input_tokens"]
-        line["input_tokens_icl"] = round(statistics.mean(r["input_tokens_icl"] for r in rs), 1)
-        out.append(line)
-    return out
-
-
-def markdown_table(summary: list[dict]) -> str:
-    cols = ["task", "chance", "zero_shot", "icl", "lorahub", "lorahub_best", "lorahub_ngopt",
-            "best_single", "input_tokens", "input_tokens_icl"]
-    head = ["task", "chance", "zero-shot", "5-shot ICL", "LoraHub avg", "LoraHub best",
-            "LoraHub (NGOpt)", "best single module", "tokens/ex", "tokens/ex ICL"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in summary:
-        lines.append("| " + " | ".join("-" if s.get(c) is None else str(s[c]) for c in cols) + " |")
-    avg = {c: round(statistics.mean(s[c] for s in summary if s.get(c) is not None), 1)
-           for c in cols[1:] if any(s.get(c) is not None for s in summary)}
-    lines.append("| **average** | " + " | ".join(str(avg.get(c, "-")) for c in cols[1:]) + " |")
-    return "\n".join(lines)
-
-
-def plot(summary: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = [m for m in ("zero_shot", "icl", "lorahub", "lorahub_ngopt", "best_single")
-               if any(s.get(m) is not None for s in summary)]
-    x = np.arange(len(summary))
-    width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(summary)), 4.5))
-    for i, m in enumerate(methods):
-        ax.bar(x + i * width, [s.get(m) or 0 for s in summary], width, label=m)
-    ax.scatter(x + 0.4 - width / 2, [s["chance"] for s in summary], marker="_", s=400, c="k", label="chance")
-    ax.set_xticks(x + 0.4 - width / 2, [s["task"].replace("/", "\n") for s in summary], fontsize=7)
-    ax.set_ylabel("exact match (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def run_metadata() -> dict:
-    """Machine, date and git commit, recorded with every report."""
-    import datetime
-    import os
-    import platform
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": commit, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "cpus": os.cpu_count(), "platform": platform.platform()}
-
-
-def write_report(rows: list[dict], out_dir: Path, name: str, command: str) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = run_metadata()
-    summary = summarise(rows)
-    paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "png": out_dir / f"{name}.png"}
-    paths["json"].write_text(json.dumps({"command": command, "meta": meta, "rows": rows,
-                                         "summary": summary}, indent=2))
-    plot(summary, paths["png"])
-    header = "\n".join(f"- {k}: {v}" for k, v in meta.items())
-    paths["md"].write_text(f"# {name}\n\nCommand: `{command}`\n\n{header}\n\n{markdown_table(summary)}\n")
-    return paths

@@ -36,15 +36,16 @@ def prompt_ids(tokenizer, text: str) -> list[int]:
 
 
 def encode_example(tokenizer, example: Example, max_length: int | None = None,
-                   truncate: bool = True) -> EncodedExample:
-    """Tokenize prompt and output separately (so the boundary is exact) and append EOS.
+                   truncate: bool = True, eos: bool = True) -> EncodedExample:
+    """Tokenize prompt and output separately (so the boundary is exact) and append EOS (unless
+    `eos` is False: rank classification scores an answer string alone).
 
     An example longer than `max_length` keeps its output and loses prompt tokens from the
     left (when `truncate`), or raises `ExampleTooLongError`.
     """
     prompt = prompt_ids(tokenizer, example.input)
     target = tokenizer(example.output, add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None:
+    if eos and tokenizer.eos_token_id is not None:
         target = target + [tokenizer.eos_token_id]
     if max_length is not None and len(prompt) + len(target) > max_length:
         overflow = len(prompt) + len(target) - max_length
@@ -57,8 +58,11 @@ def encode_example(tokenizer, example: Example, max_length: int | None = None,
     return EncodedExample(tuple(prompt), tuple(target))
 
 
-def encode_seq2seq(tokenizer, example: Example, max_length: int | None = None) -> EncodedExample:
-    """Encoder-decoder: prompt_ids feed the encoder, target_ids are the decoder labels."""
+def encode_seq2seq(tokenizer, example: Example, max_length: int | None = None,
+                   eos: bool = True) -> EncodedExample:
+    """Encoder-decoder: prompt_ids feed the encoder, target_ids are the decoder labels (ending
+    with the tokenizer's EOS unless `eos` is False)."""
     prompt = tokenizer(example.input, truncation=max_length is not None, max_length=max_length)["input_ids"]
-    target = tokenizer(example.output.strip(), truncation=max_length is not None, max_length=max_length)["input_ids"]
+    target = tokenizer(example.output.strip(), truncation=max_length is not None, max_length=max_length,
+                       add_special_tokens=eos)["input_ids"]
     return EncodedExample(tuple(prompt), tuple(target))

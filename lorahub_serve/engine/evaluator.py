@@ -78,11 +78,19 @@ class Evaluator:
     def close(self) -> None:
         self.handle.detach()
 
-    def add_task(self, key: str, examples: Sequence[Example]) -> None:
+    def add_task(self, key: str, examples: Sequence[Example], *, eos: bool = True,
+                 truncate: bool | None = None) -> None:
+        """Encode `examples` under `key` (replacing any task of that name).
+
+        eos: score the output's EOS token too (the search's objective) or the output alone (rank
+        classification); truncate: drop a too-long prompt's oldest tokens instead of raising
+        (default: the evaluator's setting).
+        """
         if not examples:
             raise ExampleError(f"task {key!r}: no few-shot examples; at least one is needed")
         enc = encode_seq2seq if self.seq2seq else encode_example
-        kwargs = {} if self.seq2seq else {"truncate": self.truncate}
+        kwargs = {"eos": eos} if self.seq2seq else {
+            "eos": eos, "truncate": self.truncate if truncate is None else truncate}
         encoded = []
         for i, ex in enumerate(examples):
             try:
@@ -90,6 +98,10 @@ class Evaluator:
             except ValueError as e:
                 raise ExampleError(f"task {key!r}, example {i}: {e}") from None
         self.tasks[key] = encoded
+
+    def remove_task(self, key: str) -> None:
+        """Forget a task's encoded examples (a no-op for a key never added)."""
+        self.tasks.pop(key, None)
 
     @torch.inference_mode()
     def losses(self, tasks: Sequence[str], module_idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
