@@ -1,7 +1,8 @@
 """The main job (`make demo`): adapt SmolLM2-135M to a held-out BBH task from 5 examples, serve it
-with vLLM, ask it through the OpenAI client, and compare zero-shot with adapted accuracy.
+with vLLM, ask it through the OpenAI client, and compare zero-shot, 5-shot ICL and adapted
+accuracy (exact match, one answer extractor for all) with the input tokens each one needs.
 
-    python -m lorahub_serve.demo [--task sports_understanding] [--eval 20] [--budget 40]
+    python -m lorahub_serve.demo [--task sports_understanding] [--eval 50] [--budget 40]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hub", default=str(paths.repo_root() / "hubs" / "smollm2-135m"))
     ap.add_argument("--task", default="sports_understanding", help="a held-out BBH task")
     ap.add_argument("--shots", type=int, default=5)
-    ap.add_argument("--eval", type=int, default=20, help="held-out examples to score")
+    ap.add_argument("--eval", type=int, default=50, help="held-out examples to score")
     ap.add_argument("--budget", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--store", default=None, help="adapter store (default: a temporary folder)")
@@ -33,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
 
     from .data import bigbench, is_bbh
-    from .eval_generation import complete
     from .models import fetch_model
-    from .scoring import accuracy
 
     if not is_bbh(a.task):
         print(f"--task {a.task!r} is not a held-out BBH task", file=sys.stderr)
@@ -75,14 +74,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  asked {name!r}:\n    {q.input[-160:]!r}\n  answer {r.choices[0].text!r} (gold {q.output!r})")
 
         _say(f"5/5 accuracy on {len(evalset)} held-out examples (exact match), through the server")
-        max_tokens = 8
-        prompts = [e.input for e in evalset]
-        zero = accuracy(complete(client, a.model, prompts, max_tokens), evalset)
-        adapted = accuracy(complete(client, name, prompts, max_tokens), evalset)
+        rows = compare(client, a.model, name, shots, evalset)
     chance = 100 * bigbench.task_info(a.task).chance
-    print(f"\n  task {a.task}: zero-shot {zero:.0f}%  ->  LoraHub-adapted {adapted:.0f}%   (chance {chance:.0f}%)")
+    print(f"\n  task {a.task} (chance {chance:.0f}%), {len(evalset)} held-out examples:")
+    print(f"  {'method':<22}{'accuracy':>10}{'input tokens/example':>24}")
+    for method, (acc, tokens) in rows.items():
+        print(f"  {method:<22}{acc:>9.0f}%{tokens:>24.0f}")
     print(f"  done in {time.time() - t_start:.0f} s")
     return 0
+
+
+def compare(client, base: str, adapter: str, shots, evalset) -> dict[str, tuple[float, float]]:
+    """method -> (exact-match accuracy, mean input tokens per example): zero-shot and 5-shot ICL
+    on the base model, and the adapter, all answered by the server from the same token ids."""
+    from transformers import AutoTokenizer
+
+    from .eval_generation import complete
+    from .evaluation import icl_prompt
+    from .models import resolve_model
+    from .prompting import prompt_ids
+    from .scoring import accuracy
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(base))
+    plain = [prompt_ids(tok, e.input) for e in evalset]
+    icl = [prompt_ids(tok, icl_prompt(shots, e)) for e in evalset]
+    max_tokens = max(len(tok(e.output)["input_ids"]) for e in shots) + 4
+    out = {}
+    for method, model, prompts in (("zero-shot", base, plain), (f"{len(shots)}-shot ICL", base, icl),
+                                   ("LoraHub-adapted", adapter, plain)):
+        answers = complete(client, model, prompts, max_tokens)
+        out[method] = (accuracy(answers, evalset), sum(map(len, prompts)) / len(prompts))
+    return out
 
 
 if __name__ == "__main__":
