@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _meta import write_result  # noqa: E402
+from _meta import write_result
 
 # name -> SearchConfig fields (budget and seed added per run)
 CONFIGS: dict[str, dict] = {
@@ -38,9 +38,11 @@ TASKS = ("sports_understanding", "navigate", "hyperbaton", "date_understanding",
          "logical_deduction/three_objects", "disambiguation_qa", "snarks", "object_counting")
 
 
-def memo_loss(engine, key: str, idx: list[int], cache: dict):
-    """weights [P, K] -> losses [P]; only unseen vectors reach the engine (one batch)."""
+def memo_loss(engine, key: str, idx: list[int], cache: dict, seen: list):
+    """weights [P, K] -> losses [P]; only unseen vectors reach the engine (one batch). Every
+    vector asked is appended to `seen`, in order."""
     def loss(w: np.ndarray) -> np.ndarray:
+        seen.extend(np.asarray(w, dtype=np.float64))
         keys = [row.tobytes() for row in np.round(w, 12)]
         todo = [i for i, k in enumerate(keys) if k not in cache]
         if todo:
@@ -48,6 +50,15 @@ def memo_loss(engine, key: str, idx: list[int], cache: dict):
             cache.update({keys[i]: float(v) for i, v in zip(todo, got)})
         return np.array([cache[k] for k in keys])
     return loss
+
+
+def rc_of(engine, idx, weights: list[np.ndarray], evalset) -> list[float | None]:
+    """Rank-classification accuracy (percent) of each weight vector on `evalset`."""
+    from lorahub_serve.rank_classification import Method, rank_classification
+
+    methods = {str(i): Method([e.input for e in evalset], w) for i, w in enumerate(weights)}
+    got = rank_classification(engine.evaluator, idx, methods, evalset, tag="cmp")
+    return [got[str(i)] for i in range(len(weights))]
 
 
 def run(args) -> dict:
@@ -60,7 +71,7 @@ def run(args) -> dict:
     rows = []
     for task in args.tasks:
         for seed in args.seeds:
-            shots, _ = bigbench.split(bigbench.load_task(task), 5, 50, seed)
+            shots, evalset = bigbench.split(bigbench.load_task(task), 5, args.rc, seed)
             key = f"{task}@{seed}"
             engine.evaluator.add_task(key, shots)
             idx = engine.module_indices(min(20, len(engine.hub_modules)), seed)
@@ -68,14 +79,18 @@ def run(args) -> dict:
             for name, fields in CONFIGS.items():
                 sequential = fields.get("optimizer") == "ngopt"
                 for b in (args.budgets if sequential else [top]):
-                    t0, n0 = time.perf_counter(), len(cache)
-                    st = run_search(memo_loss(engine, key, idx, cache), len(idx),
+                    t0, n0, seen = time.perf_counter(), len(cache), []
+                    st = run_search(memo_loss(engine, key, idx, cache, seen), len(idx),
                                     SearchConfig(budget=b, seed=seed, **fields))
+                    seconds = time.perf_counter() - t0
                     hist = np.minimum.accumulate(st.history)
-                    for bb in ([b] if sequential else args.budgets):
-                        if bb <= len(hist):
-                            rows.append({"task": task, "seed": seed, "config": name, "budget": bb,
-                                         "objective": round(float(hist[bb - 1]), 4)})
+                    marks = [bb for bb in ([b] if sequential else args.budgets) if bb <= len(hist)]
+                    best = [seen[int(np.argmin(st.history[:bb]))] for bb in marks]
+                    accs = rc_of(engine, idx, best, evalset) if args.rc else [None] * len(marks)
+                    for bb, acc in zip(marks, accs):
+                        rows.append({"task": task, "seed": seed, "config": name, "budget": bb,
+                                     "objective": round(float(hist[bb - 1]), 4), "rc_accuracy": acc,
+                                     "search_seconds": round(seconds * bb / b, 1)})
                     print(f"{task}@{seed} {name} budget {b}: {hist[-1]:.4f} "
                           f"({len(cache) - n0} new evaluations, {time.perf_counter() - t0:.0f} s)", flush=True)
     engine.close()
@@ -85,17 +100,19 @@ def run(args) -> dict:
 def table(rows: list[dict], budgets: list[int]) -> str:
     """Mean objective per configuration and budget, and wins against NGOpt at equal budget."""
     ref = {(r["task"], r["seed"], r["budget"]): r["objective"] for r in rows if r["config"].startswith("NGOpt")}
-    head = "| optimiser | " + " | ".join(f"mean objective @{b} | ≤ NGOpt @{b}" for b in budgets) + " |"
-    lines = [head, "|---|" + "---|---|" * len(budgets)]
+    head = "| optimiser | " + " | ".join(f"objective @{b} | ≤ NGOpt @{b} | RC acc @{b}" for b in budgets) + " |"
+    lines = [head, "|---|" + "---|---|---|" * len(budgets)]
     for name in CONFIGS:
         cells = []
         for b in budgets:
             rs = [r for r in rows if r["config"] == name and r["budget"] == b]
             if not rs:
-                cells += ["-", "-"]
+                cells += ["-", "-", "-"]
                 continue
-            wins = sum(r["objective"] <= ref.get((r["task"], r["seed"], b), np.inf) + 1e-9 for r in rs)
-            cells += [f"{statistics.mean(r['objective'] for r in rs):.4f}", f"{wins}/{len(rs)}"]
+            wins = sum(r["objective"] <= ref.get((r["task"], r["seed"], b), np.inf) + 1e-6 for r in rs)
+            accs = [r["rc_accuracy"] for r in rs if r.get("rc_accuracy") is not None]
+            cells += [f"{statistics.mean(r['objective'] for r in rs):.4f}", f"{wins}/{len(rs)}",
+                      f"{statistics.mean(accs):.1f}" if accs else "-"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -108,6 +125,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[1])
     ap.add_argument("--budgets", nargs="*", type=int, default=[40, 100])
     ap.add_argument("--configs", nargs="*", default=None, help="substrings of configuration names to run")
+    ap.add_argument("--rc", type=int, default=30,
+                    help="held-out examples for rank-classification accuracy of each result (0: none)")
     args = ap.parse_args()
     if args.configs:
         for name in list(CONFIGS):
