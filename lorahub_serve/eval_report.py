@@ -44,8 +44,10 @@ def summarise(rows: list[dict]) -> list[dict]:
         for m in METHODS:
             line[m] = _mean([r.get(m) for r in rs])
             line[rc_key(m)] = _mean([r.get(rc_key(m)) for r in rs])
+            line[f"{m}_strict"] = _mean([r.get(f"{m}_strict") for r in rs])
         line["lorahub_best"] = max(r["lorahub"] for r in rs)
         line["objective_le_ngopt"], line["objective_pairs"] = objective_counts(rs)
+        line["n_eval"], line["n_rc"] = rs[0].get("n_eval"), rs[0].get("n_rc", rs[0].get("n_eval"))
         line["input_tokens"] = rs[0]["input_tokens"]
         line["input_tokens_icl"] = round(statistics.mean(r["input_tokens_icl"] for r in rs), 1)
         out.append(line)
@@ -70,6 +72,13 @@ def markdown_table(summary: list[dict]) -> str:
         lines.append("| " + " | ".join("-" if s.get(c) is None else str(s[c]) for c in keys) + " |")
     avg = {c: _mean([s.get(c) for s in summary]) for c in keys[1:]}
     lines.append("| **average** | " + " | ".join("-" if avg[c] is None else str(avg[c]) for c in keys[1:]) + " |")
+    sizes = sorted({(s.get("n_eval"), s.get("n_rc")) for s in summary})
+    lines.append("\nEvaluation examples per task (EM, RC): " + ", ".join(f"{a}, {b}" for a, b in sizes) + ".")
+    strict = {m: _mean([s.get(f"{m}_strict") for s in summary]) for m in METHODS}
+    if any(v is not None for v in strict.values()):
+        lines.append("Average EM under the previous, strict scoring (the whole answer must equal the "
+                     "gold output): " + ", ".join(f"{LABELS[m]} {v}" for m, v in strict.items() if v is not None)
+                     + ".")
     n_le = sum(s.get("objective_le_ngopt", 0) for s in summary)
     n = sum(s.get("objective_pairs", 0) for s in summary)
     if n:
