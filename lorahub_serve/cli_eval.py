@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from pathlib import Path
 
 
 def _seeds(text: str) -> tuple[int, ...]:
-    if "-" in text:
-        lo, hi = text.split("-")
-        return tuple(range(int(lo), int(hi) + 1))
-    return tuple(int(s) for s in text.split(","))
+    """`1-3` or `1,3`; argparse turns the ValueError into a usage error that names the value."""
+    try:
+        if "-" in text:
+            lo, hi = text.split("-")
+            seeds = tuple(range(int(lo), int(hi) + 1))
+        else:
+            seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        seeds = ()
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected a range like 1-3 or a list like 1,3")
+    return seeds
 
 
 def _cmd_eval(a) -> int:
@@ -19,7 +28,7 @@ def _cmd_eval(a) -> int:
     from .eval_report import markdown_table, summarise, write_report
     from .evaluation import EvalConfig, run_eval
 
-    cfg = EvalConfig(tasks=tuple(a.tasks or BBH_TASKS), seeds=_seeds(a.seeds), shots=a.shots,
+    cfg = EvalConfig(tasks=tuple(a.tasks or BBH_TASKS), seeds=a.seeds, shots=a.shots,
                      limit=a.limit, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt,
                      soup_k=a.soup_k, rc_limit=a.rc_limit)
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
@@ -38,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--hub", required=True)
     p.add_argument("--tasks", nargs="*", default=None, help="BBH tasks (default: all 24 JSON ones)")
-    p.add_argument("--seeds", default="1-3", help="e.g. 1-5 or 1,3")
+    p.add_argument("--seeds", type=_seeds, default=(1, 2, 3), help="e.g. 1-5 or 1,3")
     p.add_argument("--shots", type=int, default=5)
     p.add_argument("--limit", type=int, default=50, help="evaluation examples per task")
     p.add_argument("--budget", type=int, default=40)

@@ -62,7 +62,8 @@ DEFAULT_HUB_TASKS: tuple[str, ...] = (
 )
 
 
-def suitable_tasks(min_examples: int = 80, max_chars: int = 700, limit: int | None = None) -> list[str]:
+def suitable_tasks(min_examples: int = 80, max_chars: int = 700, limit: int | None = None,
+                   log=print) -> list[str]:
     """Upstream (non-BBH) tasks with enough short examples, one per family, MC tasks first."""
     chosen: dict[str, tuple[int, str]] = {}
     for task in bigbench.list_tasks():
@@ -71,7 +72,8 @@ def suitable_tasks(min_examples: int = 80, max_chars: int = 700, limit: int | No
             continue
         try:
             exs = bigbench.load_task(task)
-        except Exception:  # noqa: BLE001 - a few upstream files are malformed; skip them
+        except Exception as e:  # noqa: BLE001 - a few upstream files are malformed; skip them
+            log(f"[hub] task {task} skipped: its task.json does not load ({type(e).__name__}: {e})")
             continue
         if len(exs) < min_examples:
             continue

@@ -67,6 +67,23 @@ def module_from_folder(folder: Path, name: str | None = None, **extra) -> Module
                       use_rslora=bool(cfg.get("use_rslora", False)), **extra)
 
 
+def _manifest_entries(path: Path) -> list[dict]:
+    """hub.json's module entries, each with a "name" and a "path"; a HubError names what is wrong."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise HubError(f"{path} is not readable JSON ({e}); rebuild it with `lorahub-serve hub build` "
+                       "or remove it to use every adapter sub-folder") from None
+    entries = data.get("modules") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise HubError(f"{path} has no \"modules\" list; expected {{\"modules\": [{{\"name\", \"path\"}}, ...]}}")
+    for i, e in enumerate(entries):
+        missing = [k for k in ("name", "path") if not (isinstance(e, dict) and isinstance(e.get(k), str))]
+        if missing:
+            raise HubError(f"{path}: modules[{i}] lacks {missing} (each entry needs a name and a path)")
+    return entries
+
+
 def read_manifest(hub_dir: Path) -> list[ModuleInfo]:
     """Modules listed in `hub.json`, or every adapter sub-folder when there is no manifest."""
     hub_dir = Path(hub_dir)
@@ -74,7 +91,7 @@ def read_manifest(hub_dir: Path) -> list[ModuleInfo]:
         raise HubError(f"hub {hub_dir} does not exist or is not a folder")
     manifest = hub_dir / "hub.json"
     if manifest.exists():
-        entries = json.loads(manifest.read_text()).get("modules", [])
+        entries = _manifest_entries(manifest)
         mods = [module_from_folder(hub_dir / e["path"], e["name"], source_task=e.get("source_task", ""),
                                    sha256=e.get("sha256", "")) for e in entries]
     else:

@@ -97,3 +97,13 @@ def test_nan_weights_refused(tiny_llama_dir, tiny_llama_hub, few_shot):
     with pytest.raises(ValueError, match="NaN"):
         eng.evaluator.losses(["t"], np.array([[0, 1]]), np.array([[np.nan, 0.1]]))
     eng.close()
+
+
+@pytest.mark.parametrize("text, match", [("not json", "not readable JSON"), ('{"mods": []}', "no \"modules\" list"),
+                                         ('{"modules": [{"name": "a"}]}', r"modules\[0\] lacks \['path'\]")])
+def test_malformed_hub_json_is_named(tmp_path, text, match):
+    from lorahub_serve.engine.hub import read_manifest
+
+    (tmp_path / "hub.json").write_text(text)
+    with pytest.raises(HubError, match=match):
+        read_manifest(tmp_path)
