@@ -27,11 +27,14 @@ from _meta import write_result
 # name -> SearchConfig fields (budget and seed added per run)
 CONFIGS: dict[str, dict] = {
     "old default (bounded CMA, pop 12, no start)": {"onehot_start": False, "sigma": 0.075, "popsize": 12},
-    "start + CMA σ0.1 pop4": {"sigma": 0.1, "popsize": 4},
-    "start + CMA σ0.2 pop4": {"sigma": 0.2, "popsize": 4},
-    "start + CMA σ0.3 pop4": {"sigma": 0.3, "popsize": 4},
-    "start + CMA σ0.3 pop8": {"sigma": 0.3, "popsize": 8},
-    "start + DE pop4": {"optimizer": "de", "popsize": 4},
+    "CMA σ0.5 pop6, no start": {"onehot_start": False, "sigma": 0.5, "popsize": 6},
+    "start + CMA σ0.3 pop4": {"sigma": 0.3, "popsize": 4, "line_steps": ()},
+    "start + CMA σ1.0 pop4": {"sigma": 1.0, "popsize": 4, "line_steps": ()},
+    "start + CMA σ0.1 pop4": {"sigma": 0.1, "popsize": 4, "line_steps": ()},
+    "start + DE pop4": {"optimizer": "de", "popsize": 4, "line_steps": ()},
+    "start + line + CMA σ0.1 pop4": {"sigma": 0.1, "popsize": 4},
+    "start + line + CMA σ0.3 pop4": {"sigma": 0.3, "popsize": 4},
+    "start + line + CMA σ0.5 pop4": {"sigma": 0.5, "popsize": 4},
     "NGOpt (reference)": {"optimizer": "ngopt"},
 }
 TASKS = ("sports_understanding", "navigate", "hyperbaton", "date_understanding",
@@ -71,7 +74,8 @@ def run(args) -> dict:
     rows = []
     for task in args.tasks:
         for seed in args.seeds:
-            shots, evalset = bigbench.split(bigbench.load_task(task), 5, args.rc, seed)
+            shots, evalset = bigbench.split(bigbench.load_task(task), 5, 50, seed)  # the BBH table's split
+            evalset = evalset[:args.rc]
             key = f"{task}@{seed}"
             engine.evaluator.add_task(key, shots)
             idx = engine.module_indices(min(20, len(engine.hub_modules)), seed)

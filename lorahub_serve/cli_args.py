@@ -24,7 +24,7 @@ def add_search_arguments(p, budget_help: str = "candidate evaluations, the start
                         "adapt-batch job restarts its unfinished tasks)")
     p.add_argument("--popsize", type=int, default=None,
                    help="population (default: leaves at least four updates after the start batch)")
-    p.add_argument("--sigma", type=float, default=None, help="CMA-ES initial step in weight units (default 0.3)")
+    p.add_argument("--sigma", type=float, default=None, help="CMA-ES initial step in weight units (default 0.1)")
     p.add_argument("--no-onehot-start", action="store_true", help="start the population search at w = 0")
 
 

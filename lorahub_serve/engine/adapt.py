@@ -149,7 +149,7 @@ def _progress(enabled: bool, total: int, task: str):
 
 def adapt(model: str | Path, hub: str | Path, examples, out: str | Path | None = None,
           modules: int | Sequence[str] | None = None, budget: int = 40, seed: int = 0,
-          rule: str = "lorahub", optimizer: str = "cma", popsize: int | None = None, sigma: float = 0.3,
+          rule: str = "lorahub", optimizer: str = "cma", popsize: int | None = None, sigma: float = 0.1,
           backend: str = "auto", token_budget: int = 8192, merge: bool = False,
           progress: bool = True, allow_pickle: bool = False, truncate: bool = False) -> AdaptResult:
     """Search composition weights for `examples` and (optionally) export the adapter to `out`."""
