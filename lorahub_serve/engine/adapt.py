@@ -97,8 +97,9 @@ class Engine:
         return [pos[m.name] for m in chosen]
 
     def adapt(self, examples, task: str = "task", modules: int | Sequence[str] | None = None,
-              config: SearchConfig = SearchConfig(), out: str | Path | None = None, merge: bool = False,
+              config: SearchConfig | None = None, out: str | Path | None = None, merge: bool = False,
               progress: bool = True) -> AdaptResult:
+        config = config or SearchConfig()
         exs: list[Example] = load_examples(examples)
         if modules is None:  # the paper's K=20, or the whole hub when it is smaller
             modules = min(20, len(self.hub_modules))

@@ -77,7 +77,7 @@ def attach(model: torch.nn.Module, stack: HubStack, rule: str = "lorahub", backe
     for name in stack.layers:
         base = model.get_submodule(name)
         if isinstance(base, MultiLoraLinear):
-            raise RuntimeError(f"{name} is already wrapped; detach the previous engine first")
+            raise RuntimeError(f"{name} is already wrapped; detach the previous engine first")  # noqa: TRY004 - a state error, not a type error
         originals[name] = base
         wrapped = MultiLoraLinear(base, stack.lora_a[name].to(device), stack.lora_b[name].to(device),
                                   routing, rule, backend)
