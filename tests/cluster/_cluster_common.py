@@ -67,7 +67,7 @@ def resume_and_check(run, store, done, reference) -> dict:
     for e, d in events:
         if e == "generation":
             first_gen.setdefault(d["task"], d["evaluations"])
-    assert set(first_gen) == set(TASKS) - set(done)  # finished tasks were not searched again
+    assert set(first_gen) == set(TASKS) - set(done), (first_gen, done)  # finished tasks were not searched again
     assert all(n > CONFIG.population(4) for n in first_gen.values())  # the others resumed mid-search
     assert {n: (store / n / "lorahub.json").stat().st_mtime_ns for n in done} == mtimes
     assert sorted(n for n, t in report["tasks"].items() if t["status"] == "done-earlier") == sorted(done)

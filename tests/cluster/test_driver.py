@@ -47,9 +47,9 @@ def test_resume_after_a_crash_redoes_nothing(tiny_llama_dir, tiny_llama_hub, ref
             if len(done) == 2:
                 raise Crash
 
-    # max_batch 8 = one generation: tasks run in turn, so two finish while two are mid-search
+    # max_batch 4 = one population generation: two tasks finish while two are mid-search
     with pytest.raises(Crash):
-        _run(tiny_llama_dir, tiny_llama_hub, store, max_batch=8, callback=crash_after_two)
+        _run(tiny_llama_dir, tiny_llama_hub, store, max_batch=4, callback=crash_after_two)
     assert not (store / "gamma").exists()
 
     report = resume_and_check(lambda **kw: _run(tiny_llama_dir, tiny_llama_hub, store, **kw), store, done,

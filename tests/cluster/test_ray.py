@@ -92,7 +92,7 @@ def die_after_two(event, data):
         if len(done) == 2:
             os.kill(os.getpid(), signal.SIGKILL)
 run_adapt_batch({model!r}, {hub!r}, task_pairs(), {store!r}, actors=1, ray_address={address!r},
-                config=CONFIG, progress=False, cpus_per_actor=1, max_batch=8, callback=die_after_two)
+                config=CONFIG, progress=False, cpus_per_actor=1, max_batch=4, callback=die_after_two)
 """
 
 
