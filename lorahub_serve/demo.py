@@ -2,7 +2,7 @@
 with vLLM, ask it through the OpenAI client, and compare zero-shot, 5-shot ICL and adapted
 accuracy (exact match, one answer extractor for all) with the input tokens each one needs.
 
-    python -m lorahub_serve.demo [--task sports_understanding] [--eval 50] [--budget 40]
+    python -m lorahub_serve.demo [--task navigate] [--eval 50] [--budget 40]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--hub", default=str(paths.repo_root() / "hubs" / "smollm2-135m"))
-    ap.add_argument("--task", default="sports_understanding", help="a held-out BBH task")
+    ap.add_argument("--task", default="navigate", help="a held-out BBH task")
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--eval", type=int, default=50, help="held-out examples to score")
     ap.add_argument("--budget", type=int, default=40)

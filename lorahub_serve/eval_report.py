@@ -143,3 +143,12 @@ def write_report(rows: list[dict], out_dir: Path, name: str, command: str) -> di
     header = "\n".join(f"- {k}: {v}" for k, v in meta.items())
     paths["md"].write_text(f"# {name}\n\nCommand: `{command}`\n\n{header}\n\n{markdown_table(summary)}\n")
     return paths
+
+
+def merge_reports(parts: list[Path], out_dir: Path, name: str) -> dict[str, Path]:
+    """One report from several runs' JSON (e.g. a stopped run and one over the remaining tasks):
+    rows concatenated in order, commands kept, one per run."""
+    docs = [json.loads(Path(p).read_text()) for p in parts]
+    rows = [r for d in docs for r in d["rows"]]
+    command = " ; ".join(d["command"] for d in docs)
+    return write_report(rows, out_dir, name, command)
