@@ -29,6 +29,11 @@ def register(subparsers) -> None:
                    help="largest adapter rank served (1, 8, 16, 32, 64, ...; default 16)")
     p.add_argument("--adapt-timeout", type=float, default=3600.0,
                    help="seconds before an adaptation job is stopped (default 3600)")
+    p.add_argument("--adapt-workers", type=int, default=1,
+                   help="worker processes that keep the model and hub loaded for adaptation jobs "
+                   "(default 1; 0: start a fresh process per job)")
+    p.add_argument("--adapt-queue", type=int, default=16,
+                   help="adaptation jobs that may wait in the queue; more get HTTP 429 (default 16)")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER,
                    help="`-- ARGS...`: passed to vLLM's server unchanged")
     p.set_defaults(func=_cmd_serve)
@@ -47,7 +52,8 @@ def _cmd_serve(a) -> int:
     try:
         cfg = ServeConfig(model=a.model, store=a.store, hub=a.hub, host=a.host, port=a.port,
                           api_key=a.api_key, max_loras=a.max_loras, max_lora_rank=a.max_lora_rank,
-                          adapt_timeout_s=a.adapt_timeout, vllm_args=tuple(extra))
+                          adapt_timeout_s=a.adapt_timeout, adapt_workers=a.adapt_workers,
+                          adapt_queue=a.adapt_queue, vllm_args=tuple(extra))
     except ValueError as e:
         print(f"lorahub-serve serve: {e}", file=sys.stderr)
         return 2

@@ -13,5 +13,6 @@ def error_response(message: str, code: int, param: str | None = None):
     from fastapi.responses import JSONResponse
 
     err_type = {400: "BadRequestError", 404: "NotFoundError", 409: "ConflictError",
+                413: "RequestTooLargeError", 429: "RateLimitError",
                 503: "ServiceUnavailableError"}.get(code, "InternalServerError")
     return JSONResponse(error_body(message, err_type, code, param), status_code=code)

@@ -1,10 +1,19 @@
-"""Adaptation jobs behind `POST /v1/adapters`: validate, queue, run `lorahub-serve adapt`.
+"""Adaptation jobs behind `POST /v1/adapters`: validated, queued, run by warm workers, on disk.
 
-Jobs run one at a time (adaptation uses every core it gets) as a subprocess:
-`python -m lorahub_serve.cli adapt --model M --hub H --examples FILE --out STORE/NAME
-[--budget B] [--seed S] [--modules K]`. The CLI writes the adapter atomically into the store, so
-the resolver never sees half an adapter; once the job has succeeded its name is served.
-Each job keeps its examples and log under `STORE/.jobs/<id>/` (a hidden folder, never a name).
+Each job has a folder `STORE/.jobs/<id>/` with `request.json` (the request, written once) and
+`job.json` (state, loss, progress, error, timings, attempts), both written atomically, so that a
+server stopped at any point - `kill -9` included - restarts into a consistent state (`recover`):
+
+- finished jobs (`succeeded`, `failed`, `cancelled`) are reported as they were;
+- queued jobs run, in the order they were made;
+- a job that was running is re-run (`attempts` counts its starts); after `MAX_ATTEMPTS` starts
+  it is marked failed with the reason; if its adapter was already written whole, it succeeded;
+- temporary folders and files that an interrupted atomic write leaves in the store are removed.
+
+Jobs are run by `WorkerProcess`es that keep the engine (model + hub) loaded between jobs, one job
+at a time each (`workers`); with `workers=0` every job starts a fresh worker (a cold start, the
+old behaviour, kept for comparison). The queue holds at most `max_queued` waiting jobs; more get
+a 429. Adapters are written atomically into the store, so the resolver never sees half of one.
 """
 
 from __future__ import annotations
@@ -12,87 +21,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
-import signal
-import sys
+import shutil
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from ..data.examples import Example, ExampleError, from_records, write_jsonl
-from .names import AdapterNameError, check_name
+from ..atomic import write_json_atomic
+from .job_request import (  # noqa: F401 - re-exported: the jobs API in one import
+    MAX_EXAMPLES,
+    AdaptRequest,
+    RequestError,
+    parse_request,
+)
 from .store import LORAHUB_FILE, AdapterRefused, AdapterStore
+from .worker import WorkerError, WorkerProcess
 
-JobState = Literal["queued", "running", "succeeded", "failed"]
-MAX_EXAMPLES = 1000
-_FIELDS = {"name", "examples", "budget", "modules", "seed"}
-_INT_LIMITS = {"budget": (1, 100_000), "modules": (1, 10_000), "seed": (0, 2**32 - 1)}
-_MODULE = re.compile(r"[A-Za-z0-9._-]{1,200}")
-_LOSS = re.compile(r"\bloss\b\s*[=:]\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)")
-DEFAULT_COMMAND = (sys.executable, "-m", "lorahub_serve.cli", "adapt")
-
-
-class RequestError(ValueError):
-    """A bad adaptation request; `code` is the HTTP status, `param` the offending field."""
-
-    def __init__(self, message: str, code: int = 400, param: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.param = param
-
-
-@dataclass(frozen=True)
-class AdaptRequest:
-    name: str
-    examples: tuple[Example, ...]
-    budget: int | None = None
-    modules: int | tuple[str, ...] | None = None  # K random hub modules, or their names
-    seed: int | None = None
-
-
-def parse_request(body: Any) -> AdaptRequest:
-    """Validate a `POST /v1/adapters` body; raises `RequestError` naming the problem."""
-    if not isinstance(body, dict):
-        raise RequestError("the body must be a JSON object with 'name' and 'examples'")
-    unknown = sorted(set(body) - _FIELDS)
-    if unknown:
-        raise RequestError(f"unknown field(s) {unknown}; allowed: {sorted(_FIELDS)}", param=unknown[0])
-    if "name" not in body:
-        raise RequestError("missing field 'name' (the adapter's name)", param="name")
-    try:
-        name = check_name(body["name"])
-    except AdapterNameError as e:
-        raise RequestError(str(e), param="name") from None
-    records = body.get("examples")
-    if not isinstance(records, list):
-        raise RequestError("'examples' must be a list of {\"input\", \"output\"} objects",
-                           param="examples")
-    if len(records) > MAX_EXAMPLES:
-        raise RequestError(f"{len(records)} examples given; at most {MAX_EXAMPLES} are accepted",
-                           param="examples")
-    try:
-        examples = tuple(from_records(records))
-    except ExampleError as e:
-        raise RequestError(str(e), param="examples") from None
-    options: dict[str, Any] = {}
-    modules = body.get("modules")
-    if isinstance(modules, list):  # named hub modules rather than a count
-        if not modules or not all(isinstance(m, str) and _MODULE.fullmatch(m) for m in modules):
-            raise RequestError("'modules' must be a count or a non-empty list of hub module names "
-                               "(letters, digits, '.', '_', '-')", param="modules")
-        options["modules"] = tuple(modules)
-    for key, (lo, hi) in _INT_LIMITS.items():
-        if key in options:
-            continue
-        value = body.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise RequestError(f"'{key}' must be an integer in [{lo}, {hi}], got {value!r}", param=key)
-        options[key] = value
-    return AdaptRequest(name, examples, **options)
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ACTIVE: tuple[JobState, ...] = ("queued", "running")
+MAX_ATTEMPTS = 2  # starts of one job; a job interrupted that often is marked failed
+JOBS_DIR = ".jobs"
+_TEMP_MARKS = (".tmp-", ".old-", ".deleted-")  # hidden siblings made by atomic writes/removals
+_PROGRESS_EVERY_S = 1.0  # at most one progress write per job per second
+_CANCEL_GRACE_S = 30.0  # a running job that ignores a cancel this long has its worker killed
 
 
 @dataclass
@@ -105,125 +59,282 @@ class AdaptJob:
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    attempts: int = 0
+    evaluations: int = 0
+    note: str | None = None  # what happened to the job besides its state (e.g. re-run)
 
     def to_json(self) -> dict:
         return {"id": self.id, "object": "adapter.job", "name": self.request.name,
                 "state": self.state, "loss": self.loss, "error": self.error,
-                "created": self.created, "started": self.started, "finished": self.finished}
+                "evaluations": self.evaluations, "budget": self.request.budget,
+                "attempts": self.attempts, "note": self.note, "created": self.created,
+                "started": self.started, "finished": self.finished}
+
+    @classmethod
+    def from_record(cls, record: dict, request: AdaptRequest) -> AdaptJob:
+        keys = ("state", "loss", "error", "created", "started", "finished", "attempts",
+                "evaluations", "note")
+        return cls(id=record["id"], request=request, **{k: record[k] for k in keys if k in record})
 
 
 class AdaptJobs:
-    """Queue of adaptation jobs for one store, run one at a time in this event loop."""
+    """The durable job queue of one store, run by `workers` warm worker processes."""
 
     def __init__(self, store: AdapterStore, model: str, hub: Path | None, timeout_s: float = 3600,
-                 command: tuple[str, ...] = DEFAULT_COMMAND):
+                 workers: int = 1, max_queued: int = 16,
+                 check_examples: Callable[[tuple], None] | None = None,
+                 worker_command: tuple[str, ...] | None = None):
+        if workers < 0 or max_queued < 1:
+            raise ValueError(f"workers must be >= 0 and max_queued >= 1, got {workers}, {max_queued}")
         self.store, self.model, self.hub = store, model, hub
-        self.timeout_s, self.command = timeout_s, tuple(command)
+        self.timeout_s, self.workers, self.max_queued = timeout_s, workers, max_queued
+        self.check_examples, self.worker_command = check_examples, worker_command
+        self.dir = store.root / JOBS_DIR
         self.jobs: dict[str, AdaptJob] = {}
         self._by_name: dict[str, AdaptJob] = {}
-        self._queue: asyncio.Queue[AdaptJob] | None = None
-        self._worker: asyncio.Task | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._pending: deque[AdaptJob] = deque()
+        self._wake: asyncio.Event | None = None
+        self._loops: list[asyncio.Task] = []
+        self._slots: list[WorkerProcess | None] = []
+        self._running: dict[str, WorkerProcess] = {}
+        self._done: dict[str, asyncio.Event] = {}
+        self._cancel: set[str] = set()
+        self._saved_at: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ records and restart
+
+    def recover(self) -> list[str]:
+        """Clean the store's temporaries and reload every job record; returns what was done."""
+        done = self._clean_temporaries()
+        records = []
+        for folder in sorted(self.dir.glob("adapt-*")) if self.dir.is_dir() else ():
+            try:
+                record = json.loads((folder / "job.json").read_text())
+                request = parse_request(json.loads((folder / "request.json").read_text()))
+                records.append(AdaptJob.from_record(record, request))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                done.append(f"unreadable job record {folder.name} ({e}); removed")
+                shutil.rmtree(folder, ignore_errors=True)
+        for job in sorted(records, key=lambda j: j.created):
+            self.jobs[job.id] = job
+            self._by_name[job.request.name] = job
+            if job.state in ACTIVE:
+                done.append(self._resume(job))
+        return done
+
+    def _resume(self, job: AdaptJob) -> str:
+        was = job.state
+        if was == "running" and self._adapter_ok(job.request.name):
+            job.loss = final_loss(self.store.folder(job.request.name) / LORAHUB_FILE, job.loss)
+            self._finish(job, "succeeded", note="the adapter was written whole before the server "
+                         "stopped")
+        elif was == "running" and job.attempts >= MAX_ATTEMPTS:
+            self._finish(job, "failed", error=f"interrupted {job.attempts} times: the server "
+                         "stopped while the job ran (killed, or out of memory?); not re-run")
+        else:
+            if was == "running":
+                job.note = (f"re-run: the server stopped during attempt {job.attempts} at "
+                            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+            job.state = "queued"
+            self._pending.append(job)
+            self._save(job)
+        return f"job {job.id} ({job.request.name}): {was} -> {job.state}"
+
+    def _adapter_ok(self, name: str) -> bool:
+        try:
+            return self.store.inspect(name) is not None
+        except (AdapterRefused, ValueError):
+            return False
+
+    def _clean_temporaries(self) -> list[str]:
+        removed = []
+        for child in self.store.root.iterdir():
+            if child.name.startswith(".") and any(m in child.name for m in _TEMP_MARKS):
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+                removed.append(f"removed left-over temporary {child.name}")
+        for tmp in self.dir.glob("*/.*.json.*") if self.dir.is_dir() else ():
+            tmp.unlink(missing_ok=True)  # write_json_atomic's temporary files
+        return removed
+
+    def _save(self, job: AdaptJob) -> None:
+        self._saved_at[job.id] = time.monotonic()
+        write_json_atomic(self.dir / job.id / "job.json", job.to_json())
+
+    # ------------------------------------------------------------------ the public API
 
     def submit(self, req: AdaptRequest) -> AdaptJob:
-        """Queue a job; `RequestError` 503 without a hub, 409 if the name is taken or busy."""
+        """Queue a job; `RequestError` 503 without a hub, 409 if the name is taken or busy,
+        429 if the queue is full, 400 if an example does not fit the model's context."""
         if self.hub is None:
             raise RequestError("adaptation is not available: this server was started without "
                                "--hub; restart `lorahub-serve serve` with --hub HUB_DIR", code=503)
         prior = self._by_name.get(req.name)
-        if prior is not None and prior.state in ("queued", "running"):
+        if prior is not None and prior.state in ACTIVE:
             raise RequestError(f"adapter {req.name!r} is already being made (job {prior.id})",
                                code=409, param="name")
         if self.store.exists(req.name):
             raise RequestError(f"adapter {req.name!r} already exists in the store; choose another "
                                "name", code=409, param="name")
+        waiting = sum(j.state == "queued" for j in self._pending)
+        if waiting >= self.max_queued:
+            raise RequestError(f"the adaptation queue is full ({waiting} jobs waiting, the limit "
+                               "set by --adapt-queue); retry when a job has finished, or cancel "
+                               "one with DELETE /v1/adapters/{name}", code=429)
+        if self.check_examples is not None:
+            self.check_examples(req.examples)
         job = AdaptJob(id=f"adapt-{uuid.uuid4().hex[:16]}", request=req)
+        write_json_atomic(self.dir / job.id / "request.json", req.to_json())
+        self._save(job)
         self.jobs[job.id] = job
         self._by_name[req.name] = job
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._work(), name="lorahub-adapt-jobs")
-        self._queue.put_nowait(job)
+        self._pending.append(job)
+        self.start()
+        self._wake.set()
         return job
 
     def latest(self, name: str) -> AdaptJob | None:
         """The most recent job for adapter `name`, if any."""
         return self._by_name.get(name)
 
-    async def close(self) -> None:
-        """Stop the worker and terminate a running adaptation (its job is marked failed)."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._worker
-        await self._stop_proc()
+    def listing(self) -> list[AdaptJob]:
+        return sorted(self.jobs.values(), key=lambda j: j.created)
 
-    async def _work(self) -> None:
-        assert self._queue is not None
-        while True:
-            job = await self._queue.get()
+    async def cancel(self, name: str) -> AdaptJob | None:
+        """Cancel the queued or running job for `name`; None if it has none active."""
+        job = self._by_name.get(name)
+        if job is None or job.state not in ACTIVE:
+            return None
+        if job.state == "queued":
+            with contextlib.suppress(ValueError):
+                self._pending.remove(job)
+            self._finish(job, "cancelled", note="cancelled while queued")
+            return job
+        self._cancel.add(job.id)
+        worker, done = self._running.get(job.id), self._done.get(job.id)
+        if worker is not None:
+            worker.cancel(job.id)
+        if done is not None:
             try:
-                await self._run(job)
+                await asyncio.wait_for(done.wait(), _CANCEL_GRACE_S)
+            except asyncio.TimeoutError:
+                if worker is not None:
+                    await worker.stop(grace_s=0)  # the run sees the worker die -> cancelled
+                await done.wait()
+        return job
+
+    def forget(self, name: str) -> int:
+        """Drop the finished job records of `name` (from memory and disk); returns how many."""
+        gone = [j for j in self.jobs.values() if j.request.name == name and j.state not in ACTIVE]
+        for job in gone:
+            del self.jobs[job.id]
+            shutil.rmtree(self.dir / job.id, ignore_errors=True)
+        if self._by_name.get(name) in gone:
+            del self._by_name[name]
+        return len(gone)
+
+    def start(self) -> None:
+        """Start the worker loops (and warm workers) if not started; needs a running loop."""
+        if self._loops or self.hub is None:
+            return
+        self._wake = asyncio.Event()
+        self._slots = [None] * max(self.workers, 1)
+        for i in range(len(self._slots)):
+            self._loops.append(asyncio.create_task(self._loop(i), name=f"lorahub-adapt-{i}"))
+        if self._pending:
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Stop the loops and workers; a running job goes back to `queued` for the next start."""
+        loops, self._loops = self._loops, []
+        for task in loops:
+            task.cancel()
+        for task in loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for i, worker in enumerate(self._slots):
+            if worker is not None:
+                await worker.stop()
+            self._slots[i] = None
+
+    # ------------------------------------------------------------------ running
+
+    async def _worker(self, slot: int) -> WorkerProcess:
+        worker = self._slots[slot]
+        if worker is None or not worker.alive:
+            if worker is not None:
+                await worker.stop()
+            worker = WorkerProcess(self.model, self.hub, self.dir / f"worker-{slot}.log",
+                                   command=self.worker_command)
+            await worker.start()
+            self._slots[slot] = worker
+        return worker
+
+    async def _loop(self, slot: int) -> None:
+        if self.workers > 0:
+            await self._worker(slot)  # warm: load the engine before the first job arrives
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            job = self._pending.popleft()
+            if job.state != "queued":
+                continue
+            self._done[job.id] = asyncio.Event()
+            try:
+                await self._run(slot, job)
             except asyncio.CancelledError:
-                self._finish(job, "failed", error="the server shut down during adaptation")
+                job.state, job.note = "queued", "interrupted by a server shutdown; re-run at start"
+                self._save(job)
                 raise
             except Exception as e:  # noqa: BLE001 - a job's failure must not stop the queue
                 self._finish(job, "failed", error=f"{type(e).__name__}: {e}")
+            finally:
+                self._running.pop(job.id, None)
+                self._done.pop(job.id).set()
+                if self.workers == 0 and self._slots[slot] is not None:
+                    await self._slots[slot].stop()  # cold mode: one process per job
+                    self._slots[slot] = None
 
-    def _argv(self, job: AdaptJob, examples_file: Path) -> list[str]:
+    async def _run(self, slot: int, job: AdaptJob) -> None:
         req = job.request
-        argv = [*self.command, "--model", self.model, "--hub", str(self.hub),
-                "--examples", str(examples_file), "--out", str(self.store.folder(req.name))]
-        modules = ",".join(req.modules) if isinstance(req.modules, tuple) else req.modules
-        for flag, value in (("--budget", req.budget), ("--seed", req.seed), ("--modules", modules)):
-            if value is not None:
-                argv += [flag, str(value)]
-        return argv
+        job.state, job.started, job.finished = "running", time.time(), None
+        job.attempts += 1
+        job.error = None
+        self._save(job)
+        worker = await self._worker(slot)
+        self._running[job.id] = worker
+        payload = {k: v for k, v in req.to_json().items() if k != "name"}
+        payload["out"] = str(self.store.folder(req.name))
 
-    async def _run(self, job: AdaptJob) -> None:
-        work = self.store.root / ".jobs" / job.id
-        work.mkdir(parents=True, exist_ok=True)
-        examples_file = work / "examples.jsonl"
-        write_jsonl(examples_file, job.request.examples)
-        job.state, job.started = "running", time.time()
-        with open(work / "log.txt", "wb") as log:  # noqa: ASYNC230 - local file, written as we go
-            self._proc = await asyncio.create_subprocess_exec(
-                *self._argv(job, examples_file), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True)  # Ctrl-C on the terminal goes to serve, which stops us
-            tail: list[str] = []
-            try:
-                await asyncio.wait_for(self._follow(job, log, tail), self.timeout_s)
-            except asyncio.TimeoutError:
-                await self._stop_proc()
-                self._finish(job, "failed", error=f"adaptation timed out after {self.timeout_s:.0f} s")
-                return
-            code = await self._proc.wait()
-            self._proc = None
-        if code != 0:
-            self._finish(job, "failed", error=f"adapt exited with status {code}: "
-                         + "\n".join(tail[-20:]).strip())
+        def on_progress(msg: dict) -> None:
+            job.evaluations = int(msg.get("evaluations") or 0)
+            if msg.get("best_loss") is not None:
+                job.loss = float(msg["best_loss"])
+            if time.monotonic() - self._saved_at.get(job.id, 0) >= _PROGRESS_EVERY_S:
+                self._save(job)
+
+        try:
+            final = await asyncio.wait_for(worker.run(job.id, payload, on_progress), self.timeout_s)
+        except asyncio.TimeoutError:
+            await worker.stop(grace_s=0)
+            self._finish(job, "failed", error=f"adaptation timed out after {self.timeout_s:.0f} s")
             return
-        self._check_result(job)
+        except WorkerError as e:
+            if job.id in self._cancel:
+                self._finish(job, "cancelled", note="cancelled while running")
+            else:
+                self._finish(job, "failed", error=str(e))
+            return
+        event = final["event"]
+        if event == "cancelled":
+            self._finish(job, "cancelled", note="cancelled while running")
+        elif event == "failed":
+            self._finish(job, "failed", error=final.get("error") or "the adaptation failed")
+        else:
+            job.evaluations = int(final.get("evaluations") or job.evaluations)
+            self._check_result(job, final.get("loss"))
 
-    async def _follow(self, job: AdaptJob, log, tail: list[str]) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        pending = ""
-        # Chunks, not readline(): progress bars write long runs of '\r' without a newline.
-        while chunk := await self._proc.stdout.read(1 << 16):
-            log.write(chunk)
-            log.flush()
-            *lines, pending = re.split(r"[\r\n]", pending + chunk.decode("utf-8", "replace"))
-            for line in filter(None, (s.rstrip() for s in lines)):
-                tail.append(line)
-                if m := _LOSS.findall(line):
-                    job.loss = float(m[-1])
-            del tail[:-50]
-            pending = pending[-4096:]
-        if pending.strip():
-            tail.append(pending.rstrip())
-
-    def _check_result(self, job: AdaptJob) -> None:
+    def _check_result(self, job: AdaptJob, loss: float | None) -> None:
         name = job.request.name
         try:
             info = self.store.inspect(name)
@@ -231,27 +342,18 @@ class AdaptJobs:
             self._finish(job, "failed", error=f"adapt wrote an adapter the server refuses: {e}")
             return
         if info is None:
-            self._finish(job, "failed", error=f"adapt exited 0 but wrote no adapter named {name!r}")
+            self._finish(job, "failed", error=f"adapt finished but wrote no adapter named {name!r}")
             return
-        job.loss = final_loss(info.path / LORAHUB_FILE, job.loss)
+        job.loss = final_loss(info.path / LORAHUB_FILE, loss)
         self._finish(job, "succeeded")
 
-    @staticmethod
-    def _finish(job: AdaptJob, state: JobState, error: str | None = None) -> None:
+    def _finish(self, job: AdaptJob, state: JobState, error: str | None = None,
+                note: str | None = None) -> None:
         job.state, job.error, job.finished = state, error, time.time()
-
-    async def _stop_proc(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        if note is not None:
+            job.note = note
+        self._cancel.discard(job.id)
+        self._save(job)
 
 
 def final_loss(meta_path: Path, fallback: float | None) -> float | None:

@@ -6,20 +6,51 @@
   "seed"?}`: start an adaptation job -> 202 with the job (`id`, `state`, ...).
 - `GET /v1/adapters/{name}`: the job's state (`queued`/`running`/`succeeded`/`failed`) and loss;
   for an adapter stored some other way, `succeeded` (or `failed` with the reason it is refused).
-- `GET /v1/adapters`: every stored adapter and every job of this server's life.
+- `GET /v1/adapters`: every stored adapter (`data`) and every job on record (`jobs`), including
+  jobs of earlier runs of the server on this store.
+- `DELETE /v1/adapters/{name}`: cancel the queued or running job for `name` (-> the job, state
+  `cancelled`), or else remove the stored adapter `name` and its finished job records
+  (-> `{"name", "object": "adapter", "deleted": true}`); 404 if there is neither.
+
+A `POST /v1/adapters` body may be at most `MAX_BODY_BYTES` (8 MiB); a longer one gets a 413
+before it is read (from its Content-Length, or as soon as a chunked body passes the limit).
+A full job queue gets a 429.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from .errors import error_response
 from .jobs import AdaptJobs, RequestError, final_loss, parse_request
-from .names import AdapterNameError
+from .names import AdapterNameError, check_name
 from .store import LORAHUB_FILE, AdapterRefused, AdapterStore
+
+MAX_BODY_BYTES = 8 << 20
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(raw_request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refusing (BodyTooLarge) one over `limit` before it is read whole."""
+    declared = raw_request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in raw_request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def build_router(store: AdapterStore, jobs: AdaptJobs) -> APIRouter:
@@ -41,7 +72,12 @@ def build_router(store: AdapterStore, jobs: AdaptJobs) -> APIRouter:
     @router.post("/v1/adapters", status_code=202)
     async def create_adapter(raw_request: Request):
         try:
-            body = json.loads(await raw_request.body() or b"null")
+            body = json.loads(await _read_body(raw_request) or b"null")
+        except BodyTooLarge:
+            response = error_response(f"the body is larger than {MAX_BODY_BYTES} bytes, the limit "
+                                      "for POST /v1/adapters; send fewer or shorter examples", 413)
+            response.headers["connection"] = "close"  # the rest of the body is never read
+            return response
         except ValueError as e:
             return error_response(f"the body is not valid JSON ({e})", 400)
         try:
@@ -66,7 +102,24 @@ def build_router(store: AdapterStore, jobs: AdaptJobs) -> APIRouter:
     async def list_adapters():
         stored = [_stored_status(store, name) for name in store.names()]
         return JSONResponse({"object": "list", "data": stored,
-                             "jobs": [job.to_json() for job in jobs.jobs.values()]})
+                             "jobs": [job.to_json() for job in jobs.listing()]})
+
+    @router.delete("/v1/adapters/{name}")
+    async def delete_adapter(name: str, raw_request: Request):
+        try:
+            check_name(name)
+            job = await jobs.cancel(name)
+            if job is not None:
+                return JSONResponse(job.to_json())
+            removed = _remove_stored(store, name)
+        except AdapterNameError as e:
+            return error_response(str(e), 400, "name")
+        forgotten = jobs.forget(name)
+        if not removed and not forgotten:
+            return error_response(f"no adapter or adaptation job named {name!r}", 404, "name")
+        if removed:
+            await _unload(raw_request, name)
+        return JSONResponse({"name": name, "object": "adapter", "deleted": True})
 
     return router
 
@@ -81,3 +134,23 @@ def _stored_status(store: AdapterStore, name: str) -> dict:
         raise LookupError(name)
     return {"name": name, "object": "adapter", "state": "succeeded", "rank": info.rank,
             "loss": final_loss(info.path / LORAHUB_FILE, None), "error": None}
+
+
+def _remove_stored(store: AdapterStore, name: str) -> bool:
+    """Remove adapter `name` from the store: renamed away first (gone in one step), then deleted."""
+    folder = store.folder(name)
+    if not folder.is_dir():
+        return False
+    doomed = folder.with_name(f".{name}.deleted-{uuid.uuid4().hex[:8]}")
+    os.rename(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True
+
+
+async def _unload(raw_request: Request, name: str) -> None:
+    """Forget a removed adapter in vLLM, so that its name is no longer served from memory."""
+    from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+    models = raw_request.app.state.openai_serving_models
+    if name in models.lora_requests:
+        await models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))

@@ -59,6 +59,8 @@ class ServeConfig:
     max_loras: int = 4
     max_lora_rank: int = 16
     adapt_timeout_s: float = 3600.0
+    adapt_workers: int = 1  # warm worker processes; 0: a fresh process per job (cold)
+    adapt_queue: int = 16  # jobs waiting at most; more get a 429
     vllm_args: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -67,6 +69,11 @@ class ServeConfig:
                              f"got {self.max_lora_rank}")
         if self.max_loras < 1:
             raise ValueError(f"--max-loras must be >= 1, got {self.max_loras}")
+        if self.adapt_workers < 0:
+            raise ValueError(f"--adapt-workers must be >= 0 (0: a fresh process per job), got "
+                             f"{self.adapt_workers}")
+        if self.adapt_queue < 1:
+            raise ValueError(f"--adapt-queue must be >= 1, got {self.adapt_queue}")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port must be in 1..65535, got {self.port}")
         if self.api_key is not None and not self.api_key.strip():
@@ -139,23 +146,30 @@ def serve(cfg: ServeConfig) -> int:
     try:
         import uvloop
 
-        uvloop.run(_serve(cfg, args, store))
+        uvloop.run(_serve(cfg, args, store, folder))
     except ImportError:
-        asyncio.run(_serve(cfg, args, store))
+        asyncio.run(_serve(cfg, args, store, folder))
     print("lorahub-serve: stopped", flush=True)
     return 0
 
 
-async def _serve(cfg: ServeConfig, args: Namespace, store: AdapterStore) -> None:
+async def _serve(cfg: ServeConfig, args: Namespace, store: AdapterStore, folder: Path) -> None:
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.launcher import setup_server
 
+    from .job_request import ContextCheck
+
     signals = StartupSignals()  # until serve_http installs vLLM's graceful-shutdown handlers
     signals.install()
-    jobs = AdaptJobs(store, cfg.model, cfg.hub, cfg.adapt_timeout_s)
+    jobs = AdaptJobs(store, cfg.model, cfg.hub, cfg.adapt_timeout_s, workers=cfg.adapt_workers,
+                     max_queued=cfg.adapt_queue)
+    for line in jobs.recover():  # before anything can write to the store
+        print(f"lorahub-serve: {line}", flush=True)
     _, sock = setup_server(args, reuse_port=False)
     try:
         async with build_async_engine_client(args) as engine:
+            jobs.check_examples = ContextCheck(folder, engine.model_config.max_model_len)
+            jobs.start()  # warm workers load the model and hub while the server starts
             app = await _build_app(engine, args, store, jobs, cfg.api_key)
             announcer = asyncio.create_task(_announce_when_ready(app, cfg, args, store))
             shutdown = await _serve_http(app, sock, args)

@@ -1,14 +1,15 @@
-"""Adaptation requests and jobs, with a stand-in for `lorahub-serve adapt` (no server)."""
+"""Adaptation requests and durable jobs, run by real warm workers on a tiny model (no server)."""
 
 import asyncio
-import shutil
+import json
 import sys
-import textwrap
+import time
 
 import pytest
 
-from lorahub_serve import testing
-from lorahub_serve.serving.jobs import AdaptJobs, RequestError, parse_request
+from lorahub_serve.atomic import write_json_atomic
+from lorahub_serve.serving.job_request import ContextCheck
+from lorahub_serve.serving.jobs import MAX_ATTEMPTS, AdaptJob, AdaptJobs, RequestError, parse_request
 from lorahub_serve.serving.store import AdapterStore, BaseModelShapes
 
 GOOD = [{"input": "Q: 2 and 3?\nA:", "output": " 5"}]
@@ -26,6 +27,7 @@ GOOD = [{"input": "Q: 2 and 3?\nA:", "output": " 5"}]
     ({"name": "x", "examples": GOOD, "seed": "1"}, "seed", "integer"),
     ({"name": "x", "examples": GOOD, "modules": ["a,b"]}, "modules", "hub module names"),
     ({"name": "x", "examples": GOOD, "lr": 1}, "lr", "unknown field"),
+    ({"name": "x", "examples": GOOD * 10_000}, "examples", "at most 1000"),
 ])
 def test_bad_requests_name_the_problem(body, param, message):
     with pytest.raises(RequestError, match=message) as e:
@@ -33,89 +35,172 @@ def test_bad_requests_name_the_problem(body, param, message):
     assert e.value.code == 400 and e.value.param == param
 
 
-def test_good_request():
+def test_good_request_round_trips():
     req = parse_request({"name": "t", "examples": GOOD, "budget": 8, "modules": ["m1", "m2"]})
     assert req.budget == 8 and req.modules == ("m1", "m2") and req.seed is None
     assert req.examples[0].output == " 5"
-
-
-FAKE_ADAPT = textwrap.dedent("""
-    import argparse, os, shutil, sys, tempfile
-    p = argparse.ArgumentParser()
-    for flag in ("--model", "--hub", "--examples", "--out", "--budget", "--seed", "--modules"):
-        p.add_argument(flag)
-    a = p.parse_args()
-    if "FAIL" in open(a.examples).read():
-        print("error: the examples asked to fail", file=sys.stderr)
-        sys.exit(3)
-    print("step 1 loss=2.5", flush=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(a.out), prefix=".tmp-")
-    os.rmdir(tmp)
-    shutil.copytree(os.environ["TEMPLATE_ADAPTER"], tmp)
-    os.rename(tmp, a.out)
-    print("best loss=1.25")
-""")
+    assert parse_request(req.to_json()) == req
 
 
 @pytest.fixture
-def jobs(tmp_path, monkeypatch):
-    model, _ = testing.tiny_llama(tmp_path / "base", hidden=128)
-    monkeypatch.setenv("TEMPLATE_ADAPTER", str(testing.random_adapter(model, tmp_path / "tpl")))
-    (tmp_path / "hub").mkdir()
+def make_jobs(tmp_path, tiny_llama_dir, tiny_llama_hub):
     (tmp_path / "store").mkdir()
-    script = tmp_path / "fake_adapt.py"
-    script.write_text(FAKE_ADAPT)
-    store = AdapterStore(tmp_path / "store", BaseModelShapes.from_folder(tmp_path / "base"), 16)
-    return AdaptJobs(store, "base", tmp_path / "hub", timeout_s=60, command=(sys.executable, str(script)))
+    store = AdapterStore(tmp_path / "store", BaseModelShapes.from_folder(tiny_llama_dir), 16)
+
+    def make(**kw):
+        return AdaptJobs(store, str(tiny_llama_dir), tiny_llama_hub, **{"timeout_s": 120, **kw})
+
+    return make
 
 
-async def _wait(jobs, name, timeout=60):
+async def _wait(jobs, name, timeout=120, until=("succeeded", "failed", "cancelled")):
     async def done():
-        while jobs.latest(name).state in ("queued", "running"):
+        while jobs.latest(name).state not in until:
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(done(), timeout)
     return jobs.latest(name)
 
 
-def test_jobs_run_queue_and_report(jobs):
+def _record(jobs, job_id):
+    return json.loads((jobs.dir / job_id / "job.json").read_text())
+
+
+def test_jobs_run_one_at_a_time_and_report_as_data(make_jobs):
+    jobs = make_jobs()
+
     async def scenario():
-        ok = jobs.submit(parse_request({"name": "ok", "examples": GOOD, "budget": 3}))
-        bad = jobs.submit(parse_request({"name": "bad", "examples": [{"input": "FAIL", "output": "x"}]}))
+        ok = jobs.submit(parse_request({"name": "ok", "examples": GOOD, "budget": 6, "modules": 3}))
+        bad = jobs.submit(parse_request({"name": "bad", "examples": GOOD, "modules": ["nope"]}))
         with pytest.raises(RequestError, match="already being made") as e:
             jobs.submit(parse_request({"name": "ok", "examples": GOOD}))
         assert e.value.code == 409
-        assert bad.state == "queued"  # one job at a time
-        ok, bad = await _wait(jobs, "ok"), await _wait(jobs, "bad")
+        assert _record(jobs, ok.id)["state"] == "queued"  # on disk before the 202
+        ok = await _wait(jobs, "ok")
+        assert bad.state in ("queued", "running")  # one worker, one job at a time
+        bad = await _wait(jobs, "bad")
         with pytest.raises(RequestError, match="already exists in the store"):
             jobs.submit(parse_request({"name": "ok", "examples": GOOD}))
         await jobs.close()
         return ok, bad
 
     ok, bad = asyncio.run(scenario())
-    assert ok.state == "succeeded" and ok.loss == 1.25, ok.to_json()
+    assert ok.state == "succeeded" and isinstance(ok.loss, float), ok.to_json()
+    assert ok.evaluations == 6 and ok.attempts == 1 and ok.started <= ok.finished
     assert jobs.store.inspect("ok").rank == 4
-    assert bad.state == "failed" and "status 3" in bad.error and "asked to fail" in bad.error
+    assert bad.state == "failed" and "nope" in bad.error, bad.to_json()
+    assert _record(jobs, ok.id) == ok.to_json() and _record(jobs, bad.id) == bad.to_json()
 
 
-def test_no_hub_is_503(jobs):
-    jobs.hub = None
-    with pytest.raises(RequestError, match="without --hub") as e:
-        jobs.submit(parse_request({"name": "x", "examples": GOOD}))
-    assert e.value.code == 503
-
-
-def test_refused_result_fails_the_job(jobs, tmp_path, monkeypatch):
-    other, _ = testing.tiny_llama(tmp_path / "other", hidden=64)
-    alien = testing.random_adapter(other, tmp_path / "alien")
-    monkeypatch.setenv("TEMPLATE_ADAPTER", str(alien))
+def test_restart_recovers_every_kind_of_job(make_jobs):
+    """Records as a `kill -9` leaves them: each state is resumed as documented."""
+    first = make_jobs()
+    store = first.store.root
+    specs = {"done": ("succeeded", 1), "cut": ("running", 1), "wait": ("queued", 0),
+             "again": ("running", MAX_ATTEMPTS), "gone": ("cancelled", 0)}
+    for i, (name, (state, attempts)) in enumerate(specs.items()):
+        req = parse_request({"name": name, "examples": GOOD, "budget": 4, "modules": 2})
+        job = AdaptJob(id=f"adapt-{i:016x}", request=req, state=state, attempts=attempts,
+                       created=time.time() + i, loss=0.5 if name == "done" else None)
+        write_json_atomic(first.dir / job.id / "request.json", req.to_json())
+        write_json_atomic(first.dir / job.id / "job.json", job.to_json())
+    (store / ".cut.tmp-abc123").mkdir()  # a half-written adapter
+    (store / ".cut.tmp-abc123" / "adapter_config.json").write_text("{}")
+    (store / ".old.old-77").mkdir()
+    (first.dir / "adapt-0000000000000001" / ".job.json.xyz").write_text("{")
+    (first.dir / "adapt-ffffffffffffffff").mkdir()  # no record at all
+    jobs = make_jobs()
+    log = jobs.recover()
+    assert not [p.name for p in store.iterdir() if p.name != ".jobs"], log
+    assert sorted(p.name for p in (first.dir / "adapt-0000000000000001").iterdir()) == [
+        "job.json", "request.json"]
+    states = {n: jobs.latest(n).state for n in specs}
+    assert states == {"done": "succeeded", "cut": "queued", "wait": "queued", "again": "failed",
+                      "gone": "cancelled"}, log
+    assert "server stopped during attempt 1" in jobs.latest("cut").note
+    assert f"interrupted {MAX_ATTEMPTS} times" in jobs.latest("again").error
+    assert jobs.latest("done").loss == 0.5
 
     async def scenario():
-        jobs.submit(parse_request({"name": "alien", "examples": GOOD}))
-        job = await _wait(jobs, "alien")
+        jobs.start()
+        cut, wait = await _wait(jobs, "cut"), await _wait(jobs, "wait")
+        await jobs.close()
+        return cut, wait
+
+    cut, wait = asyncio.run(scenario())
+    assert cut.state == wait.state == "succeeded", (cut.to_json(), wait.to_json())
+    assert cut.attempts == 2 and jobs.store.inspect("cut") is not None
+
+
+def test_full_queue_is_429_and_queued_jobs_cancel(make_jobs):
+    jobs = make_jobs(max_queued=1)
+
+    async def scenario():
+        first = jobs.submit(parse_request({"name": "a", "examples": GOOD}))
+        with pytest.raises(RequestError, match="queue is full") as e:
+            jobs.submit(parse_request({"name": "b", "examples": GOOD}))
+        assert e.value.code == 429
+        assert (await jobs.cancel("a")) is first and first.state == "cancelled"
+        assert jobs.submit(parse_request({"name": "b", "examples": GOOD, "budget": 2})).state == "queued"
+        await _wait(jobs, "b")
+        await jobs.close()
+
+    asyncio.run(scenario())
+    assert _record(jobs, jobs.latest("a").id)["state"] == "cancelled"
+    assert not jobs.store.exists("a") and jobs.store.exists("b")
+    assert jobs.forget("a") == 1 and jobs.latest("a") is None
+
+
+def test_cancel_running_job_keeps_the_worker_warm(make_jobs):
+    jobs = make_jobs()
+
+    async def scenario():
+        long = jobs.submit(parse_request({"name": "long", "examples": GOOD, "budget": 100_000}))
+        await _wait(jobs, "long", until=("running",))
+        while long.evaluations == 0:
+            await asyncio.sleep(0.05)
+        pid = jobs._slots[0].proc.pid
+        assert (await jobs.cancel("long")).state == "cancelled"
+        jobs.submit(parse_request({"name": "next", "examples": GOOD, "budget": 2}))
+        nxt = await _wait(jobs, "next")
+        same = jobs._slots[0].proc.pid == pid
+        await jobs.close()
+        return long, nxt, same
+
+    long, nxt, same = asyncio.run(scenario())
+    assert long.state == "cancelled" and 0 < long.evaluations < 100_000
+    assert nxt.state == "succeeded" and same, "the worker should survive a cancel"
+    assert not jobs.store.exists("long")
+
+
+def test_worker_death_fails_the_job_with_its_reason(make_jobs):
+    die = (sys.executable, "-c", "import sys; print('no engine here', file=sys.stderr); sys.exit(7)")
+    jobs = make_jobs(worker_command=die)
+
+    async def scenario():
+        jobs.submit(parse_request({"name": "x", "examples": GOOD}))
+        job = await _wait(jobs, "x")
         await jobs.close()
         return job
 
     job = asyncio.run(scenario())
-    assert job.state == "failed" and "another base model" in job.error
-    shutil.rmtree(jobs.store.folder("alien"))
+    assert job.state == "failed" and "status 7" in job.error and "no engine here" in job.error
+
+
+def test_example_longer_than_the_context_is_400(make_jobs, tiny_llama_dir):
+    jobs = make_jobs(check_examples=ContextCheck(tiny_llama_dir, 32))
+    ok = [{"input": "Q: cat?\nA:", "output": " no"}]
+    long = ok + [{"input": "the cat " * 20, "output": " no"}]
+    with pytest.raises(RequestError, match=r"examples\[1\]: example of \d+ tokens exceeds the "
+                       "model's context of 32 tokens") as e:
+        jobs.submit(parse_request({"name": "x", "examples": long}))
+    assert e.value.code == 400 and e.value.param == "examples"
+    jobs.check_examples(parse_request({"name": "x", "examples": ok}).examples)  # fits
+
+
+def test_no_hub_is_503(make_jobs):
+    jobs = make_jobs()
+    jobs.hub = None
+    with pytest.raises(RequestError, match="without --hub") as e:
+        jobs.submit(parse_request({"name": "x", "examples": GOOD}))
+    assert e.value.code == 503
