@@ -25,14 +25,11 @@ def generate(ev: Evaluator, prompts: Sequence[str], cands: Sequence[int], module
     (special tokens dropped, cut at EOS).
     """
     tok, model = ev.tokenizer, ev.model
-    routing = ev.handle.routing
     enc = [prompt_ids(tok, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))  # similar lengths together
     out: list[str] = [""] * len(prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    routing.module_idx = torch.as_tensor(np.asarray(module_idx, dtype=np.int64), device=ev.device)
-    routing.weights = torch.as_tensor(np.asarray(weights, dtype=np.float32), device=ev.device)
-    try:
+    with ev.handle.route(module_idx, weights) as routing:
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             width = max(len(enc[i]) for i in rows)
@@ -46,6 +43,4 @@ def generate(ev: Evaluator, prompts: Sequence[str], cands: Sequence[int], module
                 if tok.eos_token_id in row:
                     row = row[: row.index(tok.eos_token_id)]
                 out[i] = tok.decode(row, skip_special_tokens=True)
-    finally:
-        routing.row_cand = routing.module_idx = routing.weights = None
     return out

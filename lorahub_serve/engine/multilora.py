@@ -12,8 +12,11 @@ matrix is ever built (see lorahub_serve.kernels).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..kernels import lora_delta
@@ -56,6 +59,20 @@ class Attached:
 
     def __init__(self, model, originals: dict[str, torch.nn.Linear], routing: Routing):
         self.model, self.originals, self.routing = model, originals, routing
+
+    @contextmanager
+    def route(self, module_idx, weights) -> Iterator[Routing]:
+        """Route the wrapped layers to candidates (module_idx [C, K], weights [C, K]) while the
+        block runs; the caller sets `routing.row_cand` [B] per forward pass. Reset on exit, so an
+        exception never leaves a stale composition behind for the next caller."""
+        r = self.routing
+        device = next(self.model.parameters()).device
+        r.module_idx = torch.as_tensor(np.asarray(module_idx, dtype=np.int64), device=device)
+        r.weights = torch.as_tensor(np.asarray(weights, dtype=np.float32), device=device)
+        try:
+            yield r
+        finally:
+            r.row_cand = r.module_idx = r.weights = None
 
     def detach(self) -> None:
         for name, lin in self.originals.items():
