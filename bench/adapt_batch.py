@@ -36,10 +36,11 @@ MODEL = "smollm2-135m"
 def bench_hub(model_folder: Path) -> Path:
     """20 random rank-8 q,v modules, built once into the cache."""
     from lorahub_serve import paths, testing
+    from lorahub_serve.formats import HUB_FILE
     from lorahub_serve.models import load_base
 
     hub = paths.home() / "bench" / "random-hub-smollm2-135m-n20-r8"
-    if not (hub / "hub.json").exists():
+    if not (hub / HUB_FILE).exists():
         shutil.rmtree(hub, ignore_errors=True)
         base, _ = load_base(model_folder)
         testing.random_hub(base, hub, n=20, ranks=(8,), base_name=MODEL)

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_json_atomic
-from ..engine.search import SearchConfig, SearchState
-from .scheduler import TaskRun
+from lorahub_serve.atomic import write_json_atomic
+from lorahub_serve.cluster.scheduler import TaskRun
+from lorahub_serve.engine.search import SearchConfig, SearchState
+from lorahub_serve.formats import HUB_FILE
 
 FORMAT = 1
 
@@ -41,7 +42,7 @@ def job_id(model: str, hub: Path, config: SearchConfig, modules, rule: str,
            truncate: bool = False) -> tuple[str, dict]:
     """(16-hex id, the arguments it hashes)."""
     hub = Path(hub).resolve()
-    manifest = hub / "hub.json"
+    manifest = hub / HUB_FILE
     hub_digest = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else ""
     key = {"format": FORMAT, "model": str(model), "hub": str(hub), "hub_json_sha256": hub_digest,
            "search": asdict(config), "modules": modules, "rule": rule, "truncate": truncate}

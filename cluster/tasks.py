@@ -9,16 +9,13 @@ a task whose examples are unusable becomes a `TaskSpec` with `error` set: it fai
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.examples import Example, ExampleError, from_records, load_examples
-
-MAX_NAME = 64
-_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")
+from lorahub_serve.data.examples import Example, ExampleError, from_records, load_examples
+from lorahub_serve.formats import NAME_RULE, valid_name
 
 
 class TasksFileError(ValueError):
@@ -33,10 +30,10 @@ class TaskSpec:
 
 
 def check_task_name(name: Any, where: str) -> str:
-    """A task name is also its folder in the store: 1-64 of [A-Za-z0-9._-], not starting with '.'."""
-    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
-        raise TasksFileError(f"{where}: invalid task name {name!r}; use 1-{MAX_NAME} letters, digits, "
-                             "'.', '_' or '-', not starting with '.' (it names the output folder)")
+    """A task name is also its folder in the store, so it follows the adapter-name rule."""
+    if not valid_name(name):
+        raise TasksFileError(f"{where}: invalid task name {name!r}; use {NAME_RULE} "
+                             "(it names the output folder)")
     return name
 
 

@@ -99,7 +99,7 @@ class EngineGenerator:
 
 
 def _served_rank(needed: int) -> int:
-    from .serving.server import LORA_RANKS
+    from .formats import LORA_RANKS
 
     for r in LORA_RANKS:
         if r >= needed:

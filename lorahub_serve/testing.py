@@ -124,8 +124,8 @@ def random_adapter(base_model, out_dir: Path, rank: int = 4, alpha: int | None =
 def random_hub(base_model, hub_dir: Path, n: int = 4, ranks=(4,), target_modules=("q_proj", "v_proj"),
                base_name: str = "tiny", scale: float = 0.5) -> Path:
     """A hub folder (`hub.json` + modules/) of `n` random adapters; ranks cycle through `ranks`."""
-    from .atomic import write_json_atomic
-    from .hub_build import ADAPTER_FILE, HUB_FORMAT, sha256_file
+    from .formats import ADAPTER_WEIGHTS, HUB_FORMAT, write_hub_json
+    from .hub_build import sha256_file
 
     hub_dir = Path(hub_dir)
     modules = []
@@ -136,9 +136,8 @@ def random_hub(base_model, hub_dir: Path, n: int = 4, ranks=(4,), target_modules
                               target_modules=target_modules, scale=scale)
         modules.append({"name": name, "path": f"modules/{name}", "source_task": name, "rank": r,
                         "alpha": 2 * r, "target_modules": list(target_modules),
-                        "sha256": sha256_file(path / ADAPTER_FILE)})
-    write_json_atomic(hub_dir / "hub.json", {"format": HUB_FORMAT, "base_model": base_name,
-                                             "modules": modules})
+                        "sha256": sha256_file(path / ADAPTER_WEIGHTS)})
+    write_hub_json(hub_dir, {"format": HUB_FORMAT, "base_model": base_name, "modules": modules})
     return hub_dir
 
 
@@ -146,23 +145,16 @@ def reference_loss(model, tokenizer, examples) -> float:
     """HF's own loss (token mean over the outputs) for `examples` in one padded batch: the oracle
     that the engine's batched losses are checked against."""
     from .data.examples import from_records
-    from .prompting import encode_example, encode_seq2seq
+    from .prompting import IGNORE, causal_batch, encode_example, encode_seq2seq, pad_id, pad_rows
 
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     enc = [(encode_seq2seq if seq2seq else encode_example)(tokenizer, e) for e in from_records(examples)]
-    pad = tokenizer.pad_token_id
-
-    def padded(rows, fill):
-        width = max(map(len, rows))
-        return torch.tensor([list(r) + [fill] * (width - len(r)) for r in rows])
-
+    pad = pad_id(tokenizer)
     if seq2seq:
-        ids = padded([e.prompt_ids for e in enc], pad)
-        mask = padded([[1] * len(e.prompt_ids) for e in enc], 0)
-        labels = padded([e.target_ids for e in enc], -100)
+        ids = pad_rows([e.prompt_ids for e in enc], pad)
+        mask = pad_rows([[1] * len(e.prompt_ids) for e in enc], 0)
+        labels = pad_rows([e.target_ids for e in enc], IGNORE)
     else:
-        ids = padded([e.prompt_ids + e.target_ids for e in enc], pad)
-        mask = padded([[1] * e.length for e in enc], 0)
-        labels = padded([[-100] * len(e.prompt_ids) + list(e.target_ids) for e in enc], -100)
+        ids, mask, labels = causal_batch([(e.prompt_ids, e.target_ids) for e in enc], pad)
     with torch.inference_mode():
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..atomic import atomic_dir, write_json_atomic
-from .hub import ADAPTER_FILE, HubStack
+from ..atomic import atomic_dir
+from ..formats import ADAPTER_WEIGHTS, peft_key, write_lorahub_json
+from .hub import HubStack
 
 
 def compose_factors(stack: HubStack, module_idx: list[int], weights, rule: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -41,15 +42,15 @@ def write_adapter(out_dir: Path, factors: dict[str, tuple[torch.Tensor, torch.Te
     targets = sorted({layer.rsplit(".", 1)[-1] for layer in factors})
     tensors = {}
     for layer, (a, b) in factors.items():
-        tensors[f"base_model.model.{layer}.lora_A.weight"] = a.to(dtype).contiguous()
-        tensors[f"base_model.model.{layer}.lora_B.weight"] = b.to(dtype).contiguous()
+        tensors[peft_key(layer, "A")] = a.to(dtype).contiguous()
+        tensors[peft_key(layer, "B")] = b.to(dtype).contiguous()
     cfg = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0, bias="none",
                      base_model_name_or_path=base_model)
     with atomic_dir(Path(out_dir)) as tmp:
         cfg.save_pretrained(tmp)
-        save_file(tensors, tmp / ADAPTER_FILE, metadata={"format": "pt"})
+        save_file(tensors, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         if metadata is not None:
-            write_json_atomic(tmp / "lorahub.json", metadata)
+            write_lorahub_json(tmp, metadata)
     return Path(out_dir)
 
 

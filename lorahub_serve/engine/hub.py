@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-ADAPTER_FILE = "adapter_model.safetensors"
-PICKLE_FILE = "adapter_model.bin"
-
-
-class HubError(ValueError):
-    """A hub or adapter is unusable with this base model; the message says which and why."""
+from ..formats import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    PICKLED_WEIGHTS,
+    HubError,
+    peft_layer,
+    read_hub_json,
+)
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,9 @@ class ModuleInfo:
 
 
 def read_adapter_config(folder: Path) -> dict:
-    cfg_path = Path(folder) / "adapter_config.json"
+    cfg_path = Path(folder) / ADAPTER_CONFIG
     if not cfg_path.exists():
-        raise HubError(f"{folder}: not a PEFT adapter (no adapter_config.json)")
+        raise HubError(f"{folder}: not a PEFT adapter (no {ADAPTER_CONFIG})")
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
@@ -67,35 +69,17 @@ def module_from_folder(folder: Path, name: str | None = None, **extra) -> Module
                       use_rslora=bool(cfg.get("use_rslora", False)), **extra)
 
 
-def _manifest_entries(path: Path) -> list[dict]:
-    """hub.json's module entries, each with a "name" and a "path"; a HubError names what is wrong."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise HubError(f"{path} is not readable JSON ({e}); rebuild it with `lorahub-serve hub build` "
-                       "or remove it to use every adapter sub-folder") from None
-    entries = data.get("modules") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise HubError(f"{path} has no \"modules\" list; expected {{\"modules\": [{{\"name\", \"path\"}}, ...]}}")
-    for i, e in enumerate(entries):
-        missing = [k for k in ("name", "path") if not (isinstance(e, dict) and isinstance(e.get(k), str))]
-        if missing:
-            raise HubError(f"{path}: modules[{i}] lacks {missing} (each entry needs a name and a path)")
-    return entries
-
-
 def read_manifest(hub_dir: Path) -> list[ModuleInfo]:
     """Modules listed in `hub.json`, or every adapter sub-folder when there is no manifest."""
     hub_dir = Path(hub_dir)
     if not hub_dir.is_dir():
         raise HubError(f"hub {hub_dir} does not exist or is not a folder")
-    manifest = hub_dir / "hub.json"
-    if manifest.exists():
-        entries = _manifest_entries(manifest)
+    manifest = read_hub_json(hub_dir)
+    if manifest is not None:
         mods = [module_from_folder(hub_dir / e["path"], e["name"], source_task=e.get("source_task", ""),
-                                   sha256=e.get("sha256", "")) for e in entries]
+                                   sha256=e.get("sha256", "")) for e in manifest["modules"]]
     else:
-        folders = sorted(p.parent for p in hub_dir.rglob("adapter_config.json"))
+        folders = sorted(p.parent for p in hub_dir.rglob(ADAPTER_CONFIG))
         mods = [module_from_folder(f) for f in folders]
     if not mods:
         raise HubError(f"hub {hub_dir} has no modules (no hub.json entries or adapter folders)")
@@ -121,25 +105,14 @@ def select_modules(modules: list[ModuleInfo], k: int | list[str] | None, seed: i
     return random.Random(seed).sample(list(modules), k)
 
 
-def _peft_key_to_layer(key: str) -> tuple[str, str]:
-    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' -> (layer path, 'A')."""
-    for part in ("lora_A", "lora_B"):
-        marker = f".{part}."
-        if marker in key:
-            layer = key.split(marker)[0]
-            layer = layer.removeprefix("base_model.model.")
-            return layer, part[-1]
-    return "", ""
-
-
 def load_module_tensors(module: ModuleInfo, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    st = module.path / ADAPTER_FILE
+    st = module.path / ADAPTER_WEIGHTS
     if st.exists():
         try:
             return load_file(st)
         except Exception as e:  # noqa: BLE001 - safetensors raises several types for corrupt files
             raise HubError(f"{st}: cannot read the adapter weights ({e})") from None
-    pkl = module.path / PICKLE_FILE
+    pkl = module.path / PICKLED_WEIGHTS[0]
     if pkl.exists():
         if not allow_pickle:
             raise HubError(
@@ -147,7 +120,7 @@ def load_module_tensors(module: ModuleInfo, allow_pickle: bool = False) -> dict[
                 "adapter to safetensors, or pass allow_pickle=True if you trust it"
             )
         return torch.load(pkl, map_location="cpu", weights_only=True)
-    raise HubError(f"{module.path}: no {ADAPTER_FILE}")
+    raise HubError(f"{module.path}: no {ADAPTER_WEIGHTS}")
 
 
 @dataclass
@@ -184,7 +157,7 @@ def stack_modules(model: torch.nn.Module, modules: list[ModuleInfo], allow_pickl
         tensors = load_module_tensors(mod, allow_pickle)
         found = 0
         for key, t in tensors.items():
-            layer, which = _peft_key_to_layer(key)
+            layer, which = peft_layer(key)
             if not layer:
                 continue
             target = named.get(layer)

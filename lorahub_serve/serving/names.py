@@ -7,11 +7,9 @@ is `store / name`, and the resolved folder (symlinks followed) must still lie in
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-MAX_NAME_LENGTH = 64
-_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}")
+from ..formats import NAME_RULE, valid_name
 
 
 class AdapterNameError(ValueError):
@@ -22,12 +20,9 @@ def check_name(name: object) -> str:
     """Return `name` if it is a valid adapter name, else raise `AdapterNameError`."""
     if not isinstance(name, str):
         raise AdapterNameError(f"adapter name must be a string, got {type(name).__name__}")
-    if _NAME.fullmatch(name) is None:
+    if not valid_name(name):
         shown = name if len(name) <= 80 else name[:77] + "..."
-        raise AdapterNameError(
-            f"invalid adapter name {shown!r}: use 1-{MAX_NAME_LENGTH} letters, digits, '.', '_' "
-            "or '-', not starting with '.'"
-        )
+        raise AdapterNameError(f"invalid adapter name {shown!r}: use {NAME_RULE}")
     return name
 
 

@@ -21,13 +21,16 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..formats import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    LORAHUB_FILE,  # noqa: F401 - jobs.py and routes.py import it from here
+    PICKLED_WEIGHTS,
+    peft_layer,
+    read_lorahub_json,
+)
 from .names import AdapterNameError, adapter_dir, check_name, inside
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-LORAHUB_FILE = "lorahub.json"
-_PICKLED = ("adapter_model.bin", "adapter_model.pt")
-_PEFT_PREFIX = "base_model.model."
 _MAX_HEADER = 64 << 20  # a safetensors header larger than this is not an adapter's
 
 
@@ -95,7 +98,7 @@ class AdapterStore:
 
     def exists(self, name: str) -> bool:
         """Whether an adapter (servable or not) is stored under `name`."""
-        return (self.folder(name) / CONFIG_FILE).is_file()
+        return (self.folder(name) / ADAPTER_CONFIG).is_file()
 
     def names(self) -> list[str]:
         """Names of stored adapters (valid names, an adapter_config.json, inside the store)."""
@@ -105,7 +108,7 @@ class AdapterStore:
                 check_name(child.name)
             except AdapterNameError:
                 continue  # hidden folders (.jobs, atomic-write temporaries) and stray files
-            if (child / CONFIG_FILE).is_file() and inside(self.root, child):
+            if (child / ADAPTER_CONFIG).is_file() and inside(self.root, child):
                 out.append(child.name)
         return out
 
@@ -127,18 +130,18 @@ class AdapterStore:
         Raises `AdapterNameError` for a bad name and `AdapterRefused` for an unservable adapter.
         """
         folder = self.folder(name)
-        config_path = folder / CONFIG_FILE
+        config_path = folder / ADAPTER_CONFIG
         if not config_path.is_file():
             return None
-        weights = folder / WEIGHTS_FILE
+        weights = folder / ADAPTER_WEIGHTS
         for path in (config_path, weights):
             if path.exists() and not inside(self.root, path):
                 raise AdapterRefused(f"adapter {name!r}: {path.name} links outside the store; refused")
         if not weights.is_file():
-            pickled = [p for p in _PICKLED if (folder / p).exists()]
+            pickled = [p for p in PICKLED_WEIGHTS if (folder / p).exists()]
             what = f"only {pickled[0]} (pickle)" if pickled else "no weights"
             raise AdapterRefused(
-                f"adapter {name!r} has {what}; only {WEIGHTS_FILE} is loaded - save it with "
+                f"adapter {name!r} has {what}; only {ADAPTER_WEIGHTS} is loaded - save it with "
                 "safe_serialization=True"
             )
         config = self._config(name, config_path)
@@ -151,7 +154,7 @@ class AdapterStore:
                 "lower-rank adapter"
             )
         modules = self._check_fits(name, shapes)
-        self._check_fingerprint(name, folder / LORAHUB_FILE)
+        self._check_fingerprint(name, folder)
         return AdapterInfo(name, folder, rank, modules)
 
     @staticmethod
@@ -159,7 +162,7 @@ class AdapterStore:
         try:
             config = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise AdapterRefused(f"adapter {name!r}: unreadable {CONFIG_FILE} ({e})") from None
+            raise AdapterRefused(f"adapter {name!r}: unreadable {ADAPTER_CONFIG} ({e})") from None
         if not isinstance(config, dict) or config.get("peft_type") != "LORA":
             raise AdapterRefused(f"adapter {name!r} is not a PEFT LoRA (peft_type must be 'LORA')")
         return config
@@ -169,18 +172,18 @@ class AdapterStore:
         try:
             shapes = read_safetensors_header(path)
         except (OSError, ValueError) as e:
-            raise AdapterRefused(f"adapter {name!r}: unreadable {WEIGHTS_FILE} ({e})") from None
+            raise AdapterRefused(f"adapter {name!r}: unreadable {ADAPTER_WEIGHTS} ({e})") from None
         if not any(".lora_A." in k for k in shapes):
-            raise AdapterRefused(f"adapter {name!r}: {WEIGHTS_FILE} holds no lora_A weights")
+            raise AdapterRefused(f"adapter {name!r}: {ADAPTER_WEIGHTS} holds no lora_A weights")
         return shapes
 
     def _check_fits(self, name: str, shapes: dict[str, list[int]]) -> tuple[str, ...]:
         """Every lora_A/lora_B pair must match a base linear layer's [out, in]."""
         modules = []
         for key, a_shape in sorted(shapes.items()):
-            if ".lora_A." not in key:
+            module, which = peft_layer(key)
+            if which != "A":
                 continue
-            module = key.removeprefix(_PEFT_PREFIX).split(".lora_A.")[0]
             b_shape = shapes.get(key.replace(".lora_A.", ".lora_B."))
             base = self.base.shapes.get(f"{module}.weight")
             if base is None:
@@ -197,14 +200,11 @@ class AdapterStore:
             modules.append(module)
         return tuple(modules)
 
-    def _check_fingerprint(self, name: str, path: Path) -> None:
-        if not path.is_file() or self.base.fingerprint is None:
-            return
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return  # lorahub.json is provenance only; vLLM never reads it
-        want = meta.get("base_model_sha256") if isinstance(meta, dict) else None
+    def _check_fingerprint(self, name: str, folder: Path) -> None:
+        meta = read_lorahub_json(folder) if self.base.fingerprint is not None else None
+        if meta is None:
+            return  # none, or unreadable: lorahub.json is provenance only; vLLM never reads it
+        want = meta.get("base_model_sha256")
         if want and want != self.base.fingerprint:
             made_for = meta.get("base_model", "another model")
             raise AdapterRefused(
