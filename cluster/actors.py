@@ -1,4 +1,8 @@
-"""Ray: evaluator actors (thin wrappers over `BatchWorker`) and the pool that keeps them busy.
+"""Ray: the actor pool that adaptation and hub building share, and the evaluator actor.
+
+`RayPool` runs work items on actors of one class, each a thin wrapper over a plain object with
+`info() -> dict` and `run(work)`: `EvaluatorActor` (a `BatchWorker`, for adapt-batch) or
+`cluster.hub_trainers.HubTrainer` (hub build). `ray_pool` starts or joins Ray around it.
 
 Faults. An actor process that crashes (killed by the OS, out of memory) is restarted by Ray
 (`max_restarts`) and its call re-run there (`max_task_retries`): the Batch carries its tasks'
@@ -6,6 +10,7 @@ examples, so the fresh process needs nothing else. An actor that is gone for goo
 node lost, restarts spent) surfaces as a RayActorError: the pool re-queues its Work on a live
 actor and starts a replacement (at most `max_replacements`). A Work that kills workers
 `max_attempts` times comes back as `WorkerLostError`, so the driver fails only its task(s).
+Work items need only an `attempts` counter.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from collections.abc import Callable, Iterator
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from .pools import WorkerLostError, run_work
-from .scheduler import Work
-from .worker import BatchWorker
+from lorahub_serve.cluster.pools import WorkerLostError, run_work
+from lorahub_serve.cluster.scheduler import Work
+from lorahub_serve.cluster.worker import BatchWorker
 
 
 class ClusterError(RuntimeError):
@@ -78,21 +83,42 @@ def actor_resources(actors: int, cpus_per_actor: int | None) -> tuple[int, int]:
     return num_cpus, num_gpus
 
 
+@contextlib.contextmanager
+def ray_pool(actor_cls: type, actor_kwargs: dict, actors: int, ray_address: str | None,
+             cpus_per_actor: int | None = None, on_event: Callable[[str, dict], None] | None = None,
+             what: str = "evaluator") -> Iterator[RayPool]:
+    """A `RayPool` of `actors` actors in a Ray session (local, or joined at `ray_address`)."""
+    with ray_session(ray_address, max(local_cpus(), actors * (cpus_per_actor or 1))):
+        num_cpus, num_gpus = actor_resources(actors, cpus_per_actor)
+        pool = RayPool(actors, actor_kwargs, num_cpus, num_gpus, on_event=on_event,
+                       actor_cls=actor_cls, what=what)
+        try:
+            yield pool
+        finally:
+            pool.close()
+
+
 class RayPool:
-    """`actors` EvaluatorActors; runs Work on free ones and re-runs the Work of dead ones."""
+    """`actors` actors of `actor_cls`; runs work on free ones and re-runs the work of dead ones.
+
+    Each actor is built as `actor_cls(**worker_kwargs, threads=num_cpus, device=...)`; `what`
+    names them in events and errors ("evaluator", "trainer").
+    """
 
     def __init__(self, actors: int, worker_kwargs: dict, num_cpus: int, num_gpus: int,
                  max_attempts: int = 3, max_replacements: int | None = None,
-                 on_event: Callable[[str, dict], None] | None = None):
+                 on_event: Callable[[str, dict], None] | None = None,
+                 actor_cls: type | None = None, what: str = "evaluator"):
         self.worker_kwargs = dict(worker_kwargs, threads=num_cpus,
                                   device="cuda" if num_gpus else worker_kwargs.get("device"))
-        self._cls = ray.remote(EvaluatorActor)
+        self.what = what
+        self._cls = ray.remote(actor_cls or EvaluatorActor)
         self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": 1,
                          "max_task_retries": 1}
         self.max_attempts = max_attempts
         self.max_replacements = 2 * actors + 2 if max_replacements is None else max_replacements
         self.on_event = on_event or (lambda event, data: None)
-        self._prefix = f"lorahub-eval-{uuid.uuid4().hex[:8]}"
+        self._prefix = f"lorahub-{what}-{uuid.uuid4().hex[:8]}"
         self._count = 0
         self._actors: dict[str, ray.actor.ActorHandle] = {}
         self._free: list[str] = []
@@ -105,6 +131,10 @@ class RayPool:
         self.on_event("actors", {"names": list(self._actors), "pids": [i["pid"] for i in self._info]})
 
     # -- the pool interface ------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        return f"on {len(self._actors)} Ray actors"
+
     def free(self) -> int:
         return max(0, len(self._free) - len(self._retry))
 
@@ -136,7 +166,7 @@ class RayPool:
                 work.attempts += 1
                 if work.attempts >= self.max_attempts:
                     out.append((work, WorkerLostError(
-                        f"evaluator actors died {work.attempts} times running this work "
+                        f"{self.what} actors died {work.attempts} times running this work "
                         f"(last: {type(e).__name__}: {_first_line(e)}); it may need more memory")))
                 else:
                     self._retry.append(work)
@@ -170,7 +200,7 @@ class RayPool:
             return ray.get([h.info.remote() for h in self._actors.values()])
         except RayActorError as e:
             self.close()
-            raise ClusterError(f"an evaluator actor failed to start: {_first_line(e)}\n{e}") from None
+            raise ClusterError(f"a {self.what} actor failed to start: {_first_line(e)}\n{e}") from None
 
     def _lost(self, name: str, err: Exception) -> None:
         handle = self._actors.pop(name, None)
@@ -183,7 +213,7 @@ class RayPool:
             new = self._start()
             self.on_event("actor_started", {"name": new})
         elif not self._actors:
-            raise ClusterError(f"all evaluator actors died ({self.failures} failures, "
+            raise ClusterError(f"all {self.what} actors died ({self.failures} failures, "
                                f"{self.replacements} replacements); last error: {_first_line(err)}")
 
     def _dispatch_retries(self) -> None:

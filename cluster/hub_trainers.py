@@ -1,82 +1,55 @@
-"""Ray: hub modules trained in parallel, one task per actor call.
+"""Ray: hub modules trained in parallel, one task per actor call, on the shared `RayPool`.
 
-Each actor loads the base model once and trains task after task (PEFT wraps and unwraps it per
-module). A call returns the module's files as bytes (`TrainedModule`), and the driver writes them,
-so this works on a multi-node cluster without a shared filesystem, and a module is on disk (and
-in `hub.json`) the moment it is done: a killed build resumes from there.
+`trainer_pool(model, actors)` is what `hub_build.build_hub(..., trainers=...)` takes for
+`hub build --actors N`. Each actor loads the base model once and trains task after task (PEFT
+wraps and unwraps it per module). A call returns the module's files as bytes (`TrainedModule`)
+and the build writes them, so this works on a multi-node cluster without a shared filesystem,
+and a module is on disk (and in `hub.json`) the moment it is done: a killed build resumes there.
 
-An actor that dies mid-module is restarted by Ray and its call re-run (`max_restarts`,
-`max_task_retries`); a task whose call keeps failing is reported and the build goes on.
+Faults are the pool's (`cluster/actors.py`): a crashed actor is restarted by Ray and its call
+re-run; one gone for good is replaced and its task re-queued; a task whose training raises, or
+that keeps killing actors, comes back as an exception and the build reports it as skipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Iterator
 
-import ray
-from ray.exceptions import RayActorError, RayError
-
-from .actors import actor_resources, local_cpus, ray_session
+from lorahub_serve.cluster.actors import RayPool, ray_pool
 
 
 class HubTrainer:
-    """Wrapped with `ray.remote` by `train_on_ray`."""
+    """One base model per actor process (wrapped with `ray.remote` by `RayPool`).
 
-    def __init__(self, model: str, threads: int):
+    device: what the pool reserved; training runs on CPU (`train_lora` builds CPU batches).
+    """
+
+    def __init__(self, model: str, threads: int, device: str | None = None):
         import torch
         from transformers.utils import logging as hf_logging
 
-        from ..models import load_base, resolve_model
+        from lorahub_serve.models import load_base, resolve_model
 
         hf_logging.disable_progress_bar()
         torch.set_num_threads(threads)
         self.net, self.tok = load_base(resolve_model(model))
 
-    def ready(self) -> bool:
-        return True
+    def info(self) -> dict:
+        return {"pid": os.getpid()}
 
-    def train(self, task: str, cfg):
-        from ..hub_build import train_module
+    def run(self, work):
+        """Train `work.task` with `work.cfg` (a `hub_build.TrainWork`); returns a TrainedModule."""
+        from lorahub_serve.hub_build import train_module
 
-        return train_module(self.net, self.tok, task, cfg)
+        return train_module(self.net, self.tok, work.task, work.cfg)
 
 
-def train_on_ray(model: str, candidates: list[str], missing: int, cfg, on_result: Callable[[object], bool],
-                 actors: int, ray_address: str | None, cpus_per_actor: int | None = None) -> int:
-    """Train candidates in order on `actors` actors until `missing` modules are done.
-
-    `on_result(TrainedModule) -> bool` (True: a module was recorded) runs in this process as
-    each call finishes. Returns the number of modules recorded.
-    """
-    from ..hub_build import TrainedModule
-
-    with ray_session(ray_address, num_cpus=local_cpus()):
-        num_cpus, num_gpus = actor_resources(actors, cpus_per_actor)
-        cls = ray.remote(HubTrainer).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=1,
-                                             max_task_retries=1)
-        handles = [cls.remote(model, num_cpus) for _ in range(actors)]
-        try:
-            ray.get([h.ready.remote() for h in handles])
-            queue, free, running, recorded = list(candidates), list(handles), {}, 0
-            while running or (queue and recorded + len(running) < missing):
-                while free and queue and recorded + len(running) < missing:
-                    h, task = free.pop(), queue.pop(0)
-                    running[h.train.remote(task, cfg)] = (h, task)
-                [ref], _ = ray.wait(list(running), num_returns=1)
-                h, task = running.pop(ref)
-                try:
-                    mod = ray.get(ref)
-                    free.append(h)
-                except RayError as e:  # the call failed, or its actor died twice: skip this task
-                    if isinstance(e, RayActorError):  # gone for good: a fresh actor takes its place
-                        ray.kill(h)
-                        handles.remove(h)
-                        h = cls.remote(model, num_cpus)
-                        handles.append(h)
-                    free.append(h)
-                    mod = TrainedModule(task, skipped=f"training failed on the cluster: {str(e).splitlines()[0]}")
-                recorded += on_result(mod)
-            return recorded
-        finally:
-            for h in handles:
-                ray.kill(h)
+@contextlib.contextmanager
+def trainer_pool(model: str, actors: int, ray_address: str | None = None,
+                 cpus_per_actor: int | None = None) -> Iterator[RayPool]:
+    """`actors` HubTrainers on a local Ray cluster (stopped afterwards) or the one at `ray_address`."""
+    with ray_pool(HubTrainer, {"model": model}, actors, ray_address, cpus_per_actor,
+                  what="trainer") as pool:
+        yield pool

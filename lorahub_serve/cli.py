@@ -39,9 +39,16 @@ def _cmd_hub_build(a) -> int:
 
     cfg = TrainConfig(rank=a.rank, alpha=2 * a.rank, steps=a.steps, lr=a.lr, max_length=a.max_length,
                       target_modules=tuple(a.target_modules.split(",")))
+    trainers = None
+    if a.actors > 1 or a.ray_address:
+        import functools
+
+        from .cluster.hub_trainers import trainer_pool
+
+        trainers = functools.partial(trainer_pool, a.model, a.actors, a.ray_address)
     try:
-        manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg, actors=a.actors,
-                             ray_address=a.ray_address, retrain_stale=a.retrain_stale)
+        manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg,
+                             retrain_stale=a.retrain_stale, trainers=trainers)
     except ValueError as e:
         print(f"lorahub-serve hub build: {e}", file=sys.stderr)
         return 2

@@ -2,27 +2,29 @@
 
 Resumable: `hub.json` is rewritten (atomically) after every module, and a module whose folder
 and manifest entry exist is skipped, so a killed build started again trains only the rest.
-Several modules train at once on Ray actors (`--actors N`, `--ray-address`); the driver writes
-every module, so the actors need no shared filesystem.
+Where modules train is a parameter: `build_hub(..., trainers=...)` takes a trainer pool (the CLI
+passes `cluster.hub_trainers.trainer_pool` for `--actors N`, `--ray-address`); by default they
+train here, one at a time. This process writes every module, so actors need no shared filesystem.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_dir, write_json_atomic
+from .atomic import atomic_dir
 from .data import bigbench, is_bbh, refuse_bbh
-from .engine.hub import ADAPTER_FILE
+from .formats import ADAPTER_WEIGHTS, HUB_FORMAT, read_hub_json, write_hub_json
 from .training import TrainConfig, train_lora
-
-HUB_FORMAT = 1
 
 
 def module_name(task: str) -> str:
@@ -86,18 +88,9 @@ def suitable_tasks(min_examples: int = 80, max_chars: int = 700, limit: int | No
     return ordered[:limit] if limit else ordered
 
 
-def load_manifest(hub_dir: Path) -> dict:
-    import json
-
-    path = Path(hub_dir) / "hub.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    return {"format": HUB_FORMAT, "modules": []}
-
-
 def _to_fp16(adapter_dir: Path) -> None:
     """Store factors in float16 (half the size; the engine computes in float32)."""
-    path = adapter_dir / ADAPTER_FILE
+    path = adapter_dir / ADAPTER_WEIGHTS
     tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(path).items()}
     save_file(tensors, path, metadata={"format": "pt"})
 
@@ -162,14 +155,14 @@ def record_module(hub_dir: Path, manifest: dict, mod: TrainedModule, cfg: TrainC
     out = hub_dir / "modules" / name
     entry = {
         "name": name, "path": f"modules/{name}", "source_task": mod.task,
-        "sha256": sha256_file(out / ADAPTER_FILE), "rank": cfg.rank, "alpha": cfg.alpha,
+        "sha256": sha256_file(out / ADAPTER_WEIGHTS), "rank": cfg.rank, "alpha": cfg.alpha,
         "target_modules": list(cfg.target_modules), "steps": cfg.steps, "lr": cfg.lr, "max_length": cfg.max_length,
         "final_loss": round(mod.stats["final_loss"], 4), "train_examples": mod.stats["examples"],
         "heldout_loss": _round(mod.stats.get("heldout_loss")), "heldout_examples": mod.stats.get("heldout_examples", 0),
         "answer_style": trained_style(mod.task), "seconds": mod.stats["seconds"],
     }
     manifest["modules"] = [m for m in manifest["modules"] if m["name"] != name] + [entry]
-    write_json_atomic(hub_dir / "hub.json", manifest)
+    write_hub_json(hub_dir, manifest)
     return entry
 
 
@@ -199,33 +192,36 @@ class BuildPlan:
 
 
 def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modules: int = 32,
-              cfg: TrainConfig | None = None, log=print, actors: int = 1,
-              ray_address: str | None = None, retrain_stale: bool = False) -> dict:
-    """Train the missing modules into `hub_dir`: in this process (`actors=1`, no `ray_address`)
-    or on Ray actors (cluster/hub_trainers.py), writing each module as soon as it is done."""
+              cfg: TrainConfig | None = None, log=print, retrain_stale: bool = False,
+              trainers: Callable[[], AbstractContextManager] | None = None) -> dict:
+    """Train the missing modules into `hub_dir`, writing each module as soon as it is done.
+
+    trainers: makes the trainer pool, a context manager yielding an object with the interface
+    of `LocalTrainers` (e.g. `functools.partial(cluster.hub_trainers.trainer_pool, model, 4)`);
+    called only when something is left to train. None: train in this process.
+    """
     from tqdm import tqdm
 
     cfg = cfg or TrainConfig()
     hub_dir = Path(hub_dir)
-    manifest = load_manifest(hub_dir)
+    manifest = read_hub_json(hub_dir, missing_ok=True)
     manifest.update({"format": HUB_FORMAT, "base_model": str(model)})
     stale = stale_modules(manifest)
     if stale and retrain_stale:  # dropped from the manifest first, so a killed run still retrains them
         log(f"[hub] retraining {len(stale)} modules whose answer format changed: {', '.join(stale)}")
         manifest["modules"] = [m for m in manifest["modules"] if m["source_task"] not in stale]
-        write_json_atomic(hub_dir / "hub.json", manifest)
+        write_hub_json(hub_dir, manifest)
     for m in manifest["modules"]:
         if m["source_task"] not in stale:
             m.setdefault("answer_style", trained_style(m["source_task"]))
     if stale and not retrain_stale:
         log(f"[hub] {len(stale)} modules were trained in an older answer format ({', '.join(stale)}); "
             "--retrain-stale retrains them")
-    done = {m["source_task"] for m in manifest["modules"] if (hub_dir / m["path"] / ADAPTER_FILE).exists()}
+    done = {m["source_task"] for m in manifest["modules"] if (hub_dir / m["path"] / ADAPTER_WEIGHTS).exists()}
     plan = BuildPlan.make(tasks, n_modules, done)
     missing = plan.target - len(done)
-    where = f"on {actors} Ray actors" if actors > 1 or ray_address else "in this process"
-    log(f"[hub] {len(done)} modules present, {missing} to train into {hub_dir} ({where})")
     if missing <= 0:
+        log(f"[hub] {len(done)} modules present, 0 to train into {hub_dir}")
         backfill_heldout(model, hub_dir, manifest, log)
         return manifest
     bar = tqdm(total=missing, desc="hub build", unit="module")
@@ -241,13 +237,14 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
             f"in {entry['seconds']} s")
         return True
 
-    try:
-        if actors > 1 or ray_address:
-            from .cluster.hub_trainers import train_on_ray
+    def on_step(task: str, step: int, steps: int, loss: float) -> None:
+        bar.set_postfix(task=task[:24], step=f"{step}/{steps}", loss=f"{loss:.3f}")
 
-            trained = train_on_ray(model, plan.candidates, missing, cfg, on_result, actors, ray_address)
-        else:
-            trained = _train_here(model, plan.candidates, missing, cfg, on_result, bar)
+    make_pool = trainers or (lambda: contextlib.nullcontext(LocalTrainers(model, on_step)))
+    try:
+        with make_pool() as pool:
+            log(f"[hub] {len(done)} modules present, {missing} to train into {hub_dir} ({pool.where})")
+            trained = train_modules(pool, plan.candidates, missing, cfg, on_result)
     finally:
         bar.close()
     trained += len(done)
@@ -257,12 +254,81 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
     return manifest
 
 
+@dataclass
+class TrainWork:
+    """One module to train; `attempts` counts the workers lost running it (a Ray pool's retries)."""
+
+    task: str
+    cfg: TrainConfig
+    attempts: int = 0
+
+
+def train_modules(pool, candidates: list[str], missing: int, cfg: TrainConfig,
+                  on_result: Callable[[TrainedModule], bool]) -> int:
+    """Train candidates in order on `pool` until `missing` modules are recorded.
+
+    `on_result(TrainedModule) -> bool` (True: recorded) runs here as each module finishes; a
+    module whose training raised is reported as skipped. Returns the modules recorded.
+    """
+    queue, running, recorded = list(candidates), 0, 0
+    while running or (queue and recorded + running < missing):
+        while pool.free() > 0 and queue and recorded + running < missing:
+            pool.submit(TrainWork(queue.pop(0), cfg))
+            running += 1
+        finished = pool.wait()
+        if not finished:
+            raise RuntimeError("hub build: modules are training but the pool returned none")
+        for work, outcome in finished:
+            running -= 1
+            if isinstance(outcome, BaseException):
+                first = (str(outcome).splitlines() or [type(outcome).__name__])[0]
+                outcome = TrainedModule(work.task, skipped=f"training failed: {first}")
+            recorded += on_result(outcome)
+    return recorded
+
+
+class LocalTrainers:
+    """The trainer pool of one: trains in this process, when `wait()` is called (the pool
+    interface of `cluster/pools.py`: free, submit, busy, wait)."""
+
+    where = "in this process"
+
+    def __init__(self, model: str, on_step: Callable[[str, int, int, float], None] | None = None):
+        self.model, self.on_step = model, on_step
+        self.net = self.tok = None
+        self._work: TrainWork | None = None
+
+    def free(self) -> int:
+        return 0 if self._work is not None else 1
+
+    def submit(self, work: TrainWork) -> None:
+        assert self._work is None, "LocalTrainers trains one module at a time"
+        self._work = work
+
+    def busy(self) -> bool:
+        return self._work is not None
+
+    def wait(self) -> list[tuple[TrainWork, TrainedModule]]:
+        work, self._work = self._work, None
+        if work is None:
+            return []
+        if self.net is None:
+            from .models import load_base, resolve_model
+
+            torch.set_num_threads(max(1, torch.get_num_threads()))
+            self.net, self.tok = load_base(resolve_model(self.model))
+        step = None if self.on_step is None else (
+            lambda s, n, loss: self.on_step(work.task, s, n, loss))
+        return [(work, train_module(self.net, self.tok, work.task, work.cfg, progress=step))]
+
+
 def backfill_heldout(model: str, hub_dir: Path, manifest: dict, log=print, limit: int = 32) -> int:
     """Held-out loss of modules trained before `train_lora` kept rows out: measured on rows their
     sampler never drew (`rows_never_drawn`); None where it drew them all. Returns modules measured."""
     from peft import PeftModel
 
     from .models import load_base, resolve_model
+    from .prompting import pad_id
     from .training import TrainConfig, encode_rows, mean_loss, rows_never_drawn
 
     todo = [m for m in manifest["modules"] if "heldout_loss" not in m]
@@ -270,7 +336,7 @@ def backfill_heldout(model: str, hub_dir: Path, manifest: dict, log=print, limit
         return 0
     log(f"[hub] held-out loss of {len(todo)} modules trained before held-out rows existed")
     net, tok = load_base(resolve_model(model))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_id(tok)
     for m in todo:
         cfg = TrainConfig(max_length=m.get("max_length", 256))
         rows = encode_rows(tok, bigbench.load_task(m["source_task"]), cfg.max_length)
@@ -281,20 +347,5 @@ def backfill_heldout(model: str, hub_dir: Path, manifest: dict, log=print, limit
             loss = mean_loss(peft_model, [rows[i] for i in unseen], pad, cfg.batch_size)
             net = peft_model.unload()
         m["heldout_loss"], m["heldout_examples"] = _round(loss), len(unseen) if loss is not None else 0
-        write_json_atomic(hub_dir / "hub.json", manifest)
+        write_hub_json(hub_dir, manifest)
     return len(todo)
-
-
-def _train_here(model: str, candidates: list[str], missing: int, cfg: TrainConfig, on_result, bar) -> int:
-    from .models import load_base, resolve_model
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    net, tok = load_base(resolve_model(model))
-    trained = 0
-    for task in candidates:
-        if trained >= missing:
-            break
-        mod = train_module(net, tok, task, cfg, progress=lambda s, n, loss, task=task: bar.set_postfix(
-            task=task[:24], step=f"{s}/{n}", loss=f"{loss:.3f}"))
-        trained += on_result(mod)
-    return trained

@@ -58,7 +58,7 @@ def test_resume_trains_nothing_new(built, tiny_llama_dir):
     before = (hub / "hub.json").read_text()
     logs = []
     hub_build.build_hub(str(tiny_llama_dir), hub, n_modules=2, cfg=CFG, log=logs.append)
-    assert logs == [f"[hub] 2 modules present, 0 to train into {hub} (in this process)"]
+    assert logs == [f"[hub] 2 modules present, 0 to train into {hub}"]
     assert (hub / "hub.json").read_text() == before
 
 
@@ -74,16 +74,20 @@ def test_bad_task_lists_are_refused_before_training(tiny_llama_dir, tmp_path):
 
 @pytest.mark.ray
 def test_ray_actors_add_modules_to_an_existing_hub(built, tiny_llama_dir, tmp_path):
+    import functools
     import shutil
 
     import ray
 
+    from lorahub_serve.cluster.hub_trainers import trainer_pool
+
     hub = tmp_path / "hub"
     shutil.copytree(built[0], hub)
     logs = []
+    trainers = functools.partial(trainer_pool, str(tiny_llama_dir), 2)
     try:
         hub_build.build_hub(str(tiny_llama_dir), hub, tasks=["strategyqa", "odd_one_out", "implicatures"],
-                            cfg=CFG, log=logs.append, actors=2)
+                            cfg=CFG, log=logs.append, trainers=trainers)
     finally:
         ray.shutdown()
     assert logs[0] == f"[hub] 2 modules present, 2 to train into {hub} (on 2 Ray actors)"
