@@ -43,7 +43,7 @@ def run_reference(args, q):
 
     from lorahub_serve.engine.hub import read_manifest, select_modules
     from lorahub_serve.models import load_base, resolve_model
-    from lorahub_serve.prompting import encode_example
+    from lorahub_serve.prompting import causal_batch, encode_example, pad_id
 
     torch.set_num_threads(args.threads)
     mods = select_modules(read_manifest(Path(args.hub)), args.modules, args.seed)
@@ -51,12 +51,7 @@ def run_reference(args, q):
     model = PeftModel.from_pretrained(base, mods[0].path).eval()
     cache = [load_peft_weights(str(m.path)) for m in mods]
     enc = [encode_example(tok, e) for e in _examples(args.task, args.shots, args.seed)]
-    seqs = [list(e.prompt_ids) + list(e.target_ids) for e in enc]
-    w = max(map(len, seqs))
-    ids = torch.tensor([s + [tok.pad_token_id] * (w - len(s)) for s in seqs])
-    mask = torch.tensor([[1] * len(s) + [0] * (w - len(s)) for s in seqs])
-    labels = torch.tensor([[-100] * len(e.prompt_ids) + list(e.target_ids) + [-100] * (w - len(s))
-                           for e, s in zip(enc, seqs)])
+    ids, mask, labels = causal_batch([(e.prompt_ids, e.target_ids) for e in enc], pad_id(tok))
     cands = _candidates(args.budget, len(mods), args.seed)
     t0 = time.perf_counter()
     losses = []

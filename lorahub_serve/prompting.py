@@ -7,9 +7,12 @@ the hub's modules, the search and the served prompts all see the same format.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .data.examples import Example
+
+IGNORE = -100  # the label of a position that takes no loss (PyTorch's and HF's ignore_index)
 
 
 class ExampleTooLongError(ValueError):
@@ -66,3 +69,36 @@ def encode_seq2seq(tokenizer, example: Example, max_length: int | None = None,
     target = tokenizer(example.output.strip(), truncation=max_length is not None, max_length=max_length,
                        add_special_tokens=eos)["input_ids"]
     return EncodedExample(tuple(prompt), tuple(target))
+
+
+def pad_id(tokenizer) -> int:
+    """The id padding uses: the tokenizer's pad token, else its EOS (safe to feed to `generate`),
+    else 0. Padded positions are masked and take no loss, so only validity matters."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    return 0
+
+
+def pad_rows(rows: Sequence[Sequence[int]], fill: int, left: bool = False):
+    """[len(rows), longest] int64 tensor: each row padded with `fill` on the right (or the left,
+    as generation wants, so every prompt ends at the last column)."""
+    import torch
+
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            (out[i, width - len(r):] if left else out[i, : len(r)]).copy_(torch.as_tensor(r))
+    return out
+
+
+def causal_batch(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad: int):
+    """Decoder-only training rows (prompt_ids, target_ids) as HF model inputs, right-padded:
+    ids [B, L], attention mask [B, L], labels [B, L] (the target tokens, IGNORE elsewhere; the
+    model shifts them, so position t is scored on predicting token t+1)."""
+    seqs = [list(p) + list(t) for p, t in rows]
+    ids = pad_rows(seqs, pad)
+    mask = pad_rows([[1] * len(s) for s in seqs], 0)
+    labels = pad_rows([[IGNORE] * len(p) + list(t) for p, t in rows], IGNORE)
+    return ids, mask, labels

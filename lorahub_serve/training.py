@@ -12,7 +12,7 @@ import torch
 
 from .atomic import atomic_dir
 from .data.examples import Example
-from .prompting import encode_example
+from .prompting import causal_batch, encode_example, pad_id
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,6 @@ class TrainConfig:
         for name in ("rank", "alpha", "steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-
-
-def _batch(rows, pad_id: int):
-    width = max(len(p) + len(t) for p, t in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (p, t) in enumerate(rows):
-        seq = list(p) + list(t)
-        ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, len(p): len(seq)] = torch.tensor(t)
-        mask[i, : len(seq)] = 1
-    return ids, mask, labels
 
 
 def encode_rows(tokenizer, examples: list[Example], max_length: int) -> list[tuple]:
@@ -96,7 +83,7 @@ def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: Tr
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 5) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     order: list[int] = []
     losses = []
     t0 = time.time()
@@ -105,7 +92,7 @@ def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: Tr
             order = list(range(len(rows)))
             rng.shuffle(order)
         idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
-        ids, mask, labels = _batch([rows[i] for i in idx], pad)
+        ids, mask, labels = causal_batch([rows[i] for i in idx], pad)
         loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -127,11 +114,11 @@ def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: Tr
 
 
 @torch.no_grad()
-def mean_loss(model, rows, pad_id: int, batch_size: int) -> float:
+def mean_loss(model, rows, pad: int, batch_size: int) -> float:
     """Mean output-token cross-entropy over (prompt_ids, target_ids) rows."""
     total, count = 0.0, 0
     for i in range(0, len(rows), batch_size):
-        ids, mask, labels = _batch(rows[i:i + batch_size], pad_id)
+        ids, mask, labels = causal_batch(rows[i:i + batch_size], pad)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         gold = labels[:, 1:]
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), gold, ignore_index=-100, reduction="sum")
