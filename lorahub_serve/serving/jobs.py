@@ -270,8 +270,12 @@ class AdaptJobs:
         return worker
 
     async def _loop(self, slot: int) -> None:
-        if self.workers > 0:
-            await self._worker(slot)  # warm: load the engine before the first job arrives
+        if self.workers > 0:  # warm: load the engine before the first job arrives
+            worker = await self._worker(slot)
+            with contextlib.suppress(WorkerError):
+                await worker.wait_ready()
+                print(f"lorahub-serve: adaptation worker {slot} ready (model and hub loaded in "
+                      f"{worker.load_seconds:.1f} s)", flush=True)
         while True:
             while not self._pending:
                 self._wake.clear()

@@ -76,9 +76,8 @@ def test_jobs_run_one_at_a_time_and_report_as_data(make_jobs):
             jobs.submit(parse_request({"name": "ok", "examples": GOOD}))
         assert e.value.code == 409
         assert _record(jobs, ok.id)["state"] == "queued"  # on disk before the 202
-        ok = await _wait(jobs, "ok")
-        assert bad.state in ("queued", "running")  # one worker, one job at a time
-        bad = await _wait(jobs, "bad")
+        ok, bad = await _wait(jobs, "ok"), await _wait(jobs, "bad")
+        assert bad.started >= ok.finished  # one worker, one job at a time
         with pytest.raises(RequestError, match="already exists in the store"):
             jobs.submit(parse_request({"name": "ok", "examples": GOOD}))
         await jobs.close()
