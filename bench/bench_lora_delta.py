@@ -83,6 +83,7 @@ def make_inputs(p: int, d_in: int, d_out: int, args, dtype, device) -> dict:
 def bench_one(rule: str, inp: dict, reps: int, warmup: int, cuda: bool, run_triton: bool):
     """(torch s/call, triton s/call or None, max |triton - torch| or None) for one shape."""
     import torch
+
     from lorahub_serve.kernels import lora_delta
 
     def call(backend):

@@ -5,11 +5,11 @@ building blocks (lorahub rule: compose_shrink → compose_expand; linear rule:
 stacked_shrink → stacked_expand).
 """
 
-from .compose_expand import compose_expand, compose_expand_ref
-from .compose_shrink import compose_shrink, compose_shrink_ref
-from .dispatch import Backend, Rule, available_backends, lora_delta
-from .stacked_expand import stacked_expand, stacked_expand_ref
-from .stacked_shrink import stacked_shrink, stacked_shrink_ref
+from lorahub_serve.kernels.compose_expand import compose_expand, compose_expand_ref
+from lorahub_serve.kernels.compose_shrink import compose_shrink, compose_shrink_ref
+from lorahub_serve.kernels.dispatch import Backend, Rule, available_backends, lora_delta
+from lorahub_serve.kernels.stacked_expand import stacked_expand, stacked_expand_ref
+from lorahub_serve.kernels.stacked_shrink import stacked_shrink, stacked_shrink_ref
 
 __all__ = [
     "Backend",

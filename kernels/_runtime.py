@@ -1,4 +1,4 @@
-"""How the launchers run a kernel: which form (compiled or interpreted), blocks, dot dtype.
+"""How the launchers run a kernel: which form (compiled or interpreted), grid, blocks, dot dtype.
 
 `@triton.jit` picks a kernel's form once, when its module is imported: an interpreter function
 under TRITON_INTERPRET=1, a compiled one otherwise. The launchers pick per call instead, from
@@ -49,6 +49,22 @@ def kernel_for(op: str, kernel, device: torch.device):
     if key not in _rebuilt:
         _rebuilt[key] = form(kernel.fn)
     return _rebuilt[key]
+
+
+def launch(op: str, kernel, out: torch.Tensor, args: tuple, col_block: str, **meta) -> torch.Tensor:
+    """The launchers' common tail: pick the kernel's form, then run it over out [B, T, N] with one
+    program per (batch row, block of T tokens, block of N columns); returns `out`.
+
+    `col_block` names the kernel's constexpr for the column block (BLOCK_R, BLOCK_O, BLOCK_J);
+    BLOCK_T and it are sized here, `meta` carries the kernel's other constexprs.
+    """
+    kernel = kernel_for(op, kernel, out.device)
+    if out.numel() == 0:
+        return out
+    b, t, n = out.shape
+    bt, bn = block(t), block(n)
+    kernel[(b, triton.cdiv(t, bt), triton.cdiv(n, bn))](*args, BLOCK_T=bt, **{col_block: bn}, **meta)
+    return out
 
 
 def block(n: int, lo: int = 16, hi: int = 64) -> int:

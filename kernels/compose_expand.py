@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _checks
-from ._runtime import block, dot_dtype, kernel_for
+from lorahub_serve.kernels import _checks
+from lorahub_serve.kernels._runtime import block, dot_dtype, launch
 
 OP = "compose_expand"
 
@@ -71,21 +71,12 @@ def compose_expand(h, lora_b, module_idx, weights, row_cand, y, *, check_indices
     _checks.routing(OP, module_idx, weights, row_cand, n_modules=lora_b.shape[0],
                     batch=h.shape[0], device=h.device, check_indices=check_indices)
     _checks.expand_io(OP, h, y, lora_b, lora_b.shape[2], "r = lora_b.shape[2]")
-    kernel = kernel_for(OP, _compose_expand_kernel, h.device)
-    (b, t, r), d_out, k = h.shape, lora_b.shape[1], module_idx.shape[1]
-    if y.numel() == 0:
-        return y
-    bt, bo = block(t), block(d_out)
-    grid = (b, triton.cdiv(t, bt), triton.cdiv(d_out, bo))
-    kernel[grid](
-        h, lora_b, module_idx, weights, row_cand, y,
-        t, d_out, r, k,
-        *h.stride(), *lora_b.stride(), *module_idx.stride(), *weights.stride(),
-        row_cand.stride(0), *y.stride(),
-        BLOCK_T=bt, BLOCK_O=bo, BLOCK_R=block(r),
-        DOT_DTYPE=dot_dtype(lora_b.dtype, lora_b.dtype),  # h (fp32) rounds to 16-bit factors
-    )
-    return y
+    (_, t, r), d_out, k = h.shape, lora_b.shape[1], module_idx.shape[1]
+    args = (h, lora_b, module_idx, weights, row_cand, y, t, d_out, r, k,
+            *h.stride(), *lora_b.stride(), *module_idx.stride(), *weights.stride(),
+            row_cand.stride(0), *y.stride())
+    return launch(OP, _compose_expand_kernel, y, args, "BLOCK_O", BLOCK_R=block(r),
+                  DOT_DTYPE=dot_dtype(lora_b.dtype, lora_b.dtype))  # h (fp32) rounds to 16-bit factors
 
 
 def compose_expand_ref(h, lora_b, module_idx, weights, row_cand, y):

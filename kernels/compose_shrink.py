@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _checks
-from ._runtime import block, dot_dtype, kernel_for
+from lorahub_serve.kernels import _checks
+from lorahub_serve.kernels._runtime import block, dot_dtype, launch
 
 OP = "compose_shrink"
 
@@ -69,22 +69,13 @@ def compose_shrink(x, lora_a, module_idx, weights, row_cand, *, check_indices=Tr
     _checks.factors_a(OP, x, lora_a)
     _checks.routing(OP, module_idx, weights, row_cand, n_modules=lora_a.shape[0],
                     batch=x.shape[0], device=x.device, check_indices=check_indices)
-    kernel = kernel_for(OP, _compose_shrink_kernel, x.device)
     (b, t, d_in), (_, r, _), k = x.shape, lora_a.shape, module_idx.shape[1]
     h = torch.empty((b, t, r), dtype=torch.float32, device=x.device)
-    if h.numel() == 0:
-        return h
-    bt, br = block(t), block(r)
-    grid = (b, triton.cdiv(t, bt), triton.cdiv(r, br))
-    kernel[grid](
-        x, lora_a, module_idx, weights, row_cand, h,
-        t, d_in, r, k,
-        *x.stride(), *lora_a.stride(), *module_idx.stride(), *weights.stride(),
-        row_cand.stride(0), *h.stride(),
-        BLOCK_T=bt, BLOCK_R=br, BLOCK_D=block(d_in, 16, 64),
-        DOT_DTYPE=dot_dtype(x.dtype, lora_a.dtype),
-    )
-    return h
+    args = (x, lora_a, module_idx, weights, row_cand, h, t, d_in, r, k,
+            *x.stride(), *lora_a.stride(), *module_idx.stride(), *weights.stride(),
+            row_cand.stride(0), *h.stride())
+    return launch(OP, _compose_shrink_kernel, h, args, "BLOCK_R", BLOCK_D=block(d_in),
+                  DOT_DTYPE=dot_dtype(x.dtype, lora_a.dtype))
 
 
 def compose_shrink_ref(x, lora_a, module_idx, weights, row_cand):

@@ -18,12 +18,12 @@ from typing import Literal, get_args
 
 import torch
 
-from . import _checks
-from ._runtime import interpreter_enabled
-from .compose_expand import compose_expand
-from .compose_shrink import compose_shrink
-from .stacked_expand import stacked_expand
-from .stacked_shrink import stacked_shrink
+from lorahub_serve.kernels import _checks
+from lorahub_serve.kernels._runtime import interpreter_enabled
+from lorahub_serve.kernels.compose_expand import compose_expand
+from lorahub_serve.kernels.compose_shrink import compose_shrink
+from lorahub_serve.kernels.stacked_expand import stacked_expand
+from lorahub_serve.kernels.stacked_shrink import stacked_shrink
 
 Rule = Literal["lorahub", "linear"]
 Backend = Literal["auto", "torch", "triton"]

@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _checks
-from ._runtime import block, dot_dtype, kernel_for
+from lorahub_serve.kernels import _checks
+from lorahub_serve.kernels._runtime import block, dot_dtype, launch
 
 OP = "stacked_expand"
 
@@ -68,20 +68,10 @@ def stacked_expand(h, lora_b, module_idx, row_cand, y, *, check_indices=True):
                     batch=h.shape[0], device=h.device, check_indices=check_indices)
     (_, d_out, r), k = lora_b.shape, module_idx.shape[1]
     _checks.expand_io(OP, h, y, lora_b, k * r, "K*r = module_idx.shape[1] * lora_b.shape[2]")
-    kernel = kernel_for(OP, _stacked_expand_kernel, h.device)
-    b, t = h.shape[:2]
-    if y.numel() == 0:
-        return y
-    bt, bo = block(t), block(d_out)
-    grid = (b, triton.cdiv(t, bt), triton.cdiv(d_out, bo))
-    kernel[grid](
-        h, lora_b, module_idx, row_cand, y,
-        t, d_out, r, k * r,
-        *h.stride(), *lora_b.stride(), *module_idx.stride(), row_cand.stride(0), *y.stride(),
-        BLOCK_T=bt, BLOCK_O=bo, BLOCK_J=block(k * r),
-        DOT_DTYPE=dot_dtype(lora_b.dtype, lora_b.dtype),  # h (fp32) rounds to 16-bit factors
-    )
-    return y
+    args = (h, lora_b, module_idx, row_cand, y, h.shape[1], d_out, r, k * r,
+            *h.stride(), *lora_b.stride(), *module_idx.stride(), row_cand.stride(0), *y.stride())
+    return launch(OP, _stacked_expand_kernel, y, args, "BLOCK_O", BLOCK_J=block(k * r),
+                  DOT_DTYPE=dot_dtype(lora_b.dtype, lora_b.dtype))  # h (fp32) rounds to 16-bit factors
 
 
 def stacked_expand_ref(h, lora_b, module_idx, row_cand, y):

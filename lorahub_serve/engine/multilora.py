@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..kernels import lora_delta
+from lorahub_serve.kernels import lora_delta
+
 from .hub import HubStack
 
 

@@ -12,9 +12,9 @@ from _cluster_common import (
     resume_and_check,
     task_pairs,
 )
-from lorahub_serve.cluster import run_adapt_batch
 
 from lorahub_serve.cli import main
+from lorahub_serve.cluster import run_adapt_batch
 
 
 class Crash(Exception):

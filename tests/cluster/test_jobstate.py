@@ -4,9 +4,9 @@ import pickle
 
 import numpy as np
 import pytest
+
 from lorahub_serve.cluster.jobstate import JobJournal, JobLockedError, job_id, restore_state
 from lorahub_serve.cluster.scheduler import TaskRun
-
 from lorahub_serve.engine.search import SearchConfig, SearchState
 
 

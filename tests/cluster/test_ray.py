@@ -16,6 +16,7 @@ from _cluster_common import (
     resume_and_check,
     task_pairs,
 )
+
 from lorahub_serve.cluster import run_adapt_batch
 
 ray = pytest.importorskip("ray")

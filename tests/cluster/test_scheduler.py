@@ -5,8 +5,8 @@ import random
 
 import numpy as np
 import pytest
-from lorahub_serve.cluster.scheduler import Scheduler, TaskRun
 
+from lorahub_serve.cluster.scheduler import Scheduler, TaskRun
 from lorahub_serve.data import from_records
 from lorahub_serve.engine.search import SearchConfig, SearchState, run_search
 

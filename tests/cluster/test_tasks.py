@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from lorahub_serve.cluster.tasks import TasksFileError, read_tasks_file, specs_from_pairs
 
 GOOD = [{"input": "Q: a?\nA:", "output": " yes"}]

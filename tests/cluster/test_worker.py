@@ -5,8 +5,8 @@ import pickle
 import numpy as np
 import pytest
 from _cluster_common import LOSS_TOL, TASKS, TOO_LONG
-from lorahub_serve.cluster.worker import BadTaskError, Batch, BatchWorker, examples_digest
 
+from lorahub_serve.cluster.worker import BadTaskError, Batch, BatchWorker, examples_digest
 from lorahub_serve.data import from_records
 from lorahub_serve.engine.export import compose_factors
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from _compare import assert_close, requires_cuda
 from _problems import CASES, GPU_CASES, Case, dense_delta, make_problem
+
 from lorahub_serve.kernels import (
     available_backends,
     compose_expand_ref,
