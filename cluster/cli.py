@@ -39,6 +39,8 @@ def register(sub) -> None:
     add_search_arguments(p, "candidate evaluations per task, the start batch included")
     p.add_argument("--rule", choices=["lorahub", "linear"], default="lorahub")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="model and hub dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per micro-batch")
     p.add_argument("--max-batch", type=int, default=256, help="most candidates sent to an actor at once")
     p.add_argument("--job-dir", type=Path, default=None, help="job state folder (default OUT/.jobs/<id>)")
@@ -63,7 +65,7 @@ def _cmd_adapt_batch(a) -> int:
             a.model, a.hub, specs, a.out, a.actors, a.ray_address, config, a.modules, a.rule,
             a.backend, a.token_budget, a.job_dir, progress=not a.no_progress,
             cpus_per_actor=a.cpus_per_actor, max_batch=a.max_batch, truncate=a.truncate,
-            allow_pickle=a.allow_pickle)
+            allow_pickle=a.allow_pickle, dtype=a.dtype)
     except (TasksFileError, HubError, ModelNotFoundError, JobLockedError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -67,14 +67,14 @@ class BatchWorker:
 
     model: registry name or HF folder (`model_name` is what the exported metadata records, as
     `adapt` records the name it was given); hub: hub folder; rule/backend/token_budget: as
-    `Engine`, and truncate/allow_pickle too; device: e.g. "cuda" (default: where the model
+    `Engine`, and truncate/allow_pickle/dtype too; device: e.g. "cuda" (default: where the model
     loads); threads: torch CPU threads.
     """
 
     def __init__(self, model: str | Path, hub: str | Path, rule: str = "lorahub",
                  backend: str = "auto", token_budget: int = 8192, device: str | None = None,
                  threads: int | None = None, model_name: str | None = None, truncate: bool = False,
-                 allow_pickle: bool = False, engine=None):
+                 allow_pickle: bool = False, engine=None, dtype: str = "auto"):
         import torch
 
         if threads:
@@ -83,7 +83,7 @@ class BatchWorker:
             from ..engine.adapt import Engine
 
             engine = Engine(model, hub, rule, backend, token_budget, allow_pickle=allow_pickle,
-                            truncate=truncate, device=device)
+                            truncate=truncate, device=device, dtype=dtype)
         if model_name is not None:
             engine.model_name = model_name
         self.engine = engine
@@ -101,7 +101,7 @@ class BatchWorker:
         e = self.engine
         return {"model_name": e.model_name, "fingerprint": e.fingerprint, "rule": e.rule,
                 "hub_modules": [[m.name, m.sha256] for m in e.hub_modules],
-                "device": str(e.evaluator.device), "pid": os.getpid(),
+                "device": str(e.evaluator.device), "dtype": e.dtype, "pid": os.getpid(),
                 "threads": torch.get_num_threads()}
 
     def add_tasks(self, examples: dict[str, Sequence[Example]]) -> None:

@@ -28,13 +28,14 @@ def _cmd_adapt(a) -> int:
             return 2
         report = run_adapt_batch(a.model, a.hub, [(out.name, examples)], out.parent, a.actors,
                                  a.ray_address, config, a.modules, a.rule, a.backend, a.token_budget,
-                                 truncate=a.truncate, allow_pickle=a.allow_pickle)
+                                 truncate=a.truncate, allow_pickle=a.allow_pickle, dtype=a.dtype)
         print_report(report)
         return 0 if not report.get("failed") else 1
     from .engine.adapt import Engine
 
     try:
-        engine = Engine(a.model, a.hub, a.rule, a.backend, a.token_budget, a.allow_pickle, a.truncate)
+        engine = Engine(a.model, a.hub, a.rule, a.backend, a.token_budget, a.allow_pickle, a.truncate,
+                        dtype=a.dtype)
         result = engine.adapt(examples, task=out.name, modules=a.modules, config=config, out=out,
                               merge=a.merge)
     except (HubError, ExampleError, ValueError) as e:
@@ -42,7 +43,8 @@ def _cmd_adapt(a) -> int:
         return 2
     print(f"best loss {result.best_loss:.4f} (objective {result.best_objective:.4f}) after "
           f"{result.evaluations} evaluations in {result.seconds:.1f} s "
-          f"({result.evals_per_second:.2f} evals/s, {result.optimizer})")
+          f"({result.evals_per_second:.2f} evals/s, {result.optimizer}); engine start-up "
+          f"{engine.startup_seconds:.1f} s ({engine.dtype})")
     print(f"adapter written to {out}")
     return 0
 
@@ -56,6 +58,8 @@ def register(sub) -> None:
     add_search_arguments(p)
     p.add_argument("--rule", choices=["lorahub", "linear"], default="lorahub")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="model and hub dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per micro-batch")
     p.add_argument("--merge", action="store_true", help="also write OUT-merged, a full merged model")
     p.add_argument("--truncate", action="store_true", help="truncate over-long examples instead of failing")

@@ -12,6 +12,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from . import paths
 from .atomic import atomic_dir
@@ -147,11 +148,27 @@ def folder_fingerprint(folder: str | Path) -> str:
     return h.hexdigest()
 
 
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def resolve_dtype(dtype: str, device: str | None) -> str:
+    """A concrete dtype name for `--dtype`: "auto" is bfloat16 on CUDA (tensor cores, half the
+    traffic) and float32 on CPU (about 3x faster than bfloat16 on an AVX2 CPU without AMX)."""
+    if dtype not in get_args(Dtype):
+        raise ValueError(f"dtype must be one of {get_args(Dtype)}; got {dtype!r}")
+    if dtype == "auto":
+        return "bfloat16" if device is not None and str(device).startswith("cuda") else "float32"
+    return dtype
+
+
 def load_base(model: str | Path, dtype: str = "float32"):
-    """Load (model, tokenizer) for a registry name or HF folder, in eval mode."""
+    """Load (model, tokenizer) for a registry name or HF folder, in eval mode, in `dtype`
+    ("float32" | "bfloat16" | "float16"; resolve "auto" with `resolve_dtype` first)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    if dtype not in get_args(Dtype) or dtype == "auto":
+        raise ValueError(f"load_base: dtype must be float32, bfloat16 or float16; got {dtype!r}")
     folder = resolve_model(model)
     config = AutoConfig.from_pretrained(folder)
     cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM

@@ -147,7 +147,7 @@ class Evaluator:
     def warmup(self) -> float:
         """One tiny batch through every adapted layer, so kernel JIT and allocator start-up are paid
         here, at engine start, and not by the first generation of the first search. Returns seconds."""
-        t0 = time.perf_counter()
+        t0, counters = time.perf_counter(), (self.evaluations, self.seconds)
         key = "\0warmup"
         self.add_task(key, [Example("warm up", " ok")], truncate=True)
         try:
@@ -155,9 +155,8 @@ class Evaluator:
             self.losses([key, key], np.tile(np.arange(k), (2, 1)), np.full((2, k), 0.5, dtype=np.float32))
         finally:
             self.remove_task(key)
-            self.evaluations -= 2
+            self.evaluations, self.seconds = counters  # not charged to any search
         self.warmup_seconds = time.perf_counter() - t0
-        self.seconds -= self.warmup_seconds
         return self.warmup_seconds
 
     def _validate(self, tasks, module_idx: np.ndarray, weights: np.ndarray) -> None:

@@ -1,0 +1,85 @@
+"""`--dtype` through the engine, and the start-up warm-up batch."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lorahub_serve import adapt
+from lorahub_serve.data import from_records
+from lorahub_serve.engine.adapt import Engine
+from lorahub_serve.models import load_base, resolve_dtype
+
+BF16_LOSS_TOL = 5e-2  # bf16 keeps 8 mantissa bits: ~1e-2 relative per op, summed over 2 layers
+
+
+def test_auto_dtype_is_bf16_on_cuda_fp32_on_cpu():
+    assert resolve_dtype("auto", None) == "float32"
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("auto", "cuda:0") == "bfloat16"
+    assert resolve_dtype("float16", "cpu") == "float16"
+    with pytest.raises(ValueError, match="dtype must be one of .*got 'fp8'"):
+        resolve_dtype("fp8", None)
+    with pytest.raises(ValueError, match="load_base: dtype must be float32, bfloat16 or float16; got 'auto'"):
+        load_base("unused", "auto")
+
+
+def test_bf16_engine_losses_match_fp32(tiny_llama_dir, tiny_llama_hub, few_shot):
+    rng = np.random.default_rng(0)
+    w = rng.uniform(-1, 1, (5, 4)).astype(np.float32)
+    idx = np.tile(np.arange(4), (5, 1))
+    got = {}
+    for dtype in ("float32", "bfloat16"):
+        eng = Engine(tiny_llama_dir, tiny_llama_hub, dtype=dtype)
+        try:
+            assert eng.dtype == dtype and next(eng.net.parameters()).dtype == getattr(torch, dtype)
+            assert all(a.dtype == getattr(torch, dtype) for a in eng.stack.lora_a.values())
+            eng.evaluator.add_task("t", from_records(few_shot))
+            got[dtype] = eng.evaluator.losses(["t"] * 5, idx, w)
+        finally:
+            eng.close()
+    assert np.isfinite(got["bfloat16"]).all()
+    np.testing.assert_allclose(got["bfloat16"], got["float32"], rtol=BF16_LOSS_TOL, atol=BF16_LOSS_TOL)
+    # the candidates' order by loss is what the search uses; bf16 must keep clear gaps ordered
+    assert np.argmin(got["bfloat16"]) == np.argmin(got["float32"])
+
+
+def test_adapt_records_dtype(tiny_llama_dir, tiny_llama_hub, few_shot, tmp_path):
+    out = tmp_path / "store" / "bf16-task"
+    res = adapt(tiny_llama_dir, tiny_llama_hub, few_shot, out=out, budget=8, seed=1, dtype="bfloat16",
+                progress=False)
+    meta = json.loads((out / "lorahub.json").read_text())
+    assert meta["dtype"] == "bfloat16"
+    assert np.isfinite(res.best_loss)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_warmup_runs_every_layer_once_and_leaves_no_trace(tiny_llama_dir, tiny_llama_hub, backend):
+    if backend == "triton":
+        from lorahub_serve.kernels import available_backends
+
+        if "triton" not in available_backends():
+            pytest.skip("triton needs CUDA or TRITON_INTERPRET=1")
+    calls = []
+    eng = Engine(tiny_llama_dir, tiny_llama_hub, backend=backend, warmup=False)
+    try:
+        hooks = [m.register_forward_hook(lambda *_: calls.append(1))
+                 for m in eng.net.modules() if type(m).__name__ == "MultiLoraLinear"]
+        seconds = eng.evaluator.warmup()
+        for h in hooks:
+            h.remove()
+        ev = eng.evaluator
+        assert seconds > 0 and ev.warmup_seconds == seconds
+        assert len(calls) == len(eng.stack.layers)  # one pass through every adapted layer
+        assert ev.evaluations == 0 and ev.seconds == pytest.approx(0, abs=1e-9)  # not charged to searches
+        assert ev.tasks == {}  # its task is gone
+        r = ev.handle.routing
+        assert r.row_cand is None and r.module_idx is None and r.weights is None
+    finally:
+        eng.close()
+    eng = Engine(tiny_llama_dir, tiny_llama_hub, backend=backend)  # warmup=True is the default
+    try:
+        assert eng.evaluator.warmup_seconds > 0 and eng.startup_seconds >= eng.evaluator.warmup_seconds
+    finally:
+        eng.close()
