@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,9 +22,8 @@ import numpy as np
 
 from ..engine.adapt import AdaptResult
 from ..engine.export import write_adapter
-from ..engine.hub import ModuleInfo, read_manifest, select_modules
+from ..engine.hub import ADAPTER_FILE, ModuleInfo, read_manifest, select_modules
 from ..engine.search import SearchConfig, SearchState
-from ..formats import is_adapter, read_lorahub_json
 from .jobstate import JobJournal, job_id, restore_state
 from .pools import InlinePool
 from .scheduler import Scheduler, TaskRun, Work
@@ -40,7 +40,7 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
                     job_dir: str | Path | None = None, progress: bool = True, *,
                     cpus_per_actor: int | None = None, max_batch: int = 256,
                     callback: Callback | None = None, engine=None, truncate: bool = False,
-                    allow_pickle: bool = False) -> dict:
+                    allow_pickle: bool = False, dtype: str = "auto") -> dict:
     """Adapt every task; write each finished one to `out_store/<name>` (PEFT folder + lorahub.json).
 
     tasks: (name, examples) pairs — examples as records, `Example`s or a JSONL path — or
@@ -48,7 +48,8 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
     ray_address: join that cluster (default: a local one, stopped afterwards). job_dir: where
     the job state lives (default out_store/.jobs/<job id>; None with no store: no resume).
     max_batch: most candidates in one batch. engine: a loaded `Engine` to use when actors=0.
-    truncate, allow_pickle: as `Engine` (cut over-long prompts; accept .bin hub adapters).
+    truncate, allow_pickle, dtype: as `Engine` (cut over-long prompts; accept .bin hub adapters;
+    "auto" = bf16 on CUDA, fp32 on CPU).
 
     Returns the report (also written to <job dir>/report.json, less "results"): per task its
     status ("done", "done-earlier", "failed"), output folder, best loss, weights, evaluations
@@ -83,7 +84,7 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
             worker_kwargs = {"model": _local_path(model), "model_name": str(model),
                              "hub": str(Path(hub).resolve()), "rule": rule, "backend": backend,
                              "token_budget": token_budget, "truncate": truncate,
-                             "allow_pickle": allow_pickle}
+                             "allow_pickle": allow_pickle, "dtype": dtype}
             with _pool(actors, ray_address, cpus_per_actor, worker_kwargs, engine, callback) as pool:
                 _check_hub(pool.info(), hub_modules)
                 loop = _Loop(runs, pool, store, journal, hub_modules, config, rule, max_batch,
@@ -116,8 +117,15 @@ def _local_path(model) -> str:
 
 def _adapter_matches(folder: Path, weights) -> bool:
     """Whether `folder` holds a complete export of these weights (else it is written again)."""
-    meta = read_lorahub_json(folder) if is_adapter(folder) else None
-    saved = meta.get("weights") if meta is not None else None
+    import json
+
+    meta = folder / "lorahub.json"
+    if not (meta.is_file() and (folder / ADAPTER_FILE).is_file() and (folder / "adapter_config.json").is_file()):
+        return False
+    try:
+        saved = json.loads(meta.read_text()).get("weights")
+    except (OSError, ValueError):
+        return False
     return weights is not None and saved is not None and np.allclose(saved, weights, rtol=0, atol=1e-12)
 
 
@@ -242,6 +250,7 @@ class _Loop:
     def _export(self, name: str, factors: dict) -> None:
         run = self.sched.runs[name]
         result = self._result(run)
+        result.extra.setdefault("dtype", self.info.get("dtype"))  # as `Engine.adapt` records it
         try:
             write_adapter(self.store / name, factors, self.info["model_name"],
                           result.metadata(self.info["model_name"], self.info["fingerprint"]))
@@ -300,13 +309,16 @@ def _pool(actors: int, ray_address, cpus_per_actor, worker_kwargs: dict, engine,
             if engine is None:
                 worker.close()
         return
-    from lorahub_serve.cluster.actors import (  # the only place Ray is imported
-        EvaluatorActor,
-        ray_pool,
-    )
+    from . import actors as ray_actors  # the only place Ray is imported
 
-    with ray_pool(EvaluatorActor, worker_kwargs, actors, ray_address, cpus_per_actor, callback) as pool:
-        yield pool
+    local_cpus = max(os.cpu_count() or 1, actors * (cpus_per_actor or 1))
+    with ray_actors.ray_session(ray_address, local_cpus):
+        num_cpus, num_gpus = ray_actors.actor_resources(actors, cpus_per_actor)
+        pool = ray_actors.RayPool(actors, worker_kwargs, num_cpus, num_gpus, on_event=callback)
+        try:
+            yield pool
+        finally:
+            pool.close()
 
 
 def _check_hub(info: dict, hub_modules: list[ModuleInfo]) -> None:

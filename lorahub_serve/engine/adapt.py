@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,15 +66,19 @@ class Engine:
     """Base model + all hub modules attached once; adapts task after task.
 
     model: registry name or HF folder; hub: hub folder; rule: "lorahub" | "linear";
-    backend: "auto" | "torch" | "triton".
+    backend: "auto" | "torch" | "triton"; dtype: "auto" (bf16 on CUDA, fp32 on CPU) | "float32" |
+    "bfloat16" | "float16"; warmup: run one tiny batch at start so kernel JIT is paid here
+    (`startup_seconds` and `evaluator.warmup_seconds` report start-up apart from search time).
     """
 
     def __init__(self, model: str | Path, hub: str | Path, rule: str = "lorahub", backend: str = "auto",
                  token_budget: int = 8192, allow_pickle: bool = False, truncate: bool = False,
-                 device: str | None = None):
+                 device: str | None = None, dtype: str = "auto", warmup: bool = True):
         import torch
 
-        from ..models import folder_fingerprint, load_base, resolve_model
+        from ..models import folder_fingerprint, load_base, resolve_dtype, resolve_model
+
+        t0 = time.perf_counter()
 
         if rule not in ("lorahub", "linear"):
             raise ValueError(f"rule must be 'lorahub' or 'linear', got {rule!r}")
@@ -82,14 +86,21 @@ class Engine:
         self.model_folder = resolve_model(model)
         self.fingerprint = folder_fingerprint(self.model_folder)
         self.hub_modules = read_manifest(Path(hub))
-        self.net, self.tokenizer = load_base(self.model_folder)
         device = device or ("cuda" if torch.cuda.is_available() else None)  # kernels need CUDA
+        self.dtype = resolve_dtype(dtype, device)
+        if self.dtype == "float32" and device and str(device).startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 on CUDA: TF32 tensor cores
+        self.net, self.tokenizer = load_base(self.model_folder, self.dtype)
         if device:
             self.net.to(device)
-        self.stack = stack_modules(self.net, self.hub_modules, allow_pickle=allow_pickle)
+        self.stack = stack_modules(self.net, self.hub_modules, allow_pickle=allow_pickle,
+                                   dtype=getattr(torch, self.dtype))
         self.rule = rule
         self.evaluator = Evaluator(self.net, self.tokenizer, self.stack, rule, backend, token_budget,
                                    truncate=truncate)
+        if warmup:
+            self.evaluator.warmup()
+        self.startup_seconds = time.perf_counter() - t0
 
     def module_indices(self, modules: int | Sequence[str] | None, seed: int) -> list[int]:
         chosen = select_modules(self.hub_modules, list(modules) if isinstance(modules, (list, tuple)) else modules, seed)
@@ -98,10 +109,7 @@ class Engine:
 
     def adapt(self, examples, task: str = "task", modules: int | Sequence[str] | None = None,
               config: SearchConfig | None = None, out: str | Path | None = None, merge: bool = False,
-              progress: bool = True,
-              on_generation: Callable[[SearchState], None] | None = None) -> AdaptResult:
-        """Search weights for `examples`; `on_generation(state)` is called after each generation
-        (progress as data; an exception it raises stops the search and propagates)."""
+              progress: bool = True) -> AdaptResult:
         config = config or SearchConfig()
         exs: list[Example] = load_examples(examples)
         if modules is None:  # the paper's K=20, or the whole hub when it is smaller
@@ -118,8 +126,6 @@ class Engine:
             if bar is not None:
                 bar.update(s.evaluations - bar.n)
                 bar.set_postfix(best=f"{s.best_objective:.4f}", evals_s=f"{s.evaluations / (time.perf_counter() - t0):.2f}")
-            if on_generation is not None:
-                on_generation(s)
 
         state = run_search(loss_fn, len(idx), config, on_gen)
         if bar is not None:
@@ -128,6 +134,7 @@ class Engine:
                              state.best_objective, state.history, state.optimizer_name, config, self.rule,
                              state.evaluations, time.perf_counter() - t0,
                              start_losses=state.start_losses)
+        result.extra["dtype"] = self.dtype
         if out is not None:
             self.export(result, Path(out), merge=merge)
         return result
@@ -157,11 +164,12 @@ def adapt(model: str | Path, hub: str | Path, examples, out: str | Path | None =
           modules: int | Sequence[str] | None = None, budget: int = 40, seed: int = 0,
           rule: str = "lorahub", optimizer: str = "cma", popsize: int | None = None, sigma: float = 0.1,
           backend: str = "auto", token_budget: int = 8192, merge: bool = False,
-          progress: bool = True, allow_pickle: bool = False, truncate: bool = False) -> AdaptResult:
+          progress: bool = True, allow_pickle: bool = False, truncate: bool = False,
+          dtype: str = "auto") -> AdaptResult:
     """Search composition weights for `examples` and (optionally) export the adapter to `out`."""
     config = SearchConfig(budget=budget, seed=seed, optimizer=optimizer, popsize=popsize, sigma=sigma)
     exs = load_examples(examples)  # validate before loading anything heavy
-    engine = Engine(model, hub, rule, backend, token_budget, allow_pickle, truncate)
+    engine = Engine(model, hub, rule, backend, token_budget, allow_pickle, truncate, dtype=dtype)
     try:
         return engine.adapt(exs, task=Path(out).name if out else "task", modules=modules,
                             config=config, out=out, merge=merge, progress=progress)
