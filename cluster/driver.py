@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,8 +21,9 @@ import numpy as np
 
 from ..engine.adapt import AdaptResult
 from ..engine.export import write_adapter
-from ..engine.hub import ADAPTER_FILE, ModuleInfo, read_manifest, select_modules
+from ..engine.hub import ModuleInfo, read_manifest, select_modules
 from ..engine.search import SearchConfig, SearchState
+from ..formats import is_adapter, read_lorahub_json
 from .jobstate import JobJournal, job_id, restore_state
 from .pools import InlinePool
 from .scheduler import Scheduler, TaskRun, Work
@@ -117,15 +117,8 @@ def _local_path(model) -> str:
 
 def _adapter_matches(folder: Path, weights) -> bool:
     """Whether `folder` holds a complete export of these weights (else it is written again)."""
-    import json
-
-    meta = folder / "lorahub.json"
-    if not (meta.is_file() and (folder / ADAPTER_FILE).is_file() and (folder / "adapter_config.json").is_file()):
-        return False
-    try:
-        saved = json.loads(meta.read_text()).get("weights")
-    except (OSError, ValueError):
-        return False
+    meta = read_lorahub_json(folder) if is_adapter(folder) else None
+    saved = meta.get("weights") if meta is not None else None
     return weights is not None and saved is not None and np.allclose(saved, weights, rtol=0, atol=1e-12)
 
 
@@ -309,16 +302,13 @@ def _pool(actors: int, ray_address, cpus_per_actor, worker_kwargs: dict, engine,
             if engine is None:
                 worker.close()
         return
-    from . import actors as ray_actors  # the only place Ray is imported
+    from lorahub_serve.cluster.actors import (  # the only place Ray is imported
+        EvaluatorActor,
+        ray_pool,
+    )
 
-    local_cpus = max(os.cpu_count() or 1, actors * (cpus_per_actor or 1))
-    with ray_actors.ray_session(ray_address, local_cpus):
-        num_cpus, num_gpus = ray_actors.actor_resources(actors, cpus_per_actor)
-        pool = ray_actors.RayPool(actors, worker_kwargs, num_cpus, num_gpus, on_event=callback)
-        try:
-            yield pool
-        finally:
-            pool.close()
+    with ray_pool(EvaluatorActor, worker_kwargs, actors, ray_address, cpus_per_actor, callback) as pool:
+        yield pool
 
 
 def _check_hub(info: dict, hub_modules: list[ModuleInfo]) -> None:

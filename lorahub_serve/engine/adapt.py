@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +109,10 @@ class Engine:
 
     def adapt(self, examples, task: str = "task", modules: int | Sequence[str] | None = None,
               config: SearchConfig | None = None, out: str | Path | None = None, merge: bool = False,
-              progress: bool = True) -> AdaptResult:
+              progress: bool = True,
+              on_generation: Callable[[SearchState], None] | None = None) -> AdaptResult:
+        """Search weights for `examples`; `on_generation(state)` is called after each generation
+        (progress as data; an exception it raises stops the search and propagates)."""
         config = config or SearchConfig()
         exs: list[Example] = load_examples(examples)
         if modules is None:  # the paper's K=20, or the whole hub when it is smaller
@@ -126,6 +129,8 @@ class Engine:
             if bar is not None:
                 bar.update(s.evaluations - bar.n)
                 bar.set_postfix(best=f"{s.best_objective:.4f}", evals_s=f"{s.evaluations / (time.perf_counter() - t0):.2f}")
+            if on_generation is not None:
+                on_generation(s)
 
         state = run_search(loss_fn, len(idx), config, on_gen)
         if bar is not None:
