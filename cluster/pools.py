@@ -1,12 +1,6 @@
-"""Pools run `Work` on workers. The driver sees one interface, with or without Ray:
-
-    free() -> int          how many more Work items can start now
-    submit(work)           start one (only when free() > 0)
-    busy() -> bool         whether any Work is started or waiting to be retried
-    wait() -> [(work, outcome)]   block until at least one finishes; outcome is the losses [C]
-                           (evaluate), the factors dict (compose), or the Exception it raised
-    info() -> dict         BatchWorker.info() of a worker
-    close()
+"""The pools adapt-batch's driver uses (the interface: `lorahub_serve.work_pool`), with or
+without Ray. Work outcomes are the losses [C] (evaluate), the factors dict (compose), or the
+Exception raised; `info()` is a worker's `BatchWorker.info()`.
 
 `InlinePool` runs a `BatchWorker` in this process (no Ray: `--actors 0`, tests, benchmarks);
 `actors.RayPool` spreads Work over Ray actors and re-runs the Work of an actor that dies.
@@ -14,8 +8,9 @@
 
 from __future__ import annotations
 
-from .scheduler import Work
-from .worker import BatchWorker
+from lorahub_serve import work_pool
+from lorahub_serve.cluster.scheduler import Work
+from lorahub_serve.cluster.worker import BatchWorker
 
 
 class WorkerLostError(RuntimeError):
@@ -29,33 +24,12 @@ def run_work(worker: BatchWorker, work: Work):
     return worker.compose(*work.compose)
 
 
-class InlinePool:
+class InlinePool(work_pool.InlinePool):
     """One worker in this process; Work runs when `wait()` is called."""
 
     def __init__(self, worker: BatchWorker):
+        super().__init__(lambda work: run_work(worker, work))
         self.worker = worker
-        self._work: Work | None = None
-
-    def free(self) -> int:
-        return 0 if self._work is not None else 1
-
-    def submit(self, work: Work) -> None:
-        assert self._work is None, "InlinePool runs one Work at a time"
-        self._work = work
-
-    def busy(self) -> bool:
-        return self._work is not None
-
-    def wait(self):
-        work, self._work = self._work, None
-        try:
-            out = run_work(self.worker, work)
-        except Exception as e:  # noqa: BLE001 - reported per task by the driver
-            out = e
-        return [(work, out)]
 
     def info(self) -> dict:
         return self.worker.info()
-
-    def close(self) -> None:
-        pass  # the caller owns the worker

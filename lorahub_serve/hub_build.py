@@ -25,6 +25,7 @@ from .atomic import atomic_dir
 from .data import bigbench, is_bbh, refuse_bbh
 from .formats import ADAPTER_WEIGHTS, HUB_FORMAT, read_hub_json, write_hub_json
 from .training import TrainConfig, train_lora
+from .work_pool import InlinePool
 
 
 def module_name(task: str) -> str:
@@ -287,31 +288,18 @@ def train_modules(pool, candidates: list[str], missing: int, cfg: TrainConfig,
     return recorded
 
 
-class LocalTrainers:
-    """The trainer pool of one: trains in this process, when `wait()` is called (the pool
-    interface of `cluster/pools.py`: free, submit, busy, wait)."""
+class LocalTrainers(InlinePool):
+    """The trainer pool of one: trains in this process when `wait()` is called (the pool
+    interface of `work_pool`); an exception in training propagates."""
 
     where = "in this process"
 
     def __init__(self, model: str, on_step: Callable[[str, int, int, float], None] | None = None):
+        super().__init__(self._train, catch=False)
         self.model, self.on_step = model, on_step
         self.net = self.tok = None
-        self._work: TrainWork | None = None
 
-    def free(self) -> int:
-        return 0 if self._work is not None else 1
-
-    def submit(self, work: TrainWork) -> None:
-        assert self._work is None, "LocalTrainers trains one module at a time"
-        self._work = work
-
-    def busy(self) -> bool:
-        return self._work is not None
-
-    def wait(self) -> list[tuple[TrainWork, TrainedModule]]:
-        work, self._work = self._work, None
-        if work is None:
-            return []
+    def _train(self, work: TrainWork) -> TrainedModule:
         if self.net is None:
             from .models import load_base, resolve_model
 
@@ -319,7 +307,7 @@ class LocalTrainers:
             self.net, self.tok = load_base(resolve_model(self.model))
         step = None if self.on_step is None else (
             lambda s, n, loss: self.on_step(work.task, s, n, loss))
-        return [(work, train_module(self.net, self.tok, work.task, work.cfg, progress=step))]
+        return train_module(self.net, self.tok, work.task, work.cfg, progress=step)
 
 
 def backfill_heldout(model: str, hub_dir: Path, manifest: dict, log=print, limit: int = 32) -> int:
