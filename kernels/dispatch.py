@@ -47,14 +47,35 @@ def lora_delta(
     rule: Rule,
     backend: Backend = "auto",
     *,
+    out: torch.Tensor | None = None,
     check_indices: bool = True,
+    validate: bool = True,
 ) -> torch.Tensor:
     """delta [B, T, d_out] (dtype of x) = LoRA term of each row's candidate.
 
     x [B, T, d_in]; lora_a [N, r, d_in]; lora_b [N, d_out, r]; module_idx [C, K] int64;
-    weights [C, K] fp32; row_cand [B] int64 in [0, C). `check_indices=False` skips the
-    index range checks (a device sync on CUDA) for callers that validated the batch once.
+    weights [C, K] fp32; row_cand [B] int64 in [0, C). out: a [B, T, d_out] tensor (the base
+    layer's output) to accumulate into, in place, and return — no zeros-then-add.
+    `check_indices=False` skips the index range checks (a device sync on CUDA) for callers that
+    validated the batch once; `validate=False` skips every check (the engine's layers: shapes
+    were checked when the hub was attached, the routing once per batch).
     """
+    if validate:
+        _validate(x, lora_a, lora_b, module_idx, weights, row_cand, rule, backend, out, check_indices)
+    if backend == "torch" or (backend == "auto" and not x.is_cuda):
+        torch_path = _lorahub_torch if rule == "lorahub" else _linear_torch
+        delta = torch_path(x, lora_a, lora_b, module_idx, weights, row_cand, out)
+        return delta if out is None else out
+    b, t = x.shape[:2]
+    y = out if out is not None else torch.zeros((b, t, lora_b.shape[1]), dtype=x.dtype, device=x.device)
+    if rule == "lorahub":
+        h = compose_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
+        return compose_expand(h, lora_b, module_idx, weights, row_cand, y, check_indices=False)
+    h = stacked_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
+    return stacked_expand(h, lora_b, module_idx, row_cand, y, check_indices=False)
+
+
+def _validate(x, lora_a, lora_b, module_idx, weights, row_cand, rule, backend, out, check_indices) -> None:
     _choice(OP, "rule", rule, Rule)
     _choice(OP, "backend", backend, Backend)
     _checks.factors_a(OP, x, lora_a)
@@ -62,16 +83,10 @@ def lora_delta(
     _checks.dim(OP, "lora_b", lora_b, 0, lora_a.shape[0], "N = lora_a.shape[0]")
     _checks.routing(OP, module_idx, weights, row_cand, n_modules=lora_a.shape[0],
                     batch=x.shape[0], device=x.device, check_indices=check_indices)
-    if backend == "torch" or (backend == "auto" and not x.is_cuda):
-        torch_path = _lorahub_torch if rule == "lorahub" else _linear_torch
-        return torch_path(x, lora_a, lora_b, module_idx, weights, row_cand)
-    b, t = x.shape[:2]
-    y = torch.zeros((b, t, lora_b.shape[1]), dtype=x.dtype, device=x.device)
-    if rule == "lorahub":
-        h = compose_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
-        return compose_expand(h, lora_b, module_idx, weights, row_cand, y, check_indices=False)
-    h = stacked_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
-    return stacked_expand(h, lora_b, module_idx, row_cand, y, check_indices=False)
+    want = (*x.shape[:2], lora_b.shape[1])
+    if out is not None and (tuple(out.shape) != want or out.dtype != x.dtype or out.device != x.device):
+        raise ValueError(f"{OP}: out must be a {list(want)} {x.dtype} tensor on {x.device} (the base "
+                         f"layer's output); got {list(out.shape)} {out.dtype} on {out.device}")
 
 
 def _choice(op: str, name: str, value, literal) -> None:
@@ -86,23 +101,28 @@ def _mixing(module_idx, weights, n_modules):
     return mix.scatter_add_(1, module_idx, weights)
 
 
-def _lorahub_torch(x, lora_a, lora_b, module_idx, weights, row_cand):
-    """Compose A_c [C, r, d_in] and B_c [C, d_out, r] once (one small matmul each), then bmm."""
+def _lorahub_torch(x, lora_a, lora_b, module_idx, weights, row_cand, out=None):
+    """Compose A_c [C, r, d_in] and B_c [C, d_out, r] once (one small matmul each), then bmm
+    (accumulating into `out` when given)."""
     n, r, d_in = lora_a.shape
     c, d_out = module_idx.shape[0], lora_b.shape[1]
     mix = _mixing(module_idx, weights, n)
     a_c = (mix @ lora_a.reshape(n, -1).float()).view(c, r, d_in).to(x.dtype)
     b_c = (mix @ lora_b.reshape(n, -1).float()).view(c, d_out, r).to(x.dtype)
     h = torch.bmm(x, a_c[row_cand].transpose(1, 2))  # [B, T, r]
+    if out is not None:
+        return out.baddbmm_(h, b_c[row_cand].transpose(1, 2))
     return torch.bmm(h, b_c[row_cand].transpose(1, 2))  # [B, T, d_out]
 
 
-def _linear_torch(x, lora_a, lora_b, module_idx, weights, row_cand):
+def _linear_torch(x, lora_a, lora_b, module_idx, weights, row_cand, out=None):
     """Small hub (N <= 2K): two plain GEMMs against the whole hub; else gathered stacks + bmm."""
     n, k = lora_a.shape[0], module_idx.shape[1]
     if n <= 2 * k:  # measured 2-3x faster than the bmm path on CPU even at N = 2K
-        return _linear_torch_hub(x, lora_a, lora_b, module_idx, weights, row_cand)
-    return _linear_torch_stacked(x, lora_a, lora_b, module_idx, weights, row_cand)
+        delta = _linear_torch_hub(x, lora_a, lora_b, module_idx, weights, row_cand)
+    else:
+        delta = _linear_torch_stacked(x, lora_a, lora_b, module_idx, weights, row_cand)
+    return delta if out is None else out.add_(delta)
 
 
 def _linear_torch_hub(x, lora_a, lora_b, module_idx, weights, row_cand):

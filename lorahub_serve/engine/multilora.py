@@ -50,9 +50,11 @@ class MultiLoraLinear(torch.nn.Module):
         r = self.routing
         if r.row_cand is None:  # no routing: plain base model
             return y
-        delta = lora_delta(x, self.lora_a, self.lora_b, r.module_idx, r.weights, r.row_cand,
-                           self.rule, self.backend, check_indices=False)
-        return y + delta.to(y.dtype)
+        if y.dtype != x.dtype:  # autocast: keep the LoRA term in the base output's dtype
+            x = x.to(y.dtype)
+        # shapes were checked when the hub was attached and the routing once per batch
+        return lora_delta(x, self.lora_a, self.lora_b, r.module_idx, r.weights, r.row_cand,
+                          self.rule, self.backend, out=y, validate=False)
 
 
 class Attached:
@@ -68,8 +70,12 @@ class Attached:
         exception never leaves a stale composition behind for the next caller."""
         r = self.routing
         device = next(self.model.parameters()).device
-        r.module_idx = torch.as_tensor(np.asarray(module_idx, dtype=np.int64), device=device)
-        r.weights = torch.as_tensor(np.asarray(weights, dtype=np.float32), device=device)
+        module_idx, weights = np.asarray(module_idx, dtype=np.int64), np.asarray(weights, dtype=np.float32)
+        if module_idx.ndim != 2 or module_idx.shape != weights.shape:
+            raise ValueError(f"route: module_idx {module_idx.shape} and weights {weights.shape} must "
+                             "both be [C, K]")
+        r.module_idx = torch.as_tensor(module_idx, device=device)
+        r.weights = torch.as_tensor(weights, device=device)
         try:
             yield r
         finally:

@@ -55,6 +55,21 @@ def test_refs_match_dense_oracle_with_many_rows_per_candidate():
         assert_close(delta, dense_delta(p, rule), torch.float32, rule)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("rule", RULES)
+def test_out_accumulates_into_the_base_output_in_place(rule, backend):
+    if backend not in available_backends():
+        pytest.skip("triton needs CUDA or TRITON_INTERPRET=1")
+    p = make_problem(Case(5, 3, 19, 13, 4, 3, 6, 2))
+    base = torch.randn(5, 3, 13)
+    out = base.clone()
+    got = lora_delta(*_args(p), rule, backend, out=out)
+    assert got is out  # accumulated in place, no new [B, T, d_out] tensor
+    assert_close(out, base + dense_delta(p, rule), torch.float32, f"out += delta ({rule}, {backend})")
+    with pytest.raises(ValueError, match=r"out must be a \[5, 3, 13\] torch.float32 tensor .*got \[5, 3, 12\]"):
+        lora_delta(*_args(p), rule, backend, out=torch.zeros(5, 3, 12))
+
+
 @pytest.mark.parametrize("path", [_linear_torch_hub, _linear_torch_stacked], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_both_linear_torch_paths(case, path):
