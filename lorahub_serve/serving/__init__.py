@@ -6,7 +6,9 @@ LoRA enabled, and serves every adapter of a store folder by name (hot-loaded, no
 - `names`    adapter-name validation; names -> folders that never leave the store
 - `store`    vets an adapter before vLLM sees it (safetensors only, rank, fits the base model)
 - `resolver` vLLM `LoRAResolver` over the store (hot-loading)
-- `jobs`     `POST /v1/adapters` jobs, each running `lorahub-serve adapt` as a subprocess
+- `jobs`     `POST /v1/adapters` jobs: durable records in the store, a bounded queue, restart
+- `job_request` the job request's validation (limits, context length)
+- `worker`   warm worker processes that hold the engine and run jobs (JSON-lines protocol)
 - `routes`   our HTTP routes (`/v1/adapters`, a `/v1/models` that lists the store)
 - `auth`     API key on every route
 - `server`   composes vLLM's launcher with the pieces above; `cli` registers `serve`

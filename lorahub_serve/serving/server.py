@@ -35,6 +35,7 @@ from pathlib import Path
 
 from .auth import ApiKeyMiddleware
 from .jobs import AdaptJobs
+from .reaper import start_reaper, stop_reaper
 from .startup_signals import StartupSignals
 from .store import AdapterStore, BaseModelShapes
 
@@ -143,12 +144,16 @@ def serve(cfg: ServeConfig) -> int:
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         print(f"lorahub-serve: WARNING: listening on {cfg.host} without --api-key: anyone who "
               "can reach this port can use the server and start adaptation jobs", file=sys.stderr)
+    reaper = start_reaper()  # kills vLLM's processes if this one is killed (they would run on)
     try:
-        import uvloop
+        try:
+            import uvloop
 
-        uvloop.run(_serve(cfg, args, store, folder))
-    except ImportError:
-        asyncio.run(_serve(cfg, args, store, folder))
+            uvloop.run(_serve(cfg, args, store, folder))
+        except ImportError:
+            asyncio.run(_serve(cfg, args, store, folder))
+    finally:
+        stop_reaper(reaper)
     print("lorahub-serve: stopped", flush=True)
     return 0
 

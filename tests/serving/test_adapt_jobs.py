@@ -9,7 +9,13 @@ import pytest
 
 from lorahub_serve.atomic import write_json_atomic
 from lorahub_serve.serving.job_request import ContextCheck
-from lorahub_serve.serving.jobs import MAX_ATTEMPTS, AdaptJob, AdaptJobs, RequestError, parse_request
+from lorahub_serve.serving.jobs import (
+    MAX_ATTEMPTS,
+    AdaptJob,
+    AdaptJobs,
+    RequestError,
+    parse_request,
+)
 from lorahub_serve.serving.store import AdapterStore, BaseModelShapes
 
 GOOD = [{"input": "Q: 2 and 3?\nA:", "output": " 5"}]
