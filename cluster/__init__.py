@@ -12,15 +12,15 @@ __all__ = ["Batch", "BatchWorker", "TaskSpec", "read_tasks_file", "run_adapt_bat
 
 def __getattr__(name: str):  # lazy: `lorahub-serve --help` must not import torch or Ray
     if name == "run_adapt_batch":
-        from .driver import run_adapt_batch
+        from lorahub_serve.cluster.driver import run_adapt_batch
 
         return run_adapt_batch
     if name in ("read_tasks_file", "TaskSpec"):
-        from . import tasks
+        from lorahub_serve.cluster import tasks
 
         return getattr(tasks, name)
     if name in ("BatchWorker", "Batch"):
-        from . import worker
+        from lorahub_serve.cluster import worker
 
         return getattr(worker, name)
     raise AttributeError(f"module 'lorahub_serve.cluster' has no attribute {name!r}")

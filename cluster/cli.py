@@ -8,19 +8,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lorahub_serve.cli_args import add_search_arguments, search_config
-
-
-def add_cluster_arguments(p, default_actors: int = 1) -> None:
-    """--actors, --ray-address, --cpus-per-actor (shared by adapt-batch; adapt may reuse it)."""
-    p.add_argument("--actors", type=int, default=default_actors,
-                   help=f"evaluator actors, each holding the model once (default {default_actors}; "
-                        "0: evaluate in this process, without Ray)")
-    p.add_argument("--ray-address", default=None,
-                   help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a "
-                        "local one with this machine's CPUs and stop it at the end")
-    p.add_argument("--cpus-per-actor", type=int, default=None,
-                   help="CPUs each actor reserves (default: an even share; 1 per GPU actor is enough)")
+from lorahub_serve.cli_args import (
+    add_cluster_arguments,
+    add_search_arguments,
+    print_report,
+    search_config,
+)
 
 
 def register(sub) -> None:
@@ -51,15 +44,15 @@ def register(sub) -> None:
 
 
 def _cmd_adapt_batch(a) -> int:
-    from ..engine.hub import HubError
-    from ..models import ModelNotFoundError
-    from .jobstate import JobLockedError
-    from .tasks import TasksFileError, read_tasks_file
+    from lorahub_serve.cluster.jobstate import JobLockedError
+    from lorahub_serve.cluster.tasks import TasksFileError, read_tasks_file
+    from lorahub_serve.engine.hub import HubError
+    from lorahub_serve.models import ModelNotFoundError
 
     try:
         config = search_config(a)
         specs = read_tasks_file(a.tasks)
-        from .driver import run_adapt_batch
+        from lorahub_serve.cluster.driver import run_adapt_batch
 
         report = run_adapt_batch(
             a.model, a.hub, specs, a.out, a.actors, a.ray_address, config, a.modules, a.rule,
@@ -74,19 +67,3 @@ def _cmd_adapt_batch(a) -> int:
         return 2
     print_report(report)
     return 1 if report["failed"] else 0
-
-
-def print_report(report: dict, file=None) -> None:
-    """One line per task, then totals."""
-    file = file or sys.stdout
-    for name, e in report["tasks"].items():
-        if e["status"] == "failed":
-            print(f"{name}\tfailed\t{e['error']}", file=file)
-        else:
-            loss = "n/a" if e["best_loss"] is None else f"{e['best_loss']:.4f}"
-            print(f"{name}\t{e['status']}\tloss {loss}\t{e['evaluations']} evals\t{e['out_dir'] or ''}",
-                  file=file)
-    print(f"# {report['done']} done, {report['done-earlier']} done earlier, {report['failed']} failed; "
-          f"{report['evaluations']} evaluations in {report['seconds']:.1f} s "
-          f"({report['evals_per_second'] or 0:.2f}/s); report: {report['job_dir']}/report.json",
-          file=file)

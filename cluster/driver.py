@@ -19,16 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.adapt import AdaptResult
-from ..engine.export import write_adapter
-from ..engine.hub import ModuleInfo, read_manifest, select_modules
-from ..engine.search import SearchConfig, SearchState
-from ..formats import is_adapter, read_lorahub_json
-from .jobstate import JobJournal, job_id, restore_state
-from .pools import InlinePool
-from .scheduler import Scheduler, TaskRun, Work
-from .tasks import TaskSpec, specs_from_pairs
-from .worker import BadTaskError, BatchWorker, examples_digest
+from lorahub_serve.cluster.jobstate import JobJournal, job_id, restore_state
+from lorahub_serve.cluster.pools import InlinePool
+from lorahub_serve.cluster.scheduler import Scheduler, TaskRun, Work
+from lorahub_serve.cluster.tasks import TaskSpec, specs_from_pairs
+from lorahub_serve.cluster.worker import BadTaskError, BatchWorker, examples_digest
+from lorahub_serve.engine.adapt import AdaptResult
+from lorahub_serve.engine.export import check_rule, write_adapter
+from lorahub_serve.engine.hub import ModuleInfo, default_k, read_manifest, resolve_modules
+from lorahub_serve.engine.search import SearchConfig, SearchState
+from lorahub_serve.formats import is_adapter, read_lorahub_json
 
 Callback = Callable[[str, dict], None]  # (event, data): actors, generation, task_done, task_failed, ...
 
@@ -59,16 +59,15 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
         raise ValueError(f"actors must be an integer >= 0 (0 runs in this process), got {actors!r}")
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1 candidate, got {max_batch}")
-    if rule not in ("lorahub", "linear"):
-        raise ValueError(f"rule must be 'lorahub' or 'linear', got {rule!r}")
+    check_rule(rule)
     config = config or SearchConfig()
     specs = specs_from_pairs(tasks)
     hub_modules = read_manifest(Path(hub))
-    if modules is None:  # as `adapt`: the paper's K=20, or the whole hub when it is smaller
-        modules = min(20, len(hub_modules))
-    idx = np.asarray(_module_indices(hub_modules, modules, config.seed), dtype=np.int64)
+    if modules is None:  # resolved here, as the job id hashes what was chosen
+        modules = default_k(len(hub_modules))
+    idx = np.asarray(resolve_modules(hub_modules, modules, config.seed), dtype=np.int64)
     if ray_address is None and engine is None:
-        from ..models import resolve_model
+        from lorahub_serve.models import resolve_model
 
         resolve_model(model)  # fail before starting anything when the model is missing
     store = Path(out_store) if out_store is not None else None
@@ -100,13 +99,6 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
     finally:
         if journal is not None:
             journal.close()
-
-
-def _module_indices(hub_modules: list[ModuleInfo], modules, seed: int) -> list[int]:
-    """The same K modules `Engine.module_indices` picks (positions in the hub)."""
-    chosen = select_modules(hub_modules, list(modules) if isinstance(modules, (list, tuple)) else modules, seed)
-    pos = {m.name: i for i, m in enumerate(hub_modules)}
-    return [pos[m.name] for m in chosen]
 
 
 def _local_path(model) -> str:
@@ -268,10 +260,8 @@ class _Loop:
         self.callback("task_failed", {"task": name, "error": error})
 
     def _result(self, run: TaskRun) -> AdaptResult:
-        s = run.state
-        return AdaptResult(run.name, [self.hub_modules[i] for i in run.module_idx], s.best_weights,
-                           s.best_loss, s.best_objective, s.history, s.optimizer_name, self.config,
-                           self.rule, s.evaluations, run.seconds)
+        return AdaptResult.from_state(run.name, self.hub_modules, run.module_idx, run.state,
+                                      self.config, self.rule, run.seconds)
 
     def _progress(self) -> None:
         if self.bar is None:

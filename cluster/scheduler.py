@@ -18,9 +18,9 @@ from typing import Literal
 
 import numpy as np
 
-from ..data.examples import Example
-from ..engine.search import SearchState
-from .worker import Batch
+from lorahub_serve.cluster.worker import Batch
+from lorahub_serve.data.examples import Example
+from lorahub_serve.engine.search import SearchState
 
 Status = Literal["running", "exporting", "done", "failed"]
 Item = tuple[str, int, int]  # (task, generation number, position in the generation)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.examples import Example
+from lorahub_serve.data.examples import Example
 
 
 class BadTaskError(ValueError):
@@ -80,7 +80,7 @@ class BatchWorker:
         if threads:
             torch.set_num_threads(threads)
         if engine is None:
-            from ..engine.adapt import Engine
+            from lorahub_serve.engine.adapt import Engine
 
             engine = Engine(model, hub, rule, backend, token_budget, allow_pickle=allow_pickle,
                             truncate=truncate, device=device, dtype=dtype)
@@ -132,7 +132,7 @@ class BatchWorker:
 
         module_idx [K]; weights [K]. Returns layer -> (A [r', d_in], B [d_out, r']).
         """
-        from ..engine.export import compose_factors
+        from lorahub_serve.engine.export import compose_factors
 
         factors = compose_factors(self.engine.stack, list(module_idx), np.array(weights), self.engine.rule)
         return {k: (a.cpu(), b.cpu()) for k, (a, b) in factors.items()}

@@ -1,9 +1,12 @@
-"""Command-line arguments shared by `adapt`, `adapt-batch` and `eval`: the search and the modules.
+"""Command-line pieces shared by `adapt`, `adapt-batch` and `eval`: the search and module
+arguments, the cluster arguments, and the batch report's printout.
 
-Light on purpose (no torch, no nevergrad): every sub-command's parser imports it.
+Light on purpose (no torch, no nevergrad, no Ray): every sub-command's parser imports it.
 """
 
 from __future__ import annotations
+
+import sys
 
 
 def modules_arg(value: str):
@@ -35,3 +38,31 @@ def search_config(a):
     extra = {} if a.sigma is None else {"sigma": a.sigma}
     return SearchConfig(budget=a.budget, seed=a.seed, optimizer=a.optimizer, popsize=a.popsize,
                         onehot_start=not a.no_onehot_start, **extra)
+
+
+def add_cluster_arguments(p, default_actors: int = 1) -> None:
+    """--actors, --ray-address, --cpus-per-actor (adapt-batch; adapt with default_actors=0)."""
+    p.add_argument("--actors", type=int, default=default_actors,
+                   help=f"evaluator actors, each holding the model once (default {default_actors}; "
+                        "0: evaluate in this process, without Ray)")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a "
+                        "local one with this machine's CPUs and stop it at the end")
+    p.add_argument("--cpus-per-actor", type=int, default=None,
+                   help="CPUs each actor reserves (default: an even share; 1 per GPU actor is enough)")
+
+
+def print_report(report: dict, file=None) -> None:
+    """One line per task, then totals."""
+    file = file or sys.stdout
+    for name, e in report["tasks"].items():
+        if e["status"] == "failed":
+            print(f"{name}\tfailed\t{e['error']}", file=file)
+        else:
+            loss = "n/a" if e["best_loss"] is None else f"{e['best_loss']:.4f}"
+            print(f"{name}\t{e['status']}\tloss {loss}\t{e['evaluations']} evals\t{e['out_dir'] or ''}",
+                  file=file)
+    print(f"# {report['done']} done, {report['done-earlier']} done earlier, {report['failed']} failed; "
+          f"{report['evaluations']} evaluations in {report['seconds']:.1f} s "
+          f"({report['evals_per_second'] or 0:.2f}/s); report: {report['job_dir']}/report.json",
+          file=file)

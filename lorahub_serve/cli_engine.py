@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli_args import add_search_arguments, search_config
+from .cli_args import add_cluster_arguments, add_search_arguments, print_report, search_config
 
 
 def _cmd_adapt(a) -> int:
@@ -21,14 +21,14 @@ def _cmd_adapt(a) -> int:
     out = Path(a.out)
     if a.actors:
         from .cluster import run_adapt_batch
-        from .cluster.cli import print_report
 
         if a.merge:
             print("error: --merge is not supported with --actors", file=sys.stderr)
             return 2
         report = run_adapt_batch(a.model, a.hub, [(out.name, examples)], out.parent, a.actors,
                                  a.ray_address, config, a.modules, a.rule, a.backend, a.token_budget,
-                                 truncate=a.truncate, allow_pickle=a.allow_pickle, dtype=a.dtype)
+                                 truncate=a.truncate, allow_pickle=a.allow_pickle, dtype=a.dtype,
+                                 cpus_per_actor=a.cpus_per_actor)
         print_report(report)
         return 0 if not report.get("failed") else 1
     from .engine.adapt import Engine
@@ -64,6 +64,5 @@ def register(sub) -> None:
     p.add_argument("--merge", action="store_true", help="also write OUT-merged, a full merged model")
     p.add_argument("--truncate", action="store_true", help="truncate over-long examples instead of failing")
     p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) adapters you trust")
-    p.add_argument("--actors", type=int, default=0, help="evaluate on N Ray actors")
-    p.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
+    add_cluster_arguments(p, default_actors=0)
     p.set_defaults(func=_cmd_adapt)

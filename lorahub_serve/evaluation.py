@@ -104,11 +104,11 @@ class Searches:
 
 def run_searches(engine: Engine, shots: list[Example], key: str, seed: int, cfg: EvalConfig) -> Searches:
     """The default search, NGOpt (when `cfg.ngopt`) and the per-module losses, on `shots`."""
-    k = cfg.modules or min(20, len(engine.hub_modules))
+    k = cfg.modules
     t0 = time.perf_counter()
     res = engine.adapt(shots, task=key, modules=k, config=SearchConfig(budget=cfg.budget, seed=seed),
                        progress=False)
-    idx = engine.module_indices(k, seed)
+    idx = res.module_idx
     singles = single_module_losses(engine, res, key, idx)
     t1 = time.perf_counter()
     ng = (engine.adapt(shots, task=key, modules=k, progress=False,

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..data.examples import Example, load_examples
 from .evaluator import Evaluator
-from .export import compose_factors, merge_adapter, write_adapter
-from .hub import ModuleInfo, read_manifest, select_modules, stack_modules
+from .export import check_rule, compose_factors, merge_adapter, write_adapter
+from .hub import ModuleInfo, read_manifest, resolve_modules, stack_modules
 from .search import SearchConfig, SearchState, run_search
 
 
@@ -40,6 +40,16 @@ class AdaptResult:
     out_dir: Path | None = None
     extra: dict = field(default_factory=dict)
     start_losses: np.ndarray | None = None  # [1 + K]: w = 0, then each module alone; None: no start
+    module_idx: list[int] | None = None  # [K] positions of `modules` in the hub
+
+    @classmethod
+    def from_state(cls, task: str, hub_modules: list[ModuleInfo], module_idx, state: SearchState,
+                   config: SearchConfig, rule: str, seconds: float) -> AdaptResult:
+        """The result of a search over hub modules `module_idx` [K] (the best point of `state`)."""
+        idx = [int(i) for i in module_idx]
+        return cls(task, [hub_modules[i] for i in idx], state.best_weights, state.best_loss,
+                   state.best_objective, state.history, state.optimizer_name, config, rule,
+                   state.evaluations, seconds, start_losses=state.start_losses, module_idx=idx)
 
     @property
     def evals_per_second(self) -> float:
@@ -80,8 +90,7 @@ class Engine:
 
         t0 = time.perf_counter()
 
-        if rule not in ("lorahub", "linear"):
-            raise ValueError(f"rule must be 'lorahub' or 'linear', got {rule!r}")
+        check_rule(rule)
         self.model_name = str(model)
         self.model_folder = resolve_model(model)
         self.fingerprint = folder_fingerprint(self.model_folder)
@@ -103,9 +112,8 @@ class Engine:
         self.startup_seconds = time.perf_counter() - t0
 
     def module_indices(self, modules: int | Sequence[str] | None, seed: int) -> list[int]:
-        chosen = select_modules(self.hub_modules, list(modules) if isinstance(modules, (list, tuple)) else modules, seed)
-        pos = {m.name: i for i, m in enumerate(self.hub_modules)}
-        return [pos[m.name] for m in chosen]
+        """Hub positions of a task's modules (see `hub.resolve_modules`)."""
+        return resolve_modules(self.hub_modules, modules, seed)
 
     def adapt(self, examples, task: str = "task", modules: int | Sequence[str] | None = None,
               config: SearchConfig | None = None, out: str | Path | None = None, merge: bool = False,
@@ -115,8 +123,6 @@ class Engine:
         (progress as data; an exception it raises stops the search and propagates)."""
         config = config or SearchConfig()
         exs: list[Example] = load_examples(examples)
-        if modules is None:  # the paper's K=20, or the whole hub when it is smaller
-            modules = min(20, len(self.hub_modules))
         idx = self.module_indices(modules, config.seed)
         self.evaluator.add_task(task, exs)
         t0 = time.perf_counter()
@@ -135,10 +141,8 @@ class Engine:
         state = run_search(loss_fn, len(idx), config, on_gen)
         if bar is not None:
             bar.close()
-        result = AdaptResult(task, [self.hub_modules[i] for i in idx], state.best_weights, state.best_loss,
-                             state.best_objective, state.history, state.optimizer_name, config, self.rule,
-                             state.evaluations, time.perf_counter() - t0,
-                             start_losses=state.start_losses)
+        result = AdaptResult.from_state(task, self.hub_modules, idx, state, config, self.rule,
+                                        time.perf_counter() - t0)
         result.extra["dtype"] = self.dtype
         if out is not None:
             self.export(result, Path(out), merge=merge)

@@ -16,9 +16,19 @@ from ..atomic import atomic_dir
 from ..formats import ADAPTER_WEIGHTS, peft_key, write_lorahub_json
 from .hub import HubStack
 
+RULES = ("lorahub", "linear")
+
+
+def check_rule(rule: str) -> str:
+    """`rule` if it is a composition rule (see the module docstring), else a ValueError."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be 'lorahub' or 'linear', got {rule!r}")
+    return rule
+
 
 def compose_factors(stack: HubStack, module_idx: list[int], weights, rule: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """layer -> (A [r', d_in], B [d_out, r']) of the composed adapter (scaling folded into B)."""
+    check_rule(rule)
     w = torch.as_tensor(weights, dtype=torch.float32)
     idx = torch.as_tensor(module_idx, dtype=torch.long)
     out = {}
@@ -26,10 +36,8 @@ def compose_factors(stack: HubStack, module_idx: list[int], weights, rule: str) 
         a, b = stack.lora_a[layer][idx].float(), stack.lora_b[layer][idx].float()  # [K,r,d_in], [K,d_out,r]
         if rule == "lorahub":
             out[layer] = (torch.einsum("k,krd->rd", w, a), torch.einsum("k,kor->or", w, b))
-        elif rule == "linear":
+        else:  # linear
             out[layer] = (a.reshape(-1, a.shape[-1]), (w[:, None, None] * b).permute(1, 0, 2).reshape(b.shape[1], -1))
-        else:
-            raise ValueError(f"rule must be 'lorahub' or 'linear', got {rule!r}")
     return out
 
 

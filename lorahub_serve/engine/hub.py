@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,25 @@ def read_manifest(hub_dir: Path) -> list[ModuleInfo]:
     if not mods:
         raise HubError(f"hub {hub_dir} has no modules (no hub.json entries or adapter folders)")
     return mods
+
+
+DEFAULT_K = 20  # the paper's K
+
+
+def default_k(n_modules: int) -> int:
+    """K when none is given: the paper's 20, or the whole hub when it is smaller."""
+    return min(DEFAULT_K, n_modules)
+
+
+def resolve_modules(hub_modules: list[ModuleInfo], modules: int | Sequence[str] | None,
+                    seed: int) -> list[int]:
+    """The task set-up's module choice, the same for adapt, adapt-batch and eval: positions in
+    the hub of `modules` (names), or of K seeded-random ones (an int; None: `default_k`)."""
+    if modules is None:
+        modules = default_k(len(hub_modules))
+    chosen = select_modules(hub_modules, list(modules) if isinstance(modules, (list, tuple)) else modules, seed)
+    pos = {m.name: i for i, m in enumerate(hub_modules)}
+    return [pos[m.name] for m in chosen]
 
 
 def select_modules(modules: list[ModuleInfo], k: int | list[str] | None, seed: int = 0) -> list[ModuleInfo]:
