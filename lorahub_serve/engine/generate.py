@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..prompting import prompt_ids
+from ..prompting import pad_id, pad_rows, prompt_ids
 from .evaluator import Evaluator
 
 
@@ -33,13 +33,13 @@ def generate(ev: Evaluator, prompts: Sequence[str], cands: Sequence[int], module
     enc = [prompt_ids(tok, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))  # similar lengths together
     out: list[str] = [""] * len(prompts)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     with ev.handle.route(module_idx, weights) as routing:
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            width = max(len(enc[i]) for i in rows)
-            ids = torch.tensor([[pad] * (width - len(enc[i])) + enc[i] for i in rows])  # left pad
-            mask = torch.tensor([[0] * (width - len(enc[i])) + [1] * len(enc[i]) for i in rows])
+            ids = pad_rows([enc[i] for i in rows], pad, left=True)  # every prompt ends at the last column
+            mask = pad_rows([[1] * len(enc[i]) for i in rows], 0, left=True)
+            width = ids.shape[1]
             routing.row_cand = torch.tensor([cands[i] for i in rows], device=ev.device)
             gen = model.generate(input_ids=ids.to(ev.device), attention_mask=mask.to(ev.device),
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
