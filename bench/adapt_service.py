@@ -54,7 +54,9 @@ def _one_job(url: str, client, name: str, examples: list[dict], budget: int, see
         break
     for _ in stream:
         pass
-    meta = json.loads((store / name / "lorahub.json").read_text())
+    from lorahub_serve.formats import LORAHUB_FILE
+
+    meta = json.loads((store / name / LORAHUB_FILE).read_text())
     return {"post_to_first_token_s": round(t_first - t0, 3), "post_to_done_s": round(t_done - t0, 3),
             "search_s": meta["seconds"], "evaluations": meta["evaluations"],
             "loss": meta["best_loss"], "overhead_s": round(t_first - t0 - meta["seconds"], 3)}
