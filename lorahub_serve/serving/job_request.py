@@ -15,6 +15,7 @@ from ..data.examples import Example, ExampleError, from_records
 from .names import AdapterNameError, check_name
 
 MAX_EXAMPLES = 1000
+COMPOSITION_PREFIX = "lh-"  # see compositions.py
 _FIELDS = {"name", "examples", "budget", "modules", "seed"}
 _INT_LIMITS = {"budget": (1, 100_000), "modules": (1, 10_000), "seed": (0, 2**32 - 1)}
 _MODULE = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -63,6 +64,9 @@ def parse_request(body: Any) -> AdaptRequest:
         name = check_name(body["name"])
     except AdapterNameError as e:
         raise RequestError(str(e), param="name") from None
+    if name.startswith(COMPOSITION_PREFIX):
+        raise RequestError(f"adapter names starting with {COMPOSITION_PREFIX!r} are kept for "
+                           "compositions named in requests; choose another name", param="name")
     records = body.get("examples")
     if not isinstance(records, list):
         raise RequestError("'examples' must be a list of {\"input\", \"output\"} objects",
@@ -104,13 +108,18 @@ class ContextCheck:
         self.model_folder, self.max_tokens = Path(model_folder), int(max_tokens)
         self._tokenizer = None
 
-    def __call__(self, examples: tuple[Example, ...]) -> None:
-        from ..prompting import ExampleTooLongError, encode_example
-
+    def load(self) -> ContextCheck:
+        """Load the tokenizer now (at start), not on the first request."""
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_folder)
+        return self
+
+    def __call__(self, examples: tuple[Example, ...]) -> None:
+        from ..prompting import ExampleTooLongError, encode_example
+
+        self.load()
         for i, ex in enumerate(examples):
             if len((ex.input + ex.output).encode()) + 8 <= self.max_tokens:
                 continue  # a token covers at least a byte (+ BOS/EOS and the like): it fits

@@ -306,6 +306,9 @@ class AdaptJobs:
         job.error = None
         self._save(job)
         worker = await self._worker(slot)
+        if job.id in self._cancel:  # cancelled while its worker was being started
+            self._finish(job, "cancelled", note="cancelled while running")
+            return
         self._running[job.id] = worker
         payload = {k: v for k, v in req.to_json().items() if k != "name"}
         payload["out"] = str(self.store.folder(req.name))

@@ -173,9 +173,14 @@ async def _serve(cfg: ServeConfig, args: Namespace, store: AdapterStore, folder:
     _, sock = setup_server(args, reuse_port=False)
     try:
         async with build_async_engine_client(args) as engine:
-            jobs.check_examples = ContextCheck(folder, engine.model_config.max_model_len)
+            jobs.check_examples = ContextCheck(folder, engine.model_config.max_model_len).load()
             jobs.start()  # warm workers load the model and hub while the server starts
-            app = await _build_app(engine, args, store, jobs, cfg.api_key)
+            compositions = None
+            if cfg.hub is not None:
+                from .compositions import Compositions
+
+                compositions = Compositions(store, cfg.hub, folder, cfg.model, args.max_lora_rank)
+            app = await _build_app(engine, args, store, jobs, cfg.api_key, compositions)
             announcer = asyncio.create_task(_announce_when_ready(app, cfg, args, store))
             shutdown = await _serve_http(app, sock, args)
             announcer.cancel()
@@ -188,7 +193,7 @@ async def _serve(cfg: ServeConfig, args: Namespace, store: AdapterStore, folder:
 
 
 async def _build_app(engine, args: Namespace, store: AdapterStore, jobs: AdaptJobs,
-                     api_key: str | None):
+                     api_key: str | None, compositions=None):
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.app import build_app
     from vllm.logger import init_logger
@@ -206,11 +211,15 @@ async def _build_app(engine, args: Namespace, store: AdapterStore, jobs: AdaptJo
     app.include_router(build_router(store, jobs))
     app.router.routes[:] = app.router.routes + vllm_routes  # ours first: our /v1/models wins
     app.openapi_schema = None
-    if api_key:  # first in user_middleware = outermost
-        from starlette.middleware import Middleware
+    from starlette.middleware import Middleware
 
+    if compositions is not None:  # `"lorahub": {...}` in a completions body -> a stored adapter
+        from .compositions import CompositionMiddleware
+
+        app.user_middleware.insert(0, Middleware(CompositionMiddleware, compositions=compositions))
+    if api_key:  # first in user_middleware = outermost
         app.user_middleware.insert(0, Middleware(ApiKeyMiddleware, api_key=api_key))
-        app.middleware_stack = None  # vLLM's SageMaker bootstrap pre-built it; rebuilt on start
+    app.middleware_stack = None  # vLLM's SageMaker bootstrap pre-built it; rebuilt on start
     await init_app_state(engine, app.state, args, tasks)
     models = app.state.openai_serving_models
     others = [r for r in models.lora_resolvers if r is not resolver]

@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..engine.adapt import Engine
 
         engine = Engine(a.model, a.hub, a.rule)
+        import peft  # noqa: F401 - the export's first import, paid here rather than in a job
     except Exception as e:  # noqa: BLE001 - the parent reports it on every job
         emit({"event": "broken", "error": f"{type(e).__name__}: {e}"})
         return 1
