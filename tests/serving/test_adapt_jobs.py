@@ -209,3 +209,23 @@ def test_no_hub_is_503(make_jobs):
     with pytest.raises(RequestError, match="without --hub") as e:
         jobs.submit(parse_request({"name": "x", "examples": GOOD}))
     assert e.value.code == 503
+
+
+def test_two_workers_run_two_jobs_at_once_and_cold_mode_works(make_jobs):
+    jobs, cold = make_jobs(workers=2), make_jobs(workers=0)
+
+    async def scenario():
+        a = jobs.submit(parse_request({"name": "two-a", "examples": GOOD, "budget": 100_000}))
+        b = jobs.submit(parse_request({"name": "two-b", "examples": GOOD, "budget": 100_000}))
+        while not (a.evaluations and b.evaluations):  # both searching at the same time
+            await asyncio.sleep(0.05)
+        await jobs.cancel("two-a")
+        await jobs.cancel("two-b")
+        await jobs.close()
+        cold.submit(parse_request({"name": "cold", "examples": GOOD, "budget": 2}))
+        job = await _wait(cold, "cold")
+        await cold.close()
+        return job, cold._slots
+
+    job, slots = asyncio.run(scenario())
+    assert job.state == "succeeded" and slots == [None]  # cold: the worker left with its job

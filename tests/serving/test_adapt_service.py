@@ -34,7 +34,7 @@ def _start(world, log_name):
     port = free_port()
     srv = ServeProcess(["--model", world["model_dir"], "--store", world["store"], "--hub",
                         world["hub"], "--port", port, "--api-key", KEY, "--adapt-queue", 2,
-                        "--max-loras", 2, "--", "--max-model-len", CONTEXT],
+                        "--max-loras", 2, "--max-lora-rank", 8, "--", "--max-model-len", CONTEXT],
                        world["root"] / log_name, start_timeout_s=300)
     srv.start()
     world["srv"], world["url"] = srv, srv.url
@@ -47,7 +47,8 @@ def _start(world, log_name):
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("svc")
     world = {"root": root, "model_dir": root / "model", "store": root / "store"}
-    model, _ = testing.tiny_llama_for_vllm(world["model_dir"])
+    model, tok = testing.tiny_llama_for_vllm(world["model_dir"])
+    world["model"], world["tok"] = model, tok
     world["hub"] = testing.random_hub(model, root / "hub", n=4, scale=3.0)
     testing.random_adapter(model, world["store"] / "stored", rank=8, seed=3)
     _start(world, "serve-1.log")
@@ -170,6 +171,134 @@ def test_job_routes_list_cancel_delete(world):
     assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
     assert _wait(world, "q2")["state"] == "succeeded"
     assert not (world["store"] / "long").exists() and not (world["store"] / "q1").exists()
+
+
+def _independent_composition(hub: Path, weights: dict[str, float], out: Path) -> Path:
+    """A = Σ wA, B = Σ w·(alpha/r)·B from the hub's module files, as a PEFT folder (alpha = r)."""
+    from peft import LoraConfig
+    from safetensors.torch import load_file, save_file
+
+    a_sum, b_sum = {}, {}
+    for name, w in weights.items():
+        folder = hub / "modules" / name
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        scale = cfg["lora_alpha"] / cfg["r"]
+        for key, t in load_file(folder / "adapter_model.safetensors").items():
+            acc, factor = (a_sum, w) if ".lora_A." in key else (b_sum, w * scale)
+            acc[key] = acc.get(key, 0) + factor * t.float()
+    rank = next(iter(a_sum.values())).shape[0]
+    LoraConfig(r=rank, lora_alpha=rank, target_modules=["q_proj", "v_proj"],
+               lora_dropout=0.0).save_pretrained(out)
+    save_file({**a_sum, **b_sum}, out / "adapter_model.safetensors")
+    return out
+
+
+def _greedy(model, ids, adapter, n):
+    import torch
+    from peft import PeftModel
+
+    net = PeftModel.from_pretrained(model, adapter).eval()
+    seq = torch.tensor([ids])
+    with torch.inference_mode():
+        for _ in range(n):
+            seq = torch.cat([seq, net(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    net.unload()
+    return seq[0, len(ids):].tolist()
+
+
+def test_composition_named_in_the_request(world):
+    client, base = world["client"], str(world["model_dir"])
+    weights = {"task0": 0.9, "task1": -0.6, "task2": 0.7}
+    ids = world["tok"]("Q: what is the capital of France?\nA:", add_special_tokens=False)["input_ids"]
+    want = _greedy(world["model"], ids, _independent_composition(
+        world["hub"], weights, world["root"] / "independent"), 16)
+    spec = {"lorahub": {"modules": weights, "rule": "lorahub"}}
+    out = client.completions.create(model=base, prompt=ids, max_tokens=16, temperature=0,
+                                    extra_body={"ignore_eos": True, "return_token_ids": True, **spec})
+    assert list(out.choices[0].token_ids) == want
+    name = out.model
+    assert name.startswith("lh-") and name in {m.id for m in client.models.list().data}
+    chat = client.chat.completions.create(model=base, messages=[{"role": "user", "content": "cat"}],
+                                          max_tokens=3, temperature=0, extra_body=spec)
+    assert chat.model == name  # the same content, the same cached composition
+
+    bad = [({"modules": {"nope": 1.0}}, "unknown hub module"),
+           ({"modules": {"task0": float("nan")}}, "finite number"),
+           ({"modules": {"task0": 50}}, "finite number"),
+           ({"modules": {f"m{i}": 0.1 for i in range(40)}}, "give 1 to 32"),
+           ({"modules": weights, "rule": "linear"}, "rank 12 .* above this server's --max-lora-rank 8"),
+           ({"modules": weights, "rule": "sum"}, "'lorahub' or 'linear'")]
+    for spec_bad, message in bad:
+        with pytest.raises(openai.BadRequestError, match=message) as e:
+            client.completions.create(model=base, prompt="the", max_tokens=2,
+                                      extra_body={"lorahub": spec_bad})
+        assert e.value.body["param"] == "lorahub"
+    with pytest.raises(openai.BadRequestError, match="must be the base model's name"):
+        client.completions.create(model="stored", prompt="the", max_tokens=2, extra_body=spec)
+    assert _post(world, {"name": "lh-mine", "examples": EXAMPLES}).status_code == 400
+
+
+LOAD_PROMPTS = ["Q: what is the capital of France?\nA:", "Q: is the cat blue?\nA:",
+                "Q: sort the words: dog cat\nA:"]
+COMPOSED = {"lorahub": {"modules": {"task1": 0.8, "task3": -0.5}}}
+
+
+def _load_round(world, clients: int, requests: int, tokens: int = 8) -> dict:
+    """`clients` threads x `requests` greedy completions over base / stored / composition while two
+    adaptation jobs are in flight; every answer must equal the same request sent alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, base = world["client"], str(world["model_dir"])
+    kinds = {"base": (base, {}), "stored": ("stored", {}), "composed": (base, COMPOSED)}
+    prompts = [world["tok"](p, add_special_tokens=False)["input_ids"] for p in LOAD_PROMPTS]
+
+    def ask(kind, prompt):
+        model, extra = kinds[kind]
+        t0 = time.perf_counter()
+        out = client.completions.create(model=model, prompt=prompt, max_tokens=tokens, temperature=0,
+                                        extra_body={"ignore_eos": True, "return_token_ids": True,
+                                                    **extra})
+        return list(out.choices[0].token_ids), time.perf_counter() - t0
+
+    alone = {(k, i): ask(k, p)[0] for k in kinds for i, p in enumerate(prompts)}
+    for name in ("load-a", "load-b"):
+        assert _post(world, {"name": name, "examples": EXAMPLES, "budget": 100_000}).status_code == 202
+    _wait(world, "load-a", until=("running",), check=lambda j: j["evaluations"] > 0)
+    plan = [(list(kinds)[(c + r) % 3], (c * requests + r) % len(prompts))
+            for c in range(clients) for r in range(requests)]
+    with ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(lambda kp: ask(kp[0], prompts[kp[1]]), plan))
+    states = [_job(world, n)["state"] for n in ("load-a", "load-b")]
+    for name in ("load-a", "load-b"):
+        assert httpx.delete(f"{world['url']}/v1/adapters/{name}", headers=AUTH, timeout=60).status_code == 200
+    assert states == ["running", "queued"], states  # both jobs in flight for the whole round
+    wrong = [(k, i) for (k, i), (ids, _) in zip(plan, answers) if ids != alone[(k, i)]]
+    assert not wrong, f"{len(wrong)} of {len(plan)} answers differ from the same request alone: {wrong}"
+    lat = sorted(t for _, t in answers)
+    return {"clients": clients, "requests": len(plan), "tokens": tokens,
+            "p50_s": lat[len(lat) // 2], "p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+
+
+def test_concurrent_clients_mix_models_while_jobs_run(world):
+    figures = _load_round(world, clients=4, requests=3)
+    print(f"load: {figures}")
+
+
+@pytest.mark.slow
+def test_load_long_variant_records_latency(world):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from _meta import write_result
+
+    figures = _load_round(world, clients=8, requests=12, tokens=16)
+    md = (f"{figures['clients']} concurrent `openai` clients, {figures['requests']} greedy "
+          f"completions of {figures['tokens']} tokens over the base model, a stored adapter and a "
+          "composition named in the request, while two adaptation jobs were in flight (one "
+          "running, one queued); tiny random Llama (tests/serving/test_adapt_service.py). Every "
+          f"answer equalled the same request sent alone.\n\np50 {figures['p50_s']:.3f} s, "
+          f"p99 {figures['p99_s']:.3f} s")
+    write_result("serve_load", figures, md)
 
 
 def _descendants(pid: int) -> list[int]:
