@@ -10,7 +10,12 @@ itself composes (`setup_server`, `build_async_engine_client`, `build_app`, `init
 - the `StoreResolver` registered in vLLM's `LoRAResolverRegistry` (hot-loading by name);
 - our APIRouter (`routes.py`) in front of vLLM's routes (`/v1/adapters`, a `/v1/models` that
   lists the store);
-- `ApiKeyMiddleware` outermost, so the key guards every route.
+- `ApiKeyMiddleware` outermost, so the key guards every route;
+- `CompositionMiddleware` (with `--hub`) next: a completions body that names a composition
+  (`"lorahub": {...}`) is turned into a request for the composed adapter (`compositions.py`);
+- the adaptation jobs (`jobs.py`): records recovered from the store before serving, warm worker
+  processes started beside vLLM's engine, and `reaper.py`, which stops vLLM's processes if this
+  one is killed.
 
 Middleware alone could not register the resolver or reach app state cleanly, and entry-point
 plugins would need the package re-installed and an allow-list in the environment; composing the
