@@ -9,6 +9,12 @@ and need no padding, and groups are packed into micro-batches under a token budg
 Everything per task lives on the model's device from `add_task` on (token ids, target
 positions, labels), micro-batches are built by tensor indexing with no per-row Python, and the
 losses accumulate on the device: one host sync per `losses` call.
+
+Shared prefix (decoder-only): a task's examples often start with the same tokens (an instruction,
+BBH's question preamble: 15-30 % of the tokens on half the BBH tasks). Under causal attention
+the prefix's keys and values do not depend on what follows, so each candidate runs the prefix
+once, and every example's suffix attends to that candidate's cached prefix. Exact, not an
+approximation; `share_prefix=False` turns it off.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.examples import Example, ExampleError
-from ..prompting import EncodedExample, encode_example, encode_seq2seq
+from ..prompting import EncodedExample, encode_example, encode_seq2seq, pad_id
 from .hub import HubStack
 from .multilora import attach
 
@@ -40,6 +46,7 @@ class EncodedTask:
     ids: tuple[torch.Tensor, ...]
     labels: tuple[torch.Tensor, ...]
     target_pos: tuple[torch.Tensor, ...]
+    prefix: int = 0  # tokens every example starts with, run once per candidate (0: none shared)
 
     @property
     def n_target(self) -> int:  # the denominator of the task's mean cross-entropy
@@ -58,6 +65,22 @@ class Segment:
     example: int
     cands: np.ndarray  # [n] int64 candidate indices
     length: int
+
+
+MIN_SHARED_PREFIX = 8  # shorter prefixes save less than the extra pass costs
+
+
+def shared_prefix(encoded: Sequence[EncodedExample]) -> int:
+    """Tokens all examples start with, capped so each example keeps its last prompt token (the
+    position that predicts its first output token) outside the prefix. 0 when not worth sharing."""
+    if len(encoded) < 2:
+        return 0
+    seqs = [e.prompt_ids + e.target_ids for e in encoded]
+    cap = min(len(e.prompt_ids) for e in encoded) - 1
+    n = 0
+    while n < cap and len({s[n] for s in seqs}) == 1:
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
 
 
 def pack_segments(groups: list[Segment], token_budget: int) -> list[list[Segment]]:
@@ -90,15 +113,17 @@ class Evaluator:
     """
 
     def __init__(self, model, tokenizer, stack: HubStack, rule: str = "lorahub", backend: str = "auto",
-                 token_budget: int = 8192, max_length: int | None = None, truncate: bool = False):
+                 token_budget: int = 8192, max_length: int | None = None, truncate: bool = False,
+                 share_prefix: bool = True):
         self.model, self.tokenizer, self.stack = model.eval(), tokenizer, stack
         self.rule, self.token_budget = rule, token_budget
         self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.truncate = truncate
+        self.share_prefix = share_prefix and not self.seq2seq
         self.handle = attach(model, stack, rule, backend)
         self.device = next(model.parameters()).device
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_id = pad_id(tokenizer)
         self.tasks: dict[str, EncodedTask] = {}
         self.evaluations = 0
         self.seconds = 0.0
@@ -138,7 +163,9 @@ class Evaluator:
         else:
             ids = [dev(e.prompt_ids + e.target_ids) for e in encoded]
             pos = [dev(range(len(e.prompt_ids) - 1, e.length - 1)) for e in encoded]
-        return EncodedTask(tuple(encoded), tuple(ids), tuple(dev(e.target_ids) for e in encoded), tuple(pos))
+        prefix = shared_prefix(encoded) if self.share_prefix else 0
+        return EncodedTask(tuple(encoded), tuple(ids), tuple(dev(e.target_ids) for e in encoded), tuple(pos),
+                           prefix)
 
     def remove_task(self, key: str) -> None:
         """Forget a task's encoded examples (a no-op for a key never added)."""
@@ -193,12 +220,16 @@ class Evaluator:
         module_idx = np.asarray(module_idx, dtype=np.int64)
         self._validate(tasks, module_idx, weights)
         ce_sum = torch.zeros(len(tasks), dtype=torch.float32, device=self.device)
+        groups = self._groups(tasks)
+        plain = [g for g in groups if not self.tasks[g.task].prefix]
         with self.handle.route(module_idx, weights) as routing:
-            for mb in pack_segments(self._groups(tasks), self.token_budget):
+            for mb in pack_segments(plain, self.token_budget):
                 row_cand = self._host_to_device(np.concatenate([s.cands for s in mb]))
                 routing.row_cand = row_cand
                 ce, cand = self._seq2seq_ce(mb, row_cand) if self.seq2seq else self._causal_ce(mb, row_cand)
                 ce_sum.index_add_(0, cand, ce)
+            for task in dict.fromkeys(g.task for g in groups if self.tasks[g.task].prefix):
+                self._prefixed_ce(task, [g for g in groups if g.task == task], routing, ce_sum)
         n_tok = np.array([self.tasks[t].n_target for t in tasks], dtype=np.float64)
         out = ce_sum.double().cpu().numpy() / np.maximum(n_tok, 1)  # the one host sync
         self.evaluations += len(tasks)
@@ -211,23 +242,54 @@ class Evaluator:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
 
-    def _causal_ce(self, mb: list[Segment], row_cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prefixed_ce(self, task: str, groups: list[Segment], routing, ce_sum: torch.Tensor) -> None:
+        """A task whose examples share `prefix` tokens: the prefix once per candidate (its keys and
+        values cached), then the examples' suffixes against their candidate's cached prefix."""
+        from transformers import DynamicCache
+
+        enc = self.tasks[task]
+        cands = groups[0].cands  # the task's candidates, ascending; every group has them all
+        body = getattr(self.model, self.model.base_model_prefix)
+        prefix_ids = enc.ids[0][: enc.prefix]
+        per_chunk = max(1, self.token_budget // enc.prefix)
+        kv: list[tuple[list, list]] = []
+        for start in range(0, len(cands), per_chunk):
+            routing.row_cand = self._host_to_device(cands[start:start + per_chunk])
+            ids = prefix_ids.expand(len(routing.row_cand), -1)
+            cache = body(input_ids=ids, use_cache=True).past_key_values
+            kv.append(([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]))
+        keys = [torch.cat([k[i] for k, _ in kv]) for i in range(len(kv[0][0]))]  # per layer [C_t, h, P, d]
+        values = [torch.cat([v[i] for _, v in kv]) for i in range(len(kv[0][1]))]
+        suffixes = [Segment(g.task, g.example, g.cands, g.length - enc.prefix) for g in groups]
+        for mb in pack_segments(suffixes, self.token_budget):
+            host_cand = np.concatenate([s.cands for s in mb])
+            row_cand = self._host_to_device(host_cand)
+            rows = self._host_to_device(np.searchsorted(cands, host_cand))  # each row's prefix cache row
+            cache = DynamicCache(ddp_cache_data=[(k[rows], v[rows]) for k, v in zip(keys, values)])
+            routing.row_cand = row_cand
+            ce, cand = self._causal_ce(mb, row_cand, offset=enc.prefix, cache=cache)
+            ce_sum.index_add_(0, cand, ce)
+
+    def _causal_ce(self, mb: list[Segment], row_cand: torch.Tensor, offset: int = 0,
+                   cache=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token CE of the output tokens [M] and each token's candidate [M]; logits only at
         those positions. Rows are right-padded and run without an attention mask: under the causal
-        mask a real token never sees the padding after it, and the fast causal attention applies."""
+        mask a real token never sees the padding after it, and the fast causal attention applies.
+        offset/cache: the rows continue a cached prefix of `offset` tokens (their ids start there)."""
         width = max(s.length for s in mb)
         ids = torch.full((len(row_cand), width), self.pad_id, dtype=torch.long, device=self.device)
         start = 0
         for s in mb:
-            ids[start:start + len(s.cands), : s.length] = self.tasks[s.task].ids[s.example]
+            ids[start:start + len(s.cands), : s.length] = self.tasks[s.task].ids[s.example][offset:]
             start += len(s.cands)
         body = getattr(self.model, self.model.base_model_prefix)
-        hidden = body(input_ids=ids).last_hidden_state  # [B, W, H]
+        kwargs = {"past_key_values": cache, "use_cache": True} if cache is not None else {}
+        hidden = body(input_ids=ids, **kwargs).last_hidden_state  # [B, W, H]
         sel, labels, cand = [], [], []
         start = 0
         for s in mb:
             enc, n = self.tasks[s.task], len(s.cands)
-            pos, lab = enc.target_pos[s.example], enc.labels[s.example]
+            pos, lab = enc.target_pos[s.example] - offset, enc.labels[s.example]
             sel.append(hidden[start:start + n, pos].flatten(0, 1))  # [n·T, H]
             labels.append(lab.repeat(n))
             cand.append(row_cand[start:start + n].repeat_interleave(len(lab)))
