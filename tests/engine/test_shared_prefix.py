@@ -23,7 +23,7 @@ SHARED = [{"input": PREAMBLE + ex["input"], "output": ex["output"]} for ex in (
 
 
 def test_shared_prefix_length_rules():
-    ex = lambda p, t: EncodedExample(tuple(p), tuple(t))  # noqa: E731
+    ex = lambda p, t: EncodedExample(tuple(p), tuple(t))
     long = list(range(20))
     assert shared_prefix([ex(long + [1, 2], [3]), ex(long + [4], [5])]) == 20
     # capped so the last prompt token (it predicts the first output token) stays outside
