@@ -2,7 +2,9 @@
 
 Shapes of SmolLM2-135M's adapted layers (q: 576 -> 576, v: 576 -> 192), hub of N=20 rank-8
 modules, K=20 per candidate, P candidates with a few rows of T tokens each. Reports time per
-call of each backend and their ratio, and writes JSON + markdown to bench/results/.
+call of each backend (CUDA events on a GPU, wall clock on CPU), their ratio, and what each
+achieves: GFLOP/s of the shrink+expand maths and GB/s of the minimum traffic (x, the hub factors
+the batch names, the output), and writes JSON + markdown to bench/results/.
 
 Triton needs CUDA; on CPU only the torch path runs unless --interpret (Triton's interpreter:
 correct but orders of magnitude slower, so only useful with small --P).
@@ -44,21 +46,45 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def time_call(fn, reps: int, warmup: int, cuda: bool) -> float:
-    """Median seconds per call."""
+    """Median seconds per call: CUDA events around each call on a GPU (device time, no host
+    sync inside the timed region), perf_counter on CPU."""
     import torch
 
     for _ in range(warmup):
         fn()
     times = []
+    if cuda:
+        torch.cuda.synchronize()
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return statistics.median(times)
     for _ in range(reps):
-        if cuda:
-            torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
-        if cuda:
-            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def work(rule: str, inp: dict) -> tuple[float, float]:
+    """(FLOPs, minimum bytes) of one lora_delta call: the shrink and expand GEMMs (rank r for the
+    lorahub rule, K·r for linear) plus composing each candidate's factors; bytes read and written
+    at least once (x, the distinct hub factors named, the output)."""
+    x, a, b = inp["x"], inp["lora_a"], inp["lora_b"]
+    (rows, t, d_in), (n, r, _), d_out = x.shape, a.shape, b.shape[1]
+    p, k = inp["module_idx"].shape
+    rank = r if rule == "lorahub" else k * r
+    flops = 2 * rows * t * rank * (d_in + d_out)
+    if rule == "lorahub":
+        flops += 2 * p * k * r * (d_in + d_out)  # Σₖ wₖAₖ and Σₖ wₖBₖ per candidate
+    used = min(n, int(inp["module_idx"].unique().numel()))
+    el = x.element_size()
+    traffic = el * (rows * t * (d_in + d_out) + used * r * (d_in + d_out))
+    return float(flops), float(traffic)
 
 
 def make_inputs(p: int, d_in: int, d_out: int, args, dtype, device) -> dict:
@@ -118,7 +144,12 @@ def main(argv=None) -> int:
             for p in (int(s) for s in args.P.split(",")):
                 inp = make_inputs(p, d_in, d_out, args, dtype, device)
                 t_torch, t_triton, err = bench_one(rule, inp, reps, args.warmup, cuda, run_triton)
+                flops, traffic = work(rule, inp)
+                best = t_torch if t_triton is None else min(t_torch, t_triton)
                 rows.append({
+                    "gflops_torch": flops / t_torch / 1e9,
+                    "gflops_triton": None if t_triton is None else flops / t_triton / 1e9,
+                    "gbps_best": traffic / best / 1e9,
                     "rule": rule, "layer": layer, "P": p, "B": p * args.rows,
                     "torch_ms": t_torch * 1e3,
                     "triton_ms": None if t_triton is None else t_triton * 1e3,
@@ -131,7 +162,8 @@ def main(argv=None) -> int:
     config.update(device=device, dtype=str(dtype).replace("torch.", ""), reps=reps)
     note = "" if run_triton else "\nTriton not run: it needs CUDA (or --interpret on CPU).\n"
     md = (f"Config: `{config}`\n{note}\n| rule | layer | P | B | torch ms | triton ms | "
-          "torch/triton | max abs diff |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(lines))
+          "torch/triton | GFLOP/s torch | GFLOP/s triton | GB/s (faster) | max abs diff |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines))
     if not args.no_write:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from _meta import write_result
@@ -147,6 +179,7 @@ def _md_row(r: dict) -> str:
 
     return (f"| {r['rule']} | {r['layer']} | {r['P']} | {r['B']} | {r['torch_ms']:.3f} | "
             f"{f(r['triton_ms'], '.3f')} | {f(r['torch_over_triton'], '.2f')} | "
+            f"{r['gflops_torch']:.1f} | {f(r['gflops_triton'], '.1f')} | {r['gbps_best']:.1f} | "
             f"{f(r['max_abs_diff'], '.2e')} |")
 
 
