@@ -4,13 +4,17 @@
 `info() -> dict` and `run(work)`: `EvaluatorActor` (a `BatchWorker`, for adapt-batch) or
 `cluster.hub_trainers.HubTrainer` (hub build). `ray_pool` starts or joins Ray around it.
 
-Faults. An actor process that crashes (killed by the OS, out of memory) is restarted by Ray
-(`max_restarts`) and its call re-run there (`max_task_retries`): the Batch carries its tasks'
-examples, so the fresh process needs nothing else. An actor that is gone for good (`ray.kill`,
-node lost, restarts spent) surfaces as a RayActorError: the pool re-queues its Work on a live
-actor and starts a replacement (at most `max_replacements`). A Work that kills workers
-`max_attempts` times comes back as `WorkerLostError`, so the driver fails only its task(s).
-Work items need only an `attempts` counter.
+Placement. Actors are spread over the cluster's nodes (Ray's SPREAD strategy) unless
+`strategy="DEFAULT"`; each actor's `info()` names its node (`node_id`).
+
+Faults. An actor that dies (its process crashed or was killed, `ray.kill`, its node lost)
+surfaces as a RayActorError at once: Ray does not restart it, since a restart on a full
+cluster would wait for resources that may never come back and hang the call. The pool
+re-queues its Work on a live actor and starts a replacement (at most `max_replacements`),
+which takes work only once it has loaded: the Batch carries its tasks' examples, so a fresh
+process needs nothing else. A Work that kills workers `max_attempts` times comes back as
+`WorkerLostError`, so the driver fails only its task(s). Work items need only an `attempts`
+counter.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
@@ -43,7 +48,7 @@ class EvaluatorActor:
         self.worker = BatchWorker(**worker_kwargs)
 
     def info(self) -> dict:
-        return self.worker.info()
+        return dict(self.worker.info(), node_id=node_id())
 
     def run(self, work: Work):
         return run_work(self.worker, work)
@@ -108,13 +113,18 @@ class RayPool:
     def __init__(self, actors: int, worker_kwargs: dict, num_cpus: int, num_gpus: int,
                  max_attempts: int = 3, max_replacements: int | None = None,
                  on_event: Callable[[str, dict], None] | None = None,
-                 actor_cls: type | None = None, what: str = "evaluator"):
+                 actor_cls: type | None = None, what: str = "evaluator",
+                 strategy: Literal["SPREAD", "DEFAULT"] = "SPREAD", start_timeout: float = 600.0):
+        if strategy not in ("SPREAD", "DEFAULT"):
+            raise ValueError(f"strategy must be 'SPREAD' (actors over all nodes) or 'DEFAULT' "
+                             f"(Ray's packing), got {strategy!r}")
         self.worker_kwargs = dict(worker_kwargs, threads=num_cpus,
                                   device="cuda" if num_gpus else worker_kwargs.get("device"))
         self.what = what
         self._cls = ray.remote(actor_cls or EvaluatorActor)
-        self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": 1,
-                         "max_task_retries": 1}
+        self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": 0,
+                         "max_task_retries": 0, "scheduling_strategy": strategy}
+        self.start_timeout = start_timeout  # most seconds to wait for a replacement when no other actor lives
         self.max_attempts = max_attempts
         self.max_replacements = 2 * actors + 2 if max_replacements is None else max_replacements
         self.on_event = on_event or (lambda event, data: None)
@@ -123,12 +133,14 @@ class RayPool:
         self._actors: dict[str, ray.actor.ActorHandle] = {}
         self._free: list[str] = []
         self._in_flight: dict[ray.ObjectRef, tuple[str, Work]] = {}
-        self._retry: list[Work] = []
+        self._starting: dict[ray.ObjectRef, str] = {}  # replacements' info() calls -> name
+        self._retry: list[Work] = []  # work waiting for an actor that has started
         self.failures = self.replacements = 0
         for _ in range(actors):
-            self._start()
+            self._free.append(self._start())
         self._info = self._check_started()
-        self.on_event("actors", {"names": list(self._actors), "pids": [i["pid"] for i in self._info]})
+        self.on_event("actors", {"names": list(self._actors), "pids": [i["pid"] for i in self._info],
+                                 "node_ids": [i.get("node_id") for i in self._info]})
 
     # -- the pool interface ------------------------------------------------------------------
     @property
@@ -136,25 +148,44 @@ class RayPool:
         return f"on {len(self._actors)} Ray actors"
 
     def free(self) -> int:
-        return max(0, len(self._free) - len(self._retry))
+        return max(0, len(self._free) + len(self._starting) - len(self._retry))
 
     def busy(self) -> bool:
         return bool(self._in_flight or self._retry)
 
     def submit(self, work: Work) -> None:
+        if not self._free:  # only replacements still loading: the first actor free takes it
+            self._retry.append(work)
+            return
         name = self._free.pop(0)
         self._in_flight[self._actors[name].run.remote(work)] = (name, work)
 
     def wait(self) -> list[tuple[Work, object]]:
+        out: list[tuple[Work, object]] = []
+        while not out and self.busy():  # a replacement that has loaded is no outcome: go on
+            self._dispatch_retries()
+            out = self._wait_some()
         self._dispatch_retries()
-        if not self._in_flight:
-            return []
-        refs = list(self._in_flight)
-        ready, rest = ray.wait(refs, num_returns=1)
+        return out
+
+    def _wait_some(self) -> list[tuple[Work, object]]:
+        refs = [*self._in_flight, *self._starting]
+        if not refs:
+            raise ClusterError(f"no {self.what} actor is left to run the remaining work")
+        timeout = None if self._in_flight else self.start_timeout
+        ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
+        if not ready:
+            raise ClusterError(f"no {self.what} actor is alive and no replacement started within "
+                               f"{self.start_timeout:.0f} s; the Ray cluster may lack the resources "
+                               f"({self._options['num_cpus']} CPU, {self._options['num_gpus']} GPU "
+                               "per actor): add nodes or use fewer --actors")
         if rest:
             ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         out = []
         for ref in ready:
+            if ref in self._starting:
+                self._started(self._starting.pop(ref), ref)
+                continue
             name, work = self._in_flight.pop(ref)
             try:
                 result = ray.get(ref)
@@ -173,7 +204,6 @@ class RayPool:
             else:
                 self._free.append(name)
                 out.append((work, result))
-        self._dispatch_retries()
         return out
 
     def info(self) -> dict:
@@ -191,8 +221,18 @@ class RayPool:
         name = f"{self._prefix}-{self._count}"
         self._actors[name] = self._cls.options(name=name, **self._options).remote(
             **self.worker_kwargs)
-        self._free.append(name)
         return name
+
+    def _started(self, name: str, info_ref: ray.ObjectRef) -> None:
+        """A replacement answered `info()` (it has loaded) or died trying."""
+        try:
+            info = ray.get(info_ref)
+        except RayError as e:
+            self._lost(name, e)
+        else:
+            self._free.append(name)
+            self.on_event("actor_ready", {"name": name, "pid": info.get("pid"),
+                                          "node_id": info.get("node_id")})
 
     def _check_started(self) -> list[dict]:
         """Wait for every actor to load the model; a failure here is fatal (not a fault)."""
@@ -211,6 +251,7 @@ class RayPool:
         if self.replacements < self.max_replacements:
             self.replacements += 1
             new = self._start()
+            self._starting[self._actors[new].info.remote()] = new
             self.on_event("actor_started", {"name": new})
         elif not self._actors:
             raise ClusterError(f"all {self.what} actors died ({self.failures} failures, "
@@ -224,6 +265,11 @@ class RayPool:
 def _first_line(e: Exception) -> str:
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+def node_id() -> str:
+    """The Ray node this process runs on (hex id, as `ray.nodes()` names it)."""
+    return ray.get_runtime_context().get_node_id()
 
 
 def local_cpus() -> int:

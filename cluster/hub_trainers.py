@@ -6,9 +6,9 @@ wraps and unwraps it per module). A call returns the module's files as bytes (`T
 and the build writes them, so this works on a multi-node cluster without a shared filesystem,
 and a module is on disk (and in `hub.json`) the moment it is done: a killed build resumes there.
 
-Faults are the pool's (`cluster/actors.py`): a crashed actor is restarted by Ray and its call
-re-run; one gone for good is replaced and its task re-queued; a task whose training raises, or
-that keeps killing actors, comes back as an exception and the build reports it as skipped.
+Faults are the pool's (`cluster/actors.py`): an actor that dies (crashed, killed, node lost) is
+replaced and its task re-queued on a live one; a task whose training raises, or that keeps
+killing actors, comes back as an exception and the build reports it as skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from lorahub_serve.cluster.actors import RayPool, ray_pool
+from lorahub_serve.cluster.actors import RayPool, node_id, ray_pool
 
 
 class HubTrainer:
@@ -37,7 +37,7 @@ class HubTrainer:
         self.net, self.tok = load_base(resolve_model(model))
 
     def info(self) -> dict:
-        return {"pid": os.getpid()}
+        return {"pid": os.getpid(), "node_id": node_id()}
 
     def run(self, work):
         """Train `work.task` with `work.cfg` (a `hub_build.TrainWork`); returns a TrainedModule."""
