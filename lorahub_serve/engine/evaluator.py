@@ -37,7 +37,7 @@ from .multilora import attach
 class EncodedTask:
     """One task's few-shot examples, encoded once, as device tensors.
 
-    Per example e: ids[e] [L_e] (causal: prompt + target; seq2seq: the encoder input),
+    Per example e: ids[e] [L_e] (causal: prompt + target but its last token; seq2seq: the encoder input),
     labels[e] [T_e] (the tokens loss is taken on), target_pos[e] [T_e] (causal: the position
     whose logits predict each label; position t predicts token t+1).
     """
@@ -160,8 +160,8 @@ class Evaluator:
         if self.seq2seq:
             ids = [dev(e.prompt_ids) for e in encoded]
             pos = [dev(range(len(e.target_ids))) for e in encoded]
-        else:
-            ids = [dev(e.prompt_ids + e.target_ids) for e in encoded]
+        else:  # the last token is never an input whose prediction is scored: leave it out
+            ids = [dev((e.prompt_ids + e.target_ids)[:-1]) for e in encoded]
             pos = [dev(range(len(e.prompt_ids) - 1, e.length - 1)) for e in encoded]
         prefix = shared_prefix(encoded) if self.share_prefix else 0
         return EncodedTask(tuple(encoded), tuple(ids), tuple(dev(e.target_ids) for e in encoded), tuple(pos),
