@@ -103,7 +103,10 @@ def vllm_argv(cfg: ServeConfig, model_folder: Path, on_cpu: bool) -> list[str]:
     if on_cpu:
         # float32 is several times faster than bfloat16 on AVX2; the CPU backend refuses to
         # start unless KV cache + this fraction fit NUMA node 0 (see notes/environment.md).
-        argv += ["--dtype", "float32", "--gpu-memory-utilization", "0.5"]
+        argv += ["--dtype", "float32", "--gpu-memory-utilization", "0.5",
+                 # vLLM's CPU LoRA ops apply the last slot's adapter to base-model rows of a
+                 # mixed batch; this extension patches them in each worker (vllm_cpu_fix.py).
+                 "--worker-extension-cls", "lorahub_serve.serving.vllm_cpu_fix.CpuLoraIndexFix"]
     return argv + list(cfg.vllm_args)
 
 

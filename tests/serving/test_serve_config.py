@@ -15,6 +15,7 @@ def test_cpu_arguments_and_passthrough_last(tmp_path):
     assert argv[:2] == ["--model", "/models/m"]
     assert "--enable-lora" in argv and argv[argv.index("--max-lora-rank") + 1] == "32"
     assert argv[argv.index("--host") + 1] == "127.0.0.1"  # local only unless told otherwise
+    assert argv[argv.index("--worker-extension-cls") + 1].endswith("vllm_cpu_fix.CpuLoraIndexFix")
     assert argv.index("float32") < argv.index("bfloat16")  # vLLM's parser: the last one wins
     assert "--dtype" not in vllm_argv(ServeConfig(model="m", store=tmp_path), Path("/m"), on_cpu=False)
 
