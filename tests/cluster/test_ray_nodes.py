@@ -23,7 +23,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture
 def two_nodes(request):
-    """A head and a second node, each of `request.param` CPUs (default 1)."""
+    """(cluster, second node, CPUs): a head and a second node of `request.param` CPUs each (default 1)."""
     from ray.cluster_utils import Cluster
 
     cpus = getattr(request, "param", 1)
@@ -31,7 +31,7 @@ def two_nodes(request):
     try:
         worker = cluster.add_node(num_cpus=cpus)
         cluster.wait_for_nodes()
-        yield cluster, worker
+        yield cluster, worker, cpus
     finally:
         if ray.is_initialized():  # a failed run may leave the driver connected
             ray.shutdown()
@@ -41,7 +41,7 @@ def two_nodes(request):
 @pytest.mark.parametrize("two_nodes", [1, 4], indirect=True, ids=["1cpu", "4cpu"])
 def test_actors_spread_and_a_lost_node_changes_nothing(two_nodes, tiny_llama_dir, tiny_llama_hub,
                                                        reference, tmp_path):
-    cluster, worker = two_nodes
+    cluster, worker, cpus = two_nodes
     events, removed = [], []
 
     def remove_worker_node(event, data):
@@ -49,6 +49,10 @@ def test_actors_spread_and_a_lost_node_changes_nothing(two_nodes, tiny_llama_dir
         if event == "generation" and sum(e == "generation" for e, _ in events) == 2:
             cluster.remove_node(worker)  # its actor dies mid-job
             removed.append(worker.node_id)
+        elif event == "actor_started" and cpus > 1:
+            # the replacement fits on the head: hold the driver until it has loaded, so that it
+            # joins before the tiny job ends (the survivor keeps working meanwhile)
+            ray.get(ray.get_actor(data["name"]).info.remote())
 
     report = run_adapt_batch(str(tiny_llama_dir), tiny_llama_hub, task_pairs(), tmp_path / "store",
                              actors=2, ray_address=cluster.address, config=CONFIG, cpus_per_actor=1,
@@ -57,6 +61,8 @@ def test_actors_spread_and_a_lost_node_changes_nothing(two_nodes, tiny_llama_dir
     assert sorted(node_ids) == sorted([cluster.head_node.node_id, worker.node_id])
     assert removed and report["actor_failures"] >= 1
     assert any(e == "actor_lost" for e, _ in events)
+    ready = [d["node_id"] for e, d in events if e == "actor_ready"]
+    assert ready == ([cluster.head_node.node_id] if cpus > 1 else [])  # 1 CPU: the survivor did the rest
     assert report["done"] == 4 and report["failed"] == 0
     assert_same_results(report["results"], reference)
     assert_store_like_reference(tmp_path / "store", reference)
@@ -66,7 +72,7 @@ def test_cli_ray_address_uses_both_nodes(two_nodes, tiny_llama_dir, tiny_llama_h
                                          capsys):
     from lorahub_serve.cli import main
 
-    cluster, worker = two_nodes
+    cluster, worker, _ = two_nodes
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps({"name": n, "examples": ex}) + "\n" for n, ex in TASKS.items()))
     args = ["adapt-batch", str(tasks), "--hub", str(tiny_llama_hub), "--out", str(tmp_path / "store"),
