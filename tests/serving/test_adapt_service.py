@@ -81,12 +81,24 @@ def _raw_post(url, head: bytes, body: bytes) -> tuple[int, bytes]:
     with socket.create_connection((host, int(port)), timeout=30) as s:
         s.sendall(head + body)
         data = b""
-        while b"\r\n\r\n" not in data:
+        while not _complete(data):
             chunk = s.recv(65536)
             if not chunk:
                 break
             data += chunk
     return int(data.split(b" ", 2)[1]), data
+
+
+def _complete(data: bytes) -> bool:
+    """Whether `data` holds a whole response (headers and Content-Length bytes of body)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return True
 
 
 def _error(r):
