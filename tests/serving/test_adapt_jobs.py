@@ -229,3 +229,22 @@ def test_two_workers_run_two_jobs_at_once_and_cold_mode_works(make_jobs):
 
     job, slots = asyncio.run(scenario())
     assert job.state == "succeeded" and slots == [None]  # cold: the worker left with its job
+
+
+def test_clean_shutdown_requeues_the_running_job(make_jobs):
+    jobs = make_jobs()
+
+    async def scenario():
+        job = jobs.submit(parse_request({"name": "cut", "examples": GOOD, "budget": 100_000}))
+        while job.evaluations == 0:
+            await asyncio.sleep(0.05)
+        await jobs.close()
+        return job
+
+    job = asyncio.run(scenario())
+    record = _record(jobs, job.id)
+    assert record["state"] == "queued" and "shutdown" in record["note"], record
+    again = make_jobs()
+    again.recover()
+    assert again.latest("cut").state == "queued" and again.latest("cut").attempts == 1
+    assert not jobs.store.exists("cut")
