@@ -24,13 +24,18 @@ pytestmark = pytest.mark.ray
 @pytest.fixture
 def two_nodes(request):
     """(cluster, second node, CPUs): a head and a second node of `request.param` CPUs each (default 1)."""
+    from ray._common.utils import reset_ray_address
     from ray.cluster_utils import Cluster
 
     cpus = getattr(request, "param", 1)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": False})
+    cluster = Cluster()
     try:
+        cluster.add_node(num_cpus=cpus, include_dashboard=False)  # the head
         worker = cluster.add_node(num_cpus=cpus)
         cluster.wait_for_nodes()
+        # Cluster advertises itself in /tmp/ray as "the local cluster": forget that, so a plain
+        # ray.init() elsewhere on this machine (other tests, other sessions) starts its own
+        reset_ray_address()
         yield cluster, worker, cpus
     finally:
         if ray.is_initialized():  # a failed run may leave the driver connected
