@@ -61,19 +61,20 @@ class AdaptJob:
     finished: float | None = None
     attempts: int = 0
     evaluations: int = 0
+    budget: int | None = None  # the search's budget (the request's, or the engine's default)
     note: str | None = None  # what happened to the job besides its state (e.g. re-run)
 
     def to_json(self) -> dict:
         return {"id": self.id, "object": "adapter.job", "name": self.request.name,
                 "state": self.state, "loss": self.loss, "error": self.error,
-                "evaluations": self.evaluations, "budget": self.request.budget,
+                "evaluations": self.evaluations, "budget": self.budget or self.request.budget,
                 "attempts": self.attempts, "note": self.note, "created": self.created,
                 "started": self.started, "finished": self.finished}
 
     @classmethod
     def from_record(cls, record: dict, request: AdaptRequest) -> AdaptJob:
         keys = ("state", "loss", "error", "created", "started", "finished", "attempts",
-                "evaluations", "note")
+                "evaluations", "budget", "note")
         return cls(id=record["id"], request=request, **{k: record[k] for k in keys if k in record})
 
 
@@ -315,6 +316,7 @@ class AdaptJobs:
 
         def on_progress(msg: dict) -> None:
             job.evaluations = int(msg.get("evaluations") or 0)
+            job.budget = msg.get("budget") or job.budget
             if msg.get("best_loss") is not None:
                 job.loss = float(msg["best_loss"])
             if time.monotonic() - self._saved_at.get(job.id, 0) >= _PROGRESS_EVERY_S:

@@ -173,7 +173,8 @@ def test_cancel_running_job_keeps_the_worker_warm(make_jobs):
         return long, nxt, same
 
     long, nxt, same = asyncio.run(scenario())
-    assert long.state == "cancelled" and 0 < long.evaluations < 100_000
+    assert long.state == "cancelled" and 0 < long.evaluations < 100_000 == long.budget
+    assert nxt.to_json()["budget"] == 2
     assert nxt.state == "succeeded" and same, "the worker should survive a cancel"
     assert not jobs.store.exists("long")
 
