@@ -34,6 +34,9 @@ def register(subparsers) -> None:
                    "(default 1; 0: start a fresh process per job)")
     p.add_argument("--adapt-queue", type=int, default=16,
                    help="adaptation jobs that may wait in the queue; more get HTTP 429 (default 16)")
+    p.add_argument("--ray-address", default=None,
+                   help="run the adaptation workers as Ray actors of this cluster ('local': start "
+                   "one here); the store must be visible to every node")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER,
                    help="`-- ARGS...`: passed to vLLM's server unchanged")
     p.set_defaults(func=_cmd_serve)
@@ -53,7 +56,8 @@ def _cmd_serve(a) -> int:
         cfg = ServeConfig(model=a.model, store=a.store, hub=a.hub, host=a.host, port=a.port,
                           api_key=a.api_key, max_loras=a.max_loras, max_lora_rank=a.max_lora_rank,
                           adapt_timeout_s=a.adapt_timeout, adapt_workers=a.adapt_workers,
-                          adapt_queue=a.adapt_queue, vllm_args=tuple(extra))
+                          adapt_queue=a.adapt_queue, ray_address=a.ray_address,
+                          vllm_args=tuple(extra))
     except ValueError as e:
         print(f"lorahub-serve serve: {e}", file=sys.stderr)
         return 2

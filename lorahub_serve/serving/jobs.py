@@ -84,12 +84,14 @@ class AdaptJobs:
     def __init__(self, store: AdapterStore, model: str, hub: Path | None, timeout_s: float = 3600,
                  workers: int = 1, max_queued: int = 16,
                  check_examples: Callable[[tuple], None] | None = None,
-                 worker_command: tuple[str, ...] | None = None):
+                 worker_command: tuple[str, ...] | None = None,
+                 worker_factory: Callable[[int], WorkerProcess] | None = None):
         if workers < 0 or max_queued < 1:
             raise ValueError(f"workers must be >= 0 and max_queued >= 1, got {workers}, {max_queued}")
         self.store, self.model, self.hub = store, model, hub
         self.timeout_s, self.workers, self.max_queued = timeout_s, workers, max_queued
         self.check_examples, self.worker_command = check_examples, worker_command
+        self.worker_factory = worker_factory  # slot -> a worker handle (Ray actors); default: processes
         self.dir = store.root / JOBS_DIR
         self.jobs: dict[str, AdaptJob] = {}
         self._by_name: dict[str, AdaptJob] = {}
@@ -264,8 +266,9 @@ class AdaptJobs:
         if worker is None or not worker.alive:
             if worker is not None:
                 await worker.stop()
-            worker = WorkerProcess(self.model, self.hub, self.dir / f"worker-{slot}.log",
-                                   command=self.worker_command)
+            worker = (self.worker_factory(slot) if self.worker_factory is not None else
+                      WorkerProcess(self.model, self.hub, self.dir / f"worker-{slot}.log",
+                                    command=self.worker_command))
             await worker.start()
             self._slots[slot] = worker
         return worker

@@ -67,6 +67,7 @@ class ServeConfig:
     adapt_timeout_s: float = 3600.0
     adapt_workers: int = 1  # warm worker processes; 0: a fresh process per job (cold)
     adapt_queue: int = 16  # jobs waiting at most; more get a 429
+    ray_address: str | None = None  # the workers are Ray actors of this cluster ("local": a new one)
     vllm_args: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -175,7 +176,7 @@ async def _serve(cfg: ServeConfig, args: Namespace, store: AdapterStore, folder:
     signals = StartupSignals()  # until serve_http installs vLLM's graceful-shutdown handlers
     signals.install()
     jobs = AdaptJobs(store, cfg.model, cfg.hub, cfg.adapt_timeout_s, workers=cfg.adapt_workers,
-                     max_queued=cfg.adapt_queue)
+                     max_queued=cfg.adapt_queue, worker_factory=_ray_workers(cfg))
     for line in jobs.recover():  # before anything can write to the store
         print(f"lorahub-serve: {line}", flush=True)
     _, sock = setup_server(args, reuse_port=False)
@@ -198,6 +199,20 @@ async def _serve(cfg: ServeConfig, args: Namespace, store: AdapterStore, folder:
         signals.unwound.set()
         await jobs.close()
         sock.close()
+        if cfg.ray_address is not None:
+            import ray
+
+            ray.shutdown()  # leave Ray (and stop the cluster ray.init started for 'local')
+
+
+def _ray_workers(cfg: ServeConfig):
+    """With --ray-address, a factory of Ray actor workers (cluster/adapt_worker.py); else None."""
+    if cfg.ray_address is None:
+        return None
+    from ..cluster.adapt_worker import RayAdaptWorker
+
+    address = None if cfg.ray_address == "local" else cfg.ray_address
+    return lambda slot: RayAdaptWorker(cfg.model, cfg.hub, address)
 
 
 async def _build_app(engine, args: Namespace, store: AdapterStore, jobs: AdaptJobs,
