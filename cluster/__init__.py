@@ -2,7 +2,8 @@
 
 `run_adapt_batch(...)` (driver.py) adapts a list of tasks at once, packing their populations
 into shared forward passes on `BatchWorker`s (worker.py) — in this process or in Ray actors
-(actors.py, the only module that imports Ray). See docs/cluster.md.
+(actors.py, the only module that imports Ray, with adapt_worker.py: `serve --ray-address`'s
+adaptation workers as actors). See docs/cluster.md.
 """
 
 from __future__ import annotations
