@@ -10,11 +10,8 @@ Everything per task lives on the model's device from `add_task` on (token ids, t
 positions, labels), micro-batches are built by tensor indexing with no per-row Python, and the
 losses accumulate on the device: one host sync per `losses` call.
 
-Shared prefix (decoder-only): a task's examples often start with the same tokens (an instruction,
-BBH's question preamble: 15-30 % of the tokens on half the BBH tasks). Under causal attention
-the prefix's keys and values do not depend on what follows, so each candidate runs the prefix
-once, and every example's suffix attends to that candidate's cached prefix. Exact, not an
-approximation; `share_prefix=False` turns it off.
+How examples are laid out in rows (packed rows with a shared prefix, decoder-only) and rows in
+micro-batches is `packing`'s job; this module runs the passes and takes the loss.
 """
 
 from __future__ import annotations
@@ -31,22 +28,18 @@ from ..data.examples import Example, ExampleError
 from ..prompting import EncodedExample, encode_example, encode_seq2seq, pad_id
 from .hub import HubStack
 from .multilora import attach
+from .packing import MAX_ROW, PackedRow, Segment, layout, pack_segments, shared_prefix
 
 
 @dataclass(frozen=True)
 class EncodedTask:
-    """One task's few-shot examples, encoded once, as device tensors.
-
-    Per example e: ids[e] [L_e] (causal: prompt + target but its last token; seq2seq: the encoder input),
-    labels[e] [T_e] (the tokens loss is taken on), target_pos[e] [T_e] (causal: the position
-    whose logits predict each label; position t predicts token t+1).
-    """
+    """One task's few-shot examples, encoded once, laid out in rows of device tensors (see
+    `packing`; encoder-decoder: one row per example, ids = the encoder input, labels = the
+    decoder labels)."""
 
     examples: tuple[EncodedExample, ...]
-    ids: tuple[torch.Tensor, ...]
-    labels: tuple[torch.Tensor, ...]
-    target_pos: tuple[torch.Tensor, ...]
-    prefix: int = 0  # tokens every example starts with, run once per candidate (0: none shared)
+    rows: tuple[PackedRow, ...]
+    prefix: int = 0  # tokens every example starts with, held once per row (0: none shared)
 
     @property
     def n_target(self) -> int:  # the denominator of the task's mean cross-entropy
@@ -54,55 +47,6 @@ class EncodedTask:
 
     def __len__(self) -> int:
         return len(self.examples)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Rows [start, start + len(cands)) of a micro-batch: example `example` of task `task`, once
-    per candidate in `cands` (all of one length: no padding inside a segment)."""
-
-    task: str
-    example: int
-    cands: np.ndarray  # [n] int64 candidate indices
-    length: int
-
-
-MIN_SHARED_PREFIX = 8  # shorter prefixes save less than the extra pass costs
-
-
-def shared_prefix(encoded: Sequence[EncodedExample]) -> int:
-    """Tokens all examples start with, capped so each example keeps its last prompt token (the
-    position that predicts its first output token) outside the prefix. 0 when not worth sharing."""
-    if len(encoded) < 2:
-        return 0
-    seqs = [e.prompt_ids + e.target_ids for e in encoded]
-    cap = min(len(e.prompt_ids) for e in encoded) - 1
-    n = 0
-    while n < cap and len({s[n] for s in seqs}) == 1:
-        n += 1
-    return n if n >= MIN_SHARED_PREFIX else 0
-
-
-def pack_segments(groups: list[Segment], token_budget: int) -> list[list[Segment]]:
-    """Pack (example × candidates) groups into micro-batches of at most `token_budget` padded
-    tokens, splitting a group that alone exceeds it. Longest first, so neighbours have similar
-    lengths and padding stays small."""
-    batches: list[list[Segment]] = []
-    cur: list[Segment] = []
-    rows = width = 0
-    for g in sorted(groups, key=lambda g: -g.length):
-        per_chunk = max(1, token_budget // g.length)
-        for start in range(0, len(g.cands), per_chunk):
-            seg = Segment(g.task, g.example, g.cands[start:start + per_chunk], g.length)
-            w = max(width, seg.length)
-            if cur and (rows + len(seg.cands)) * w > token_budget:
-                batches.append(cur)
-                cur, rows, w = [], 0, seg.length
-            cur.append(seg)
-            rows, width = rows + len(seg.cands), w
-    if cur:
-        batches.append(cur)
-    return batches
 
 
 class Evaluator:
@@ -114,13 +58,14 @@ class Evaluator:
 
     def __init__(self, model, tokenizer, stack: HubStack, rule: str = "lorahub", backend: str = "auto",
                  token_budget: int = 8192, max_length: int | None = None, truncate: bool = False,
-                 share_prefix: bool = True):
+                 share_prefix: bool = True, max_row: int = MAX_ROW):
         self.model, self.tokenizer, self.stack = model.eval(), tokenizer, stack
         self.rule, self.token_budget = rule, token_budget
         self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.truncate = truncate
         self.share_prefix = share_prefix and not self.seq2seq
+        self.max_row = max_row  # tokens per packed row (1: one example per row, no packing)
         self.handle = attach(model, stack, rule, backend)
         self.device = next(model.parameters()).device
         self.pad_id = pad_id(tokenizer)
@@ -154,18 +99,15 @@ class Evaluator:
         self.tasks[key] = self._to_device(encoded)
 
     def _to_device(self, encoded: list[EncodedExample]) -> EncodedTask:
-        def dev(values) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
-
         if self.seq2seq:
-            ids = [dev(e.prompt_ids) for e in encoded]
-            pos = [dev(range(len(e.target_ids))) for e in encoded]
-        else:  # the last token is never an input whose prediction is scored: leave it out
-            ids = [dev((e.prompt_ids + e.target_ids)[:-1]) for e in encoded]
-            pos = [dev(range(len(e.prompt_ids) - 1, e.length - 1)) for e in encoded]
+            def dev(values) -> torch.Tensor:
+                return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
+
+            rows = tuple(PackedRow(dev(e.prompt_ids), dev(range(len(e.prompt_ids))), None,
+                                   dev(range(len(e.target_ids))), dev(e.target_ids)) for e in encoded)
+            return EncodedTask(tuple(encoded), rows)
         prefix = shared_prefix(encoded) if self.share_prefix else 0
-        return EncodedTask(tuple(encoded), tuple(ids), tuple(dev(e.target_ids) for e in encoded), tuple(pos),
-                           prefix)
+        return EncodedTask(tuple(encoded), layout(encoded, prefix, self.max_row, self.device), prefix)
 
     def remove_task(self, key: str) -> None:
         """Forget a task's encoded examples (a no-op for a key never added)."""
@@ -199,13 +141,12 @@ class Evaluator:
             raise KeyError(f"tasks {unknown} were not added to the evaluator (call add_task first)")
 
     def _groups(self, tasks: Sequence[str]) -> list[Segment]:
-        """One group per (task, example): the candidates of that task (per task, not per row)."""
+        """One group per (task, row): the candidates of that task (per task, not per row)."""
         keys = np.asarray(tasks, dtype=object)
         groups = []
         for task in dict.fromkeys(tasks):
             cands = np.flatnonzero(keys == task)
-            enc = self.tasks[task]
-            groups += [Segment(task, e, cands, len(enc.ids[e])) for e in range(len(enc))]
+            groups += [Segment(task, r, cands, len(row)) for r, row in enumerate(self.tasks[task].rows)]
         return groups
 
     @torch.inference_mode()
@@ -220,16 +161,12 @@ class Evaluator:
         module_idx = np.asarray(module_idx, dtype=np.int64)
         self._validate(tasks, module_idx, weights)
         ce_sum = torch.zeros(len(tasks), dtype=torch.float32, device=self.device)
-        groups = self._groups(tasks)
-        plain = [g for g in groups if not self.tasks[g.task].prefix]
         with self.handle.route(module_idx, weights) as routing:
-            for mb in pack_segments(plain, self.token_budget):
+            for mb in pack_segments(self._groups(tasks), self.token_budget):
                 row_cand = self._host_to_device(np.concatenate([s.cands for s in mb]))
                 routing.row_cand = row_cand
                 ce, cand = self._seq2seq_ce(mb, row_cand) if self.seq2seq else self._causal_ce(mb, row_cand)
                 ce_sum.index_add_(0, cand, ce)
-            for task in dict.fromkeys(g.task for g in groups if self.tasks[g.task].prefix):
-                self._prefixed_ce(task, [g for g in groups if g.task == task], routing, ce_sum)
         n_tok = np.array([self.tasks[t].n_target for t in tasks], dtype=np.float64)
         out = ce_sum.double().cpu().numpy() / np.maximum(n_tok, 1)  # the one host sync
         self.evaluations += len(tasks)
@@ -242,57 +179,45 @@ class Evaluator:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
 
-    def _prefixed_ce(self, task: str, groups: list[Segment], routing, ce_sum: torch.Tensor) -> None:
-        """A task whose examples share `prefix` tokens: the prefix once per candidate (its keys and
-        values cached), then the examples' suffixes against their candidate's cached prefix."""
-        from transformers import DynamicCache
-
-        enc = self.tasks[task]
-        cands = groups[0].cands  # the task's candidates, ascending; every group has them all
-        body = getattr(self.model, self.model.base_model_prefix)
-        prefix_ids = enc.ids[0][: enc.prefix]
-        per_chunk = max(1, self.token_budget // enc.prefix)
-        kv: list[tuple[list, list]] = []
-        for start in range(0, len(cands), per_chunk):
-            routing.row_cand = self._host_to_device(cands[start:start + per_chunk])
-            ids = prefix_ids.expand(len(routing.row_cand), -1)
-            cache = body(input_ids=ids, use_cache=True).past_key_values
-            kv.append(([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]))
-        keys = [torch.cat([k[i] for k, _ in kv]) for i in range(len(kv[0][0]))]  # per layer [C_t, h, P, d]
-        values = [torch.cat([v[i] for _, v in kv]) for i in range(len(kv[0][1]))]
-        suffixes = [Segment(g.task, g.example, g.cands, g.length - enc.prefix) for g in groups]
-        for mb in pack_segments(suffixes, self.token_budget):
-            host_cand = np.concatenate([s.cands for s in mb])
-            row_cand = self._host_to_device(host_cand)
-            rows = self._host_to_device(np.searchsorted(cands, host_cand))  # each row's prefix cache row
-            cache = DynamicCache(ddp_cache_data=[(k[rows], v[rows]) for k, v in zip(keys, values)])
-            routing.row_cand = row_cand
-            ce, cand = self._causal_ce(mb, row_cand, offset=enc.prefix, cache=cache)
-            ce_sum.index_add_(0, cand, ce)
-
-    def _causal_ce(self, mb: list[Segment], row_cand: torch.Tensor, offset: int = 0,
-                   cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _causal_ce(self, mb: list[Segment], row_cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token CE of the output tokens [M] and each token's candidate [M]; logits only at
-        those positions. Rows are right-padded and run without an attention mask: under the causal
-        mask a real token never sees the padding after it, and the fast causal attention applies.
-        offset/cache: the rows continue a cached prefix of `offset` tokens (their ids start there)."""
+        those positions. Rows are right-padded. A micro-batch of one-example rows runs without a
+        mask (the causal mask hides the padding after a token, and the fast causal attention
+        applies); packed rows bring their own mask and position ids."""
         width = max(s.length for s in mb)
-        ids = torch.full((len(row_cand), width), self.pad_id, dtype=torch.long, device=self.device)
+        b = len(row_cand)
+        rows = [self.tasks[s.task].rows[s.row] for s in mb]
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long, device=self.device)
+        packed = any(r.allowed is not None for r in rows)
+        if packed:
+            pos = torch.zeros((b, width), dtype=torch.long, device=self.device)
+            # padding queries see only themselves, so no softmax row is empty
+            allowed = torch.eye(width, dtype=torch.bool, device=self.device).repeat(b, 1, 1)
         start = 0
-        for s in mb:
-            ids[start:start + len(s.cands), : s.length] = self.tasks[s.task].ids[s.example][offset:]
-            start += len(s.cands)
+        for s, row in zip(mb, rows):
+            n, length = len(s.cands), len(row)
+            ids[start:start + n, :length] = row.ids
+            if packed:
+                pos[start:start + n, :length] = row.positions
+                allowed[start:start + n, :length, :length] = (
+                    row.allowed if row.allowed is not None
+                    else torch.ones(length, length, dtype=torch.bool, device=self.device).tril())
+            start += n
         body = getattr(self.model, self.model.base_model_prefix)
-        kwargs = {"past_key_values": cache, "use_cache": True} if cache is not None else {}
+        kwargs = {}
+        if packed:
+            dtype = next(self.model.parameters()).dtype
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
+            kwargs = {"attention_mask": mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None],
+                      "position_ids": pos}
         hidden = body(input_ids=ids, **kwargs).last_hidden_state  # [B, W, H]
         sel, labels, cand = [], [], []
         start = 0
-        for s in mb:
-            enc, n = self.tasks[s.task], len(s.cands)
-            pos, lab = enc.target_pos[s.example] - offset, enc.labels[s.example]
-            sel.append(hidden[start:start + n, pos].flatten(0, 1))  # [n·T, H]
-            labels.append(lab.repeat(n))
-            cand.append(row_cand[start:start + n].repeat_interleave(len(lab)))
+        for s, row in zip(mb, rows):
+            n = len(s.cands)
+            sel.append(hidden[start:start + n, row.target_pos].flatten(0, 1))  # [n·T, H]
+            labels.append(row.labels.repeat(n))
+            cand.append(row_cand[start:start + n].repeat_interleave(len(row.labels)))
             start += n
         logits = self.model.get_output_embeddings()(torch.cat(sel)).float()  # [M, V]
         ce = F.cross_entropy(logits, torch.cat(labels), reduction="none")
@@ -302,17 +227,17 @@ class Evaluator:
         """Encoder-decoder: encoder rows padded with a mask (attention is bidirectional there),
         decoder labels padded with -100."""
         b = len(row_cand)
-        w_in = max(s.length for s in mb)
-        w_out = max(len(self.tasks[s.task].labels[s.example]) for s in mb)
+        rows = [self.tasks[s.task].rows[s.row] for s in mb]
+        w_in, w_out = max(len(r) for r in rows), max(len(r.labels) for r in rows)
         ids = torch.full((b, w_in), self.pad_id, dtype=torch.long, device=self.device)
         mask = torch.zeros((b, w_in), dtype=torch.long, device=self.device)
         labels = torch.full((b, w_out), -100, dtype=torch.long, device=self.device)
         start = 0
-        for s in mb:
-            enc, n = self.tasks[s.task], len(s.cands)
-            ids[start:start + n, : s.length] = enc.ids[s.example]
-            mask[start:start + n, : s.length] = 1
-            labels[start:start + n, : len(enc.labels[s.example])] = enc.labels[s.example]
+        for s, row in zip(mb, rows):
+            n = len(s.cands)
+            ids[start:start + n, :len(row)] = row.ids
+            mask[start:start + n, :len(row)] = 1
+            labels[start:start + n, :len(row.labels)] = row.labels
             start += n
         dec_in = self.model._shift_right(labels.masked_fill(labels == -100, self.pad_id))
         logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_in).logits.float()

@@ -1,5 +1,5 @@
-"""Shared-prefix evaluation: each candidate runs the examples' common prefix once and every
-suffix attends to that candidate's cached keys/values. It must change no loss."""
+"""Packed rows and the shared prefix (engine.packing): a candidate's examples share one row, and
+the examples' common prefix is held once per row. Neither may change any loss."""
 
 import numpy as np
 import pytest
@@ -7,8 +7,8 @@ from peft import PeftModel
 
 from lorahub_serve.data import from_records
 from lorahub_serve.engine.adapt import Engine
-from lorahub_serve.engine.evaluator import MIN_SHARED_PREFIX, shared_prefix
 from lorahub_serve.engine.hub import read_manifest
+from lorahub_serve.engine.packing import MIN_SHARED_PREFIX, Segment, pack_segments, row_groups, shared_prefix
 from lorahub_serve.models import load_base
 from lorahub_serve.prompting import EncodedExample, encode_example
 from lorahub_serve.testing import reference_loss
@@ -22,45 +22,69 @@ SHARED = [{"input": PREAMBLE + ex["input"], "output": ex["output"]} for ex in (
 )]
 
 
+def _ex(prompt, target):
+    return EncodedExample(tuple(prompt), tuple(target))
+
+
 def test_shared_prefix_length_rules():
-    ex = lambda p, t: EncodedExample(tuple(p), tuple(t))
     long = list(range(20))
-    assert shared_prefix([ex(long + [1, 2], [3]), ex(long + [4], [5])]) == 20
+    assert shared_prefix([_ex(long + [1, 2], [3]), _ex(long + [4], [5])]) == 20
     # capped so the last prompt token (it predicts the first output token) stays outside
-    assert shared_prefix([ex(long, [3]), ex(long + [4], [5])]) == 19
-    assert shared_prefix([ex(long[:MIN_SHARED_PREFIX - 1] + [1, 2], [3]),
-                          ex(long[:MIN_SHARED_PREFIX - 1] + [4, 5], [6])]) == 0  # too short to pay
-    assert shared_prefix([ex(long, [1])]) == 0  # one example: nothing to share
+    assert shared_prefix([_ex(long, [3]), _ex(long + [4], [5])]) == 19
+    short = long[:MIN_SHARED_PREFIX - 1]
+    assert shared_prefix([_ex(short + [1, 2], [3]), _ex(short + [4, 5], [6])]) == 0  # too short to pay
+    assert shared_prefix([_ex(long, [1])]) == 0  # one example: nothing to share
+
+
+def test_rows_hold_the_prefix_once_and_stay_under_max_row():
+    assert row_groups([30, 30, 30], prefix=10, max_row=70) == [[0, 1, 2]]  # 10 + 3 x 20
+    assert row_groups([30, 30, 30], prefix=10, max_row=69) == [[0, 1], [2]]
+    assert row_groups([100, 5], prefix=0, max_row=50) == [[0], [1]]  # a long example gets its own row
+
+
+def test_packing_pads_only_where_a_pass_costs_more():
+    cands = np.arange(4)
+    groups = [Segment("t", r, cands, n) for r, n in enumerate((100, 98, 60))]
+    batches = pack_segments(groups, token_budget=10_000, max_pad=0.1, pass_tokens=64)
+    # 98 joins 100 (8 padded tokens); 60 would waste 160 tokens: its own pass
+    assert [[s.length for s in mb] for mb in batches] == [[100, 98], [60]]
+    assert len(pack_segments(groups, token_budget=10_000, max_pad=0.1, pass_tokens=1000)) == 1
+    assert [len(mb) for mb in pack_segments(groups, token_budget=400, max_pad=1.0)] == [1, 1, 1]
 
 
 @pytest.mark.parametrize("rule", ["lorahub", "linear"])
-@pytest.mark.parametrize("token_budget", [8192, 40])  # 40: prefix and suffix passes split in chunks
-def test_shared_prefix_changes_no_loss(tiny_llama_dir, tiny_llama_hub, rule, token_budget):
+@pytest.mark.parametrize("token_budget", [8192, 40])  # 40: rows split into several micro-batches
+def test_packed_rows_and_shared_prefix_change_no_loss(tiny_llama_dir, tiny_llama_hub, rule, token_budget):
     eng = Engine(tiny_llama_dir, tiny_llama_hub, rule=rule, token_budget=token_budget)
     ev = eng.evaluator
+    rng = np.random.default_rng(1)
+    tasks = ["shared"] * 5 + ["other"] * 2 + ["shared"]
+    idx = np.stack([rng.permutation(4) for _ in tasks])
+    w = rng.normal(0, 0.7, (len(tasks), 4)).astype(np.float32)
+    got = {}
     try:
-        ev.add_task("shared", from_records(SHARED))
-        ev.add_task("other", from_records(SHARED[:1]))  # one example: the plain path, same passes
-        assert ev.tasks["shared"].prefix >= MIN_SHARED_PREFIX and ev.tasks["other"].prefix == 0
-        rng = np.random.default_rng(1)
-        tasks = ["shared"] * 5 + ["other"] * 2 + ["shared"]
-        idx = np.stack([rng.permutation(4) for _ in tasks])
-        w = rng.normal(0, 0.7, (len(tasks), 4)).astype(np.float32)
-        got = ev.losses(tasks, idx, w)
-        ev.share_prefix = False
-        ev.add_task("shared", from_records(SHARED))
-        assert ev.tasks["shared"].prefix == 0
-        want = ev.losses(tasks, idx, w)
+        for name, share, max_row in (("packed+prefix", True, 512), ("packed", False, 512),
+                                     ("two rows", True, 30), ("one example per row", False, 1)):
+            ev.share_prefix, ev.max_row = share, max_row
+            ev.add_task("shared", from_records(SHARED))
+            ev.add_task("other", from_records(SHARED[1:2]))  # one example: a plain causal row
+            enc = ev.tasks["shared"]
+            assert (enc.prefix >= MIN_SHARED_PREFIX) == share
+            assert len(enc.rows) == {"packed+prefix": 1, "packed": 1, "one example per row": 4}.get(name, len(enc.rows))
+            got[name] = ev.losses(tasks, idx, w)
     finally:
         eng.close()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert len({len(v) for v in got.values()}) == 1
+    for name, losses in got.items():
+        np.testing.assert_allclose(losses, got["one example per row"], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def test_shared_prefix_equals_peft(tiny_llama_dir, tiny_llama_hub):
+def test_packed_shared_prefix_equals_peft(tiny_llama_dir, tiny_llama_hub):
     """One module alone at weight 1 must give PEFT's own loss for that module."""
     eng = Engine(tiny_llama_dir, tiny_llama_hub)
     try:
         eng.evaluator.add_task("shared", from_records(SHARED))
+        assert len(eng.evaluator.tasks["shared"].rows) == 1
         got = eng.evaluator.losses(["shared"], np.array([[2, 0, 1, 3]]), np.array([[1.0, 0, 0, 0]]))
     finally:
         eng.close()
