@@ -8,7 +8,13 @@ from peft import PeftModel
 from lorahub_serve.data import from_records
 from lorahub_serve.engine.adapt import Engine
 from lorahub_serve.engine.hub import read_manifest
-from lorahub_serve.engine.packing import MIN_SHARED_PREFIX, Segment, pack_segments, row_groups, shared_prefix
+from lorahub_serve.engine.packing import (
+    MIN_SHARED_PREFIX,
+    Segment,
+    pack_segments,
+    row_groups,
+    shared_prefix,
+)
 from lorahub_serve.models import load_base
 from lorahub_serve.prompting import EncodedExample, encode_example
 from lorahub_serve.testing import reference_loss
