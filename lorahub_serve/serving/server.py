@@ -38,14 +38,13 @@ from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..formats import LORA_RANKS  # vLLM's accepted --max-lora-rank values
 from .auth import ApiKeyMiddleware
 from .jobs import AdaptJobs
 from .reaper import start_reaper, stop_reaper
 from .startup_signals import StartupSignals
 from .store import AdapterStore, BaseModelShapes
 
-# vLLM's accepted --max-lora-rank values (vllm.config.lora.MaxLoRARanks).
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # Routes vLLM adds under VLLM_ALLOW_RUNTIME_LORA_UPDATING that load adapters from any path.
 _PATH_LOADING_ROUTES = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter",
                                   "/adapters", "/adapters/{adapter_name}"})
