@@ -2,9 +2,10 @@
 
 `Evaluator.losses(tasks, module_idx, weights)` returns, per candidate c, the mean cross-entropy
 of its task's output tokens given the inputs, with the base model adapted by candidate c's
-composition. All candidates (of one or many tasks) run through shared forward passes:
-rows are (candidate, example) pairs, grouped example-major so a group's rows have one length
-and need no padding, and groups are packed into micro-batches under a token budget.
+composition. All candidates (of one or many tasks) run through shared forward passes: each
+candidate repeats its task's rows (decoder-only: its examples packed into one row or a few), so
+a task's rows for all candidates form groups of one length that need no padding, and groups
+are packed into micro-batches under a token budget.
 
 Everything per task lives on the model's device from `add_task` on (token ids, target
 positions, labels), micro-batches are built by tensor indexing with no per-row Python, and the
@@ -134,8 +135,6 @@ class Evaluator:
                              f"{weights.shape} must agree as [C], [C, K], [C, K]")
         if not np.isfinite(weights).all():
             raise ValueError("candidate weights contain NaN or infinite values")
-        if module_idx.size and (module_idx.min() < 0 or module_idx.max() >= len(self.stack.modules)):
-            raise ValueError(f"module_idx must lie in [0, {len(self.stack.modules)})")
         unknown = sorted(set(tasks) - set(self.tasks))
         if unknown:
             raise KeyError(f"tasks {unknown} were not added to the evaluator (call add_task first)")

@@ -25,11 +25,9 @@ def generate(ev: Evaluator, prompts: Sequence[str], cands: Sequence[int], module
     (special tokens dropped, cut at EOS).
     """
     tok, model = ev.tokenizer, ev.model
-    n_cand, idx = len(weights), np.asarray(module_idx)
+    n_cand = len(weights)
     if len(cands) != len(prompts) or any(not 0 <= c < n_cand for c in cands):
         raise ValueError(f"cands must give each of the {len(prompts)} prompts a candidate in [0, {n_cand})")
-    if idx.size and (idx.min() < 0 or idx.max() >= len(ev.stack.modules)):
-        raise ValueError(f"module_idx must lie in [0, {len(ev.stack.modules)})")
     enc = [prompt_ids(tok, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))  # similar lengths together
     out: list[str] = [""] * len(prompts)

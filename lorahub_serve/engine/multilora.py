@@ -60,8 +60,9 @@ class MultiLoraLinear(torch.nn.Module):
 class Attached:
     """Handle returned by `attach`; `detach()` restores the original layers."""
 
-    def __init__(self, model, originals: dict[str, torch.nn.Linear], routing: Routing):
+    def __init__(self, model, originals: dict[str, torch.nn.Linear], routing: Routing, n_modules: int):
         self.model, self.originals, self.routing = model, originals, routing
+        self.n_modules = n_modules  # hub modules a candidate may name
 
     @contextmanager
     def route(self, module_idx, weights) -> Iterator[Routing]:
@@ -74,6 +75,8 @@ class Attached:
         if module_idx.ndim != 2 or module_idx.shape != weights.shape:
             raise ValueError(f"route: module_idx {module_idx.shape} and weights {weights.shape} must "
                              "both be [C, K]")
+        if module_idx.size and (module_idx.min() < 0 or module_idx.max() >= self.n_modules):
+            raise ValueError(f"module_idx must lie in [0, {self.n_modules})")
         r.module_idx = torch.as_tensor(module_idx, device=device)
         r.weights = torch.as_tensor(weights, device=device)
         try:
@@ -106,4 +109,4 @@ def attach(model: torch.nn.Module, stack: HubStack, rule: str = "lorahub", backe
         wrapped = MultiLoraLinear(base, stack.lora_a[name].to(device), stack.lora_b[name].to(device),
                                   routing, rule, backend)
         _set_submodule(model, name, wrapped)
-    return Attached(model, originals, routing)
+    return Attached(model, originals, routing, len(stack.modules))

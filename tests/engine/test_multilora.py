@@ -32,5 +32,10 @@ def test_route_sets_and_always_resets(tiny_llama_dir, tiny_llama_hub):
             torch.testing.assert_close(net(input_ids=ids).logits, base)  # the plain base model again
             with pytest.raises(ValueError, match=r"must both be \[C, K\]"), handle.route(np.arange(k), np.ones(k)):
                 pass
+            for bad in (-1, k):  # the one range check, for the evaluator and generation alike
+                idx = np.arange(k)[None].copy()
+                idx[0, 0] = bad
+                with pytest.raises(ValueError, match=rf"module_idx must lie in \[0, {k}\)"), handle.route(idx, ones):
+                    pass
         finally:
             handle.detach()
