@@ -70,13 +70,14 @@ def test_packed_rows_and_shared_prefix_change_no_loss(tiny_llama_dir, tiny_llama
     got = {}
     try:
         for name, share, max_row in (("packed+prefix", True, 512), ("packed", False, 512),
-                                     ("two rows", True, 30), ("one example per row", False, 1)):
+                                     ("two rows", True, 70), ("one example per row", False, 1)):
             ev.share_prefix, ev.max_row = share, max_row
             ev.add_task("shared", from_records(SHARED))
             ev.add_task("other", from_records(SHARED[1:2]))  # one example: a plain causal row
             enc = ev.tasks["shared"]
             assert (enc.prefix >= MIN_SHARED_PREFIX) == share
-            assert len(enc.rows) == {"packed+prefix": 1, "packed": 1, "one example per row": 4}.get(name, len(enc.rows))
+            rows_wanted = {"packed+prefix": {1}, "packed": {1}, "two rows": {2, 3}, "one example per row": {4}}
+            assert len(enc.rows) in rows_wanted[name], (name, len(enc.rows))
             got[name] = ev.losses(tasks, idx, w)
     finally:
         eng.close()
