@@ -164,7 +164,7 @@ def main():
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--dtype", default="auto", help="auto: bf16 on CUDA, fp32 on CPU (both modes)")
-    ap.add_argument("--token-budget", type=int, default=8192)
+    ap.add_argument("--token-budget", type=int, default=None)
     args = ap.parse_args()
     import numpy as np
     import torch

@@ -34,7 +34,8 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="model and hub dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per micro-batch")
+    p.add_argument("--token-budget", type=int, default=None,
+                   help="padded tokens per micro-batch (default: 2048 on CPU, 8192 on CUDA)")
     p.add_argument("--max-batch", type=int, default=256, help="most candidates sent to an actor at once")
     p.add_argument("--job-dir", type=Path, default=None, help="job state folder (default OUT/.jobs/<id>)")
     p.add_argument("--truncate", action="store_true", help="truncate over-long examples instead of failing")

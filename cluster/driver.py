@@ -36,7 +36,7 @@ Callback = Callable[[str, dict], None]  # (event, data): actors, generation, tas
 def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[str, Any]] | Sequence[TaskSpec],
                     out_store: str | Path | None, actors: int = 1, ray_address: str | None = None,
                     config: SearchConfig | None = None, modules: int | Sequence[str] | None = None,
-                    rule: str = "lorahub", backend: str = "auto", token_budget: int = 8192,
+                    rule: str = "lorahub", backend: str = "auto", token_budget: int | None = None,
                     job_dir: str | Path | None = None, progress: bool = True, *,
                     cpus_per_actor: int | None = None, max_batch: int = 256,
                     callback: Callback | None = None, engine=None, truncate: bool = False,

@@ -72,7 +72,7 @@ class BatchWorker:
     """
 
     def __init__(self, model: str | Path, hub: str | Path, rule: str = "lorahub",
-                 backend: str = "auto", token_budget: int = 8192, device: str | None = None,
+                 backend: str = "auto", token_budget: int | None = None, device: str | None = None,
                  threads: int | None = None, model_name: str | None = None, truncate: bool = False,
                  allow_pickle: bool = False, engine=None, dtype: str = "auto"):
         import torch

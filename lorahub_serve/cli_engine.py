@@ -60,7 +60,8 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="model and hub dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per micro-batch")
+    p.add_argument("--token-budget", type=int, default=None,
+                   help="padded tokens per micro-batch (default: 2048 on CPU, 8192 on CUDA)")
     p.add_argument("--merge", action="store_true", help="also write OUT-merged, a full merged model")
     p.add_argument("--truncate", action="store_true", help="truncate over-long examples instead of failing")
     p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) adapters you trust")

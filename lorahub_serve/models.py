@@ -165,6 +165,10 @@ def load_base(model: str | Path, dtype: str = "float32"):
     """Load (model, tokenizer) for a registry name or HF folder, in eval mode, in `dtype`
     ("float32" | "bfloat16" | "float16"; resolve "auto" with `resolve_dtype` first)."""
     import torch
+
+    from .light_imports import load_transformers
+
+    load_transformers()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     if dtype not in get_args(Dtype) or dtype == "auto":

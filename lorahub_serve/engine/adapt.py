@@ -82,13 +82,15 @@ class Engine:
     """
 
     def __init__(self, model: str | Path, hub: str | Path, rule: str = "lorahub", backend: str = "auto",
-                 token_budget: int = 8192, allow_pickle: bool = False, truncate: bool = False,
+                 token_budget: int | None = None, allow_pickle: bool = False, truncate: bool = False,
                  device: str | None = None, dtype: str = "auto", warmup: bool = True):
         import torch
 
+        from ..light_imports import load_optimizers
         from ..models import folder_fingerprint, load_base, resolve_dtype, resolve_model
 
         t0 = time.perf_counter()
+        load_optimizers()  # start-up, not the first search, pays nevergrad's and pycma's imports
 
         check_rule(rule)
         self.model_name = str(model)
@@ -172,7 +174,7 @@ def _progress(enabled: bool, total: int, task: str):
 def adapt(model: str | Path, hub: str | Path, examples, out: str | Path | None = None,
           modules: int | Sequence[str] | None = None, budget: int = 40, seed: int = 0,
           rule: str = "lorahub", optimizer: str = "cma", popsize: int | None = None, sigma: float = 0.1,
-          backend: str = "auto", token_budget: int = 8192, merge: bool = False,
+          backend: str = "auto", token_budget: int | None = None, merge: bool = False,
           progress: bool = True, allow_pickle: bool = False, truncate: bool = False,
           dtype: str = "auto") -> AdaptResult:
     """Search composition weights for `examples` and (optionally) export the adapter to `out`."""

@@ -29,7 +29,7 @@ from ..data.examples import Example, ExampleError
 from ..prompting import EncodedExample, encode_example, encode_seq2seq, pad_id
 from .hub import HubStack
 from .multilora import attach
-from .packing import MAX_ROW, PackedRow, Segment, layout, pack_segments, shared_prefix
+from .packing import MAX_ROW, PackedRow, Segment, default_token_budget, layout, pack_segments, shared_prefix
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,15 @@ class Evaluator:
     """Holds the base model with the hub attached; evaluates batches of candidates.
 
     stack: the hub's factors (all modules a candidate may name); rule: "lorahub" | "linear";
-    backend: "auto" | "torch" | "triton"; token_budget: padded tokens per micro-batch.
+    backend: "auto" | "torch" | "triton"; token_budget: padded tokens per micro-batch (None:
+    `packing.default_token_budget` for the model's device).
     """
 
     def __init__(self, model, tokenizer, stack: HubStack, rule: str = "lorahub", backend: str = "auto",
-                 token_budget: int = 8192, max_length: int | None = None, truncate: bool = False,
+                 token_budget: int | None = None, max_length: int | None = None, truncate: bool = False,
                  share_prefix: bool = True, max_row: int = MAX_ROW):
         self.model, self.tokenizer, self.stack = model.eval(), tokenizer, stack
-        self.rule, self.token_budget = rule, token_budget
+        self.rule = rule
         self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.truncate = truncate
@@ -69,6 +70,7 @@ class Evaluator:
         self.max_row = max_row  # tokens per packed row (1: one example per row, no packing)
         self.handle = attach(model, stack, rule, backend)
         self.device = next(model.parameters()).device
+        self.token_budget = token_budget or default_token_budget(self.device)
         self.pad_id = pad_id(tokenizer)
         self.tasks: dict[str, EncodedTask] = {}
         self.evaluations = 0

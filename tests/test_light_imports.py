@@ -1,0 +1,49 @@
+"""The engine's process skips scikit-learn and matplotlib.pyplot, and both still import afterwards."""
+
+import subprocess
+import sys
+import textwrap
+
+
+def _run(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_engine_imports_skip_sklearn_and_pyplot_and_leave_them_importable():
+    out = _run("""
+        import sys
+        import numpy as np
+        from lorahub_serve.light_imports import load_optimizers, load_transformers
+        load_transformers()
+        load_optimizers()
+        from transformers import AutoModelForCausalLM  # noqa: F401
+        print("loaded", "sklearn" in sys.modules, "matplotlib.pyplot" in sys.modules)
+        import nevergrad as ng
+        opt = ng.families.ParametrizedCMA(popsize=4)(ng.p.Array(init=np.zeros(3)).set_mutation(sigma=0.3),
+                                                     budget=40)
+        for _ in range(40):
+            c = opt.ask()
+            opt.tell(c, float(((c.value - 1.0) ** 2).sum()))
+        print("cma", float(np.abs(opt.provide_recommendation().value - 1.0).max()) < 0.5)
+        import matplotlib.pyplot  # noqa: F401
+        import sklearn  # noqa: F401
+        print("after", "sklearn" in sys.modules, "matplotlib.pyplot" in sys.modules)
+    """)
+    assert "loaded False False" in out
+    assert "cma True" in out  # pycma still optimises without its plotting
+    assert "after True True" in out
+
+
+def test_a_package_already_imported_is_not_hidden():
+    out = _run("""
+        import sys
+        import sklearn  # noqa: F401
+        from lorahub_serve.light_imports import hidden
+        with hidden("sklearn"):
+            import sklearn.base  # noqa: F401
+        print("kept", sys.modules["sklearn"] is not None)
+    """)
+    assert "kept True" in out
