@@ -29,6 +29,9 @@ def add_search_arguments(p, budget_help: str = "candidate evaluations, the start
                    help="population (default: leaves at least four updates after the start batch)")
     p.add_argument("--sigma", type=float, default=None, help="CMA-ES initial step in weight units (default 0.1)")
     p.add_argument("--no-onehot-start", action="store_true", help="start the population search at w = 0")
+    p.add_argument("--contrast", type=float, default=0.0,
+                   help="weight of the option term (examples with options also score the other "
+                        "options; engine/objective.py); default 0")
 
 
 def search_config(a):
@@ -37,7 +40,7 @@ def search_config(a):
 
     extra = {} if a.sigma is None else {"sigma": a.sigma}
     return SearchConfig(budget=a.budget, seed=a.seed, optimizer=a.optimizer, popsize=a.popsize,
-                        onehot_start=not a.no_onehot_start, **extra)
+                        onehot_start=not a.no_onehot_start, contrast=a.contrast, **extra)
 
 
 def add_cluster_arguments(p, default_actors: int = 1) -> None:

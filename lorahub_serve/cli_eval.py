@@ -30,7 +30,7 @@ def _cmd_eval(a) -> int:
 
     cfg = EvalConfig(tasks=tuple(a.tasks or BBH_TASKS), seeds=a.seeds, shots=a.shots,
                      limit=a.limit, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt,
-                     soup_k=a.soup_k, rc_limit=a.rc_limit)
+                     soup_k=a.soup_k, rc_limit=a.rc_limit, contrast=a.contrast)
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     rows = run_eval(a.model, a.hub, cfg, generator=a.generator,
                     on_row=lambda rows: write_report(rows, Path(a.out), a.name, command))
@@ -53,6 +53,8 @@ def register(sub) -> None:
     p.add_argument("--budget", type=int, default=40)
     p.add_argument("--modules", type=int, default=None, help="K (default min(20, hub size))")
     p.add_argument("--no-ngopt", action="store_true", help="skip the NGOpt comparison")
+    p.add_argument("--contrast", type=float, default=0.0,
+                   help="weight of the option term in the default search (engine/objective.py)")
     p.add_argument("--rc-limit", type=int, default=None,
                    help="rank classification on the first N evaluation examples only (default: all)")
     p.add_argument("--soup-k", type=int, default=3,

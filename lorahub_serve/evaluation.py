@@ -56,6 +56,7 @@ class EvalConfig:
     modules: int | None = None  # K; default min(20, hub size)
     ngopt: bool = True
     soup_k: int = 3  # modules averaged by the soup baseline (at most K)
+    contrast: float = 0.0  # the default search's option term (engine/objective.py)
     rc_limit: int | None = None  # RC on the first N evaluation examples (None: all); it costs
     # n_options forward passes of every prompt, which dominates a CPU run
 
@@ -106,8 +107,8 @@ def run_searches(engine: Engine, shots: list[Example], key: str, seed: int, cfg:
     """The default search, NGOpt (when `cfg.ngopt`) and the per-module losses, on `shots`."""
     k = cfg.modules
     t0 = time.perf_counter()
-    res = engine.adapt(shots, task=key, modules=k, config=SearchConfig(budget=cfg.budget, seed=seed),
-                       progress=False)
+    res = engine.adapt(shots, task=key, modules=k, progress=False,
+                       config=SearchConfig(budget=cfg.budget, seed=seed, contrast=cfg.contrast))
     idx = res.module_idx
     singles = single_module_losses(engine, res, key, idx)
     t1 = time.perf_counter()

@@ -83,9 +83,11 @@ def from_records(records: Iterable[Any], source: str = "examples") -> list[Examp
     """Validate a Python list of dicts (or `Example`s / (input, output) pairs)."""
     out = []
     for i, rec in enumerate(records):
-        if isinstance(rec, Example):
-            rec = {"input": rec.input, "output": rec.output}
-        elif isinstance(rec, (tuple, list)) and len(rec) == 2:
+        if isinstance(rec, Example):  # keeps its options (rank classification, the option term)
+            _check_record({"input": rec.input, "output": rec.output}, f"{source}[{i}]")
+            out.append(rec)
+            continue
+        if isinstance(rec, (tuple, list)) and len(rec) == 2:
             rec = {"input": rec[0], "output": rec[1]}
         out.append(_check_record(rec, f"{source}[{i}]"))
     if not out:

@@ -21,6 +21,7 @@ from ..data.examples import Example, load_examples
 from .evaluator import Evaluator
 from .export import check_rule, compose_factors, merge_adapter, write_adapter
 from .hub import ModuleInfo, read_manifest, resolve_modules, stack_modules
+from .objective import add_option_task
 from .search import SearchConfig, SearchState, run_search
 
 
@@ -29,7 +30,8 @@ class AdaptResult:
     task: str
     modules: list[ModuleInfo]
     weights: np.ndarray  # [K], aligned with `modules`
-    best_loss: float  # few-shot cross-entropy of the best candidate (without the L1 term)
+    best_loss: float  # few-shot cross-entropy of the best candidate (without the L1 term; with
+    # the option term when config.contrast > 0)
     best_objective: float  # best_loss + l1 · mean|w|
     history: list[float]  # objective (loss + L1) of each evaluation, in order
     optimizer: str
@@ -127,11 +129,19 @@ class Engine:
         exs: list[Example] = load_examples(examples)
         idx = self.module_indices(modules, config.seed)
         self.evaluator.add_task(task, exs)
+        term = add_option_task(self.evaluator, f"{task}\0options", exs) if config.contrast else None
         t0 = time.perf_counter()
         bar = _progress(progress, config.budget, task)
+        n_target = self.evaluator.tasks[task].example_targets
 
         def loss_fn(w: np.ndarray) -> np.ndarray:
-            return self.evaluator.losses([task] * len(w), np.tile(idx, (len(w), 1)), w)
+            if term is None:
+                return self.evaluator.losses([task] * len(w), np.tile(idx, (len(w), 1)), w)
+            p = len(w)  # the examples and their options in the same passes
+            per = self.evaluator.example_losses([task] * p + [term.key] * p, np.tile(idx, (2 * p, 1)),
+                                                np.vstack([w, w]))
+            base = np.array([x @ n_target / n_target.sum() for x in per[:p]])
+            return base + config.contrast * np.array([term.nll(x) for x in per[p:]])
 
         def on_gen(s: SearchState) -> None:
             if bar is not None:
@@ -140,7 +150,11 @@ class Engine:
             if on_generation is not None:
                 on_generation(s)
 
-        state = run_search(loss_fn, len(idx), config, on_gen)
+        try:
+            state = run_search(loss_fn, len(idx), config, on_gen)
+        finally:
+            if term is not None:
+                self.evaluator.remove_task(term.key)
         if bar is not None:
             bar.close()
         result = AdaptResult.from_state(task, self.hub_modules, idx, state, config, self.rule,

@@ -46,6 +46,10 @@ class EncodedTask:
     def n_target(self) -> int:  # the denominator of the task's mean cross-entropy
         return sum(len(e.target_ids) for e in self.examples)
 
+    @property
+    def example_targets(self) -> np.ndarray:  # [E] output tokens scored per example
+        return np.array([len(e.target_ids) for e in self.examples], dtype=np.float64)
+
     def __len__(self) -> int:
         return len(self.examples)
 
@@ -107,7 +111,8 @@ class Evaluator:
                 return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
 
             rows = tuple(PackedRow(dev(e.prompt_ids), dev(range(len(e.prompt_ids))), None,
-                                   dev(range(len(e.target_ids))), dev(e.target_ids)) for e in encoded)
+                                   dev(range(len(e.target_ids))), dev(e.target_ids), dev([i]))
+                         for i, e in enumerate(encoded))
             return EncodedTask(tuple(encoded), rows)
         prefix = shared_prefix(encoded) if self.share_prefix else 0
         return EncodedTask(tuple(encoded), layout(encoded, prefix, self.max_row, self.device), prefix)
@@ -150,26 +155,44 @@ class Evaluator:
             groups += [Segment(task, r, cands, len(row)) for r, row in enumerate(self.tasks[task].rows)]
         return groups
 
-    @torch.inference_mode()
     def losses(self, tasks: Sequence[str], module_idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Mean output-token cross-entropy per candidate.
 
         tasks [C] task keys; module_idx [C, K] int (indices into the stack); weights [C, K].
         Returns [C] float64 losses (no L1 term: that belongs to the search objective).
         """
+        sums = self._ce_sums(tasks, module_idx, weights)
+        n_tok = np.array([self.tasks[t].n_target for t in tasks], dtype=np.float64)
+        return sums.sum(1) / np.maximum(n_tok, 1)
+
+    def example_losses(self, tasks: Sequence[str], module_idx: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
+        """Per candidate: [its task's examples] mean output-token cross-entropy of each example
+        (the same passes as `losses`; rank classification and the option objective use it)."""
+        sums = self._ce_sums(tasks, module_idx, weights)
+        out = []
+        for c, t in enumerate(tasks):
+            n = self.tasks[t].example_targets
+            out.append(sums[c, :len(n)] / np.maximum(n, 1))
+        return out
+
+    @torch.inference_mode()
+    def _ce_sums(self, tasks: Sequence[str], module_idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """[C, E] summed cross-entropy of each candidate's examples (E: the most examples of any
+        task; zeros beyond a task's own), with one host sync."""
         t0 = time.perf_counter()
         weights = np.asarray(weights, dtype=np.float32)
         module_idx = np.asarray(module_idx, dtype=np.int64)
         self._validate(tasks, module_idx, weights)
-        ce_sum = torch.zeros(len(tasks), dtype=torch.float32, device=self.device)
+        width = max(len(self.tasks[t]) for t in dict.fromkeys(tasks)) if len(tasks) else 1
+        ce_sum = torch.zeros(len(tasks) * width, dtype=torch.float32, device=self.device)
         with self.handle.route(module_idx, weights) as routing:
             for mb in pack_segments(self._groups(tasks), self.token_budget):
                 row_cand = self._host_to_device(np.concatenate([s.cands for s in mb]))
                 routing.row_cand = row_cand
-                ce, cand = self._seq2seq_ce(mb, row_cand) if self.seq2seq else self._causal_ce(mb, row_cand)
-                ce_sum.index_add_(0, cand, ce)
-        n_tok = np.array([self.tasks[t].n_target for t in tasks], dtype=np.float64)
-        out = ce_sum.double().cpu().numpy() / np.maximum(n_tok, 1)  # the one host sync
+                ce, cand, example = (self._seq2seq_ce(mb, row_cand) if self.seq2seq
+                                     else self._causal_ce(mb, row_cand))
+                ce_sum.index_add_(0, cand * width + example, ce)
+        out = ce_sum.double().cpu().numpy().reshape(len(tasks), width)  # the one host sync
         self.evaluations += len(tasks)
         self.seconds += time.perf_counter() - t0
         return out
@@ -180,8 +203,8 @@ class Evaluator:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
 
-    def _causal_ce(self, mb: list[Segment], row_cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token CE of the output tokens [M] and each token's candidate [M]; logits only at
+    def _causal_ce(self, mb: list[Segment], row_cand: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-token CE of the output tokens [M], each token's candidate [M] and example [M]; logits only at
         those positions. Rows are right-padded. A micro-batch of one-example rows runs without a
         mask (the causal mask hides the padding after a token, and the fast causal attention
         applies); packed rows bring their own mask and position ids."""
@@ -212,19 +235,20 @@ class Evaluator:
             kwargs = {"attention_mask": mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None],
                       "position_ids": pos}
         hidden = body(input_ids=ids, **kwargs).last_hidden_state  # [B, W, H]
-        sel, labels, cand = [], [], []
+        sel, labels, cand, example = [], [], [], []
         start = 0
         for s, row in zip(mb, rows):
             n = len(s.cands)
             sel.append(hidden[start:start + n, row.target_pos].flatten(0, 1))  # [n·T, H]
             labels.append(row.labels.repeat(n))
+            example.append(row.target_example.repeat(n))
             cand.append(row_cand[start:start + n].repeat_interleave(len(row.labels)))
             start += n
         logits = self.model.get_output_embeddings()(torch.cat(sel)).float()  # [M, V]
         ce = F.cross_entropy(logits, torch.cat(labels), reduction="none")
-        return ce, torch.cat(cand)
+        return ce, torch.cat(cand), torch.cat(example)
 
-    def _seq2seq_ce(self, mb: list[Segment], row_cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _seq2seq_ce(self, mb: list[Segment], row_cand: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Encoder-decoder: encoder rows padded with a mask (attention is bidirectional there),
         decoder labels padded with -100."""
         b = len(row_cand)
@@ -243,4 +267,5 @@ class Evaluator:
         dec_in = self.model._shift_right(labels.masked_fill(labels == -100, self.pad_id))
         logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_in).logits.float()
         ce = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none", ignore_index=-100)
-        return ce.sum(1), row_cand
+        example = torch.cat([row.target_example.expand(len(s.cands)) for s, row in zip(mb, rows)])
+        return ce.sum(1), row_cand, example

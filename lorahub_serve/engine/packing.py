@@ -45,7 +45,8 @@ class PackedRow:
 
     ids [L] token ids; positions [L] position ids (each example continues from the prefix);
     allowed [L, L] bool, allowed[q, k] = query q may attend to key k (None: one example, plain
-    causal); target_pos [T] the positions whose logits predict labels [T].
+    causal); target_pos [T] the positions whose logits predict labels [T]; target_example [T] the
+    task's example index of each label (per-example losses).
     """
 
     ids: torch.Tensor
@@ -53,6 +54,7 @@ class PackedRow:
     allowed: torch.Tensor | None
     target_pos: torch.Tensor
     labels: torch.Tensor
+    target_example: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -108,6 +110,7 @@ def layout(encoded: Sequence[EncodedExample], prefix: int, max_row: int, device)
         ids, pos, seg = list(seqs[members[0]][:prefix]), list(range(prefix)), [-1] * prefix
         target_pos: list[int] = []
         labels: list[int] = []
+        target_example: list[int] = []
         for i in members:
             start = len(ids) - prefix  # row offset of this example's token `prefix`
             e, s = encoded[i], seqs[i]
@@ -116,6 +119,7 @@ def layout(encoded: Sequence[EncodedExample], prefix: int, max_row: int, device)
             seg += [i] * (len(s) - prefix)
             target_pos += [start + p for p in range(len(e.prompt_ids) - 1, e.length - 1)]
             labels += e.target_ids
+            target_example += [i] * len(e.target_ids)
         allowed = None
         if len(members) > 1:
             segs = torch.tensor(seg)
@@ -124,7 +128,7 @@ def layout(encoded: Sequence[EncodedExample], prefix: int, max_row: int, device)
             allowed = allowed.to(device)
         rows.append(PackedRow(*(torch.tensor(v, dtype=torch.long).to(device) for v in (ids, pos)),
                               allowed, *(torch.tensor(v, dtype=torch.long).to(device)
-                                         for v in (target_pos, labels))))
+                                         for v in (target_pos, labels, target_example))))
     return tuple(rows)
 
 

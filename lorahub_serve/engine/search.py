@@ -44,6 +44,8 @@ class SearchConfig:
     seed: int = 0
     bound: float = 1.5  # |w| <= bound
     l1: float = 0.05
+    contrast: float = 0.0  # weight of the option term (engine/objective.py): examples with options
+    # also score their other options, so one label for every question is not a cheap optimum
     optimizer: OptimizerName = "cma"
     popsize: int | None = None  # population optimisers; default `population(k)`
     sigma: float = 0.1  # CMA-ES initial step size, in weight units (bench/search_compare.py)
@@ -60,6 +62,8 @@ class SearchConfig:
             raise ValueError(f"bound must be > 0, got {self.bound}")
         if not (self.sigma > 0 and math.isfinite(self.sigma)):
             raise ValueError(f"sigma must be a positive step size in weight units (e.g. 0.3), got {self.sigma}")
+        if not (self.contrast >= 0 and math.isfinite(self.contrast)):
+            raise ValueError(f"contrast must be a finite weight >= 0, got {self.contrast}")
         if self.popsize is not None and self.popsize < 2:
             raise ValueError(f"popsize must be >= 2, got {self.popsize}")
 
