@@ -187,7 +187,10 @@ def format_example(raw: dict, spec: dict, task: str, index: int, seed: int = 0) 
         target = target[0] if target else None
     if target is None or not str(target).strip():
         return None
-    return Example(f"{head}\n{a_prefix}", " " + str(target).strip())
+    target = str(target).strip()
+    if task in DIGIT_TARGETS:
+        target = number_as_digits(target)
+    return Example(f"{head}\n{a_prefix}", " " + target)
 
 
 def load_task(task: str, seed: int = 0) -> list[Example]:
@@ -224,7 +227,27 @@ def split(examples: list[Example], shots: int, n_eval: int | None, seed: int) ->
     return [examples[i] for i in shot_idx], [examples[i] for i in eval_idx]
 
 
+# BIG-bench spells these tasks' counts as words ("twelve"); BBH, and the model, write digits ("12").
+DIGIT_TARGETS = frozenset({"object_counting"})
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+          "fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50}
+
+
+def number_as_digits(text: str) -> str:
+    """"twelve" -> "12", "twenty-one" -> "21" (0-59); anything else unchanged."""
+    word = text.strip().lower()
+    if word in _UNITS:
+        return str(_UNITS.index(word))
+    tens, _, unit = word.partition("-")
+    if tens in _TENS and (not unit or unit in _UNITS[1:10]):
+        return str(_TENS[tens] + (_UNITS.index(unit) if unit else 0))
+    return text
+
+
 def normalize_answer(text: str) -> str:
-    """The reference's exact-match normalisation: lowercase, strip, drop a trailing period."""
+    """The reference's exact-match normalisation: lowercase, strip, drop a trailing period; and a
+    number spelt as a word reads as its digits ("Twelve." and "12" are the same answer)."""
     text = text.strip().lower()
-    return text[:-1].strip() if text.endswith(".") else text
+    text = text[:-1].strip() if text.endswith(".") else text
+    return number_as_digits(text)

@@ -117,3 +117,15 @@ def test_bbh_is_refused_for_training():
 def test_normalisation():
     assert bigbench.normalize_answer(" (A). ") == "(a)"
     assert bigbench.normalize_answer("Paris.") == "paris"
+
+
+def test_counts_are_digits_as_in_bbh_and_either_spelling_scores():
+    counts = bigbench.load_task("object_counting")
+    assert all(e.output.strip().isdigit() for e in counts)  # BIG-bench's "twelve" is BBH's "12"
+    assert bigbench.number_as_digits("twenty-one") == "21" and bigbench.number_as_digits("Twelve") == "12"
+    assert bigbench.number_as_digits("apples") == "apples"
+    from lorahub_serve.data.examples import Example
+    from lorahub_serve.scoring import score
+    gold = Example("Q: how many?\nA:", " 12")
+    assert score(" 12\nQ: next", gold) and score(" twelve.", gold)
+    assert not score(" 13", gold) and not score(" 120", gold)
