@@ -61,9 +61,6 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
         raise ValueError(f"max_batch must be >= 1 candidate, got {max_batch}")
     check_rule(rule)
     config = config or SearchConfig()
-    if config.contrast:
-        raise ValueError("contrast (the option term) is supported by `adapt` only; adapt-batch "
-                         "scores the few-shot loss")
     specs = specs_from_pairs(tasks)
     hub_modules = read_manifest(Path(hub))
     if modules is None:  # resolved here, as the job id hashes what was chosen

@@ -184,7 +184,8 @@ class Scheduler:
                             for r, (_, _, p) in zip(runs, items)])
         module_idx = np.stack([r.module_idx for r in runs]).astype(np.int64)
         examples = {r.name: r.examples for r in runs}
-        batch = Batch(tuple(r.name for r in runs), module_idx, weights, examples)
+        batch = Batch(tuple(r.name for r in runs), module_idx, weights, examples,
+                      contrast=runs[0].state.config.contrast)  # one search config per job
         return Work("evaluate", items, batch=batch)
 
 

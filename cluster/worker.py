@@ -47,6 +47,7 @@ class Batch:
     module_idx: np.ndarray
     weights: np.ndarray
     examples: dict[str, tuple[Example, ...]]  # every task named in `tasks`
+    contrast: float = 0.0  # the option term's weight (engine/objective.py), the job's search config
 
     def __post_init__(self):
         c = len(self.tasks)
@@ -104,17 +105,18 @@ class BatchWorker:
                 "device": str(e.evaluator.device), "dtype": e.dtype, "pid": os.getpid(),
                 "threads": torch.get_num_threads()}
 
-    def add_tasks(self, examples: dict[str, Sequence[Example]]) -> None:
-        """Register tasks by name; a task already registered with the same examples is skipped.
+    def add_tasks(self, examples: dict[str, Sequence[Example]], contrast: float = 0.0) -> None:
+        """Register tasks by name; a task already registered with the same examples (and
+        contrast) is skipped.
 
         Raises `BadTaskError` naming the first task whose examples cannot be encoded.
         """
         for name, exs in examples.items():
-            digest = examples_digest(exs)
+            digest = f"{examples_digest(exs)}:{contrast}"
             if self._digests.get(name) == digest:
                 continue
             try:
-                self.engine.evaluator.add_task(name, list(exs))
+                self.engine.evaluator.add_task(name, list(exs), contrast=contrast)
             except ValueError as e:  # ExampleError, ExampleTooLongError
                 self._digests.pop(name, None)
                 raise BadTaskError(name, f"task {name!r}: {e}") from None
@@ -122,7 +124,7 @@ class BatchWorker:
 
     def evaluate(self, batch: Batch) -> np.ndarray:
         """Losses [C] (few-shot cross-entropy, no L1 term) of the batch's candidates."""
-        self.add_tasks(batch.examples)
+        self.add_tasks(batch.examples, batch.contrast)
         # copies: arrays that arrive through Ray are read-only views, which torch warns about
         return self.engine.evaluator.losses(list(batch.tasks), np.array(batch.module_idx),
                                             np.array(batch.weights))

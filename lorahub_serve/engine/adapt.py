@@ -21,7 +21,6 @@ from ..data.examples import Example, load_examples
 from .evaluator import Evaluator
 from .export import check_rule, compose_factors, merge_adapter, write_adapter
 from .hub import ModuleInfo, read_manifest, resolve_modules, stack_modules
-from .objective import add_option_task
 from .search import SearchConfig, SearchState, run_search
 
 
@@ -128,20 +127,12 @@ class Engine:
         config = config or SearchConfig()
         exs: list[Example] = load_examples(examples)
         idx = self.module_indices(modules, config.seed)
-        self.evaluator.add_task(task, exs)
-        term = add_option_task(self.evaluator, f"{task}\0options", exs) if config.contrast else None
+        self.evaluator.add_task(task, exs, contrast=config.contrast)
         t0 = time.perf_counter()
         bar = _progress(progress, config.budget, task)
-        n_target = self.evaluator.tasks[task].example_targets
 
         def loss_fn(w: np.ndarray) -> np.ndarray:
-            if term is None:
-                return self.evaluator.losses([task] * len(w), np.tile(idx, (len(w), 1)), w)
-            p = len(w)  # the examples and their options in the same passes
-            per = self.evaluator.example_losses([task] * p + [term.key] * p, np.tile(idx, (2 * p, 1)),
-                                                np.vstack([w, w]))
-            base = np.array([x @ n_target / n_target.sum() for x in per[:p]])
-            return base + config.contrast * np.array([term.nll(x) for x in per[p:]])
+            return self.evaluator.losses([task] * len(w), np.tile(idx, (len(w), 1)), w)
 
         def on_gen(s: SearchState) -> None:
             if bar is not None:
@@ -150,11 +141,7 @@ class Engine:
             if on_generation is not None:
                 on_generation(s)
 
-        try:
-            state = run_search(loss_fn, len(idx), config, on_gen)
-        finally:
-            if term is not None:
-                self.evaluator.remove_task(term.key)
+        state = run_search(loss_fn, len(idx), config, on_gen)
         if bar is not None:
             bar.close()
         result = AdaptResult.from_state(task, self.hub_modules, idx, state, config, self.rule,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..data.examples import Example, ExampleError
 from ..prompting import EncodedExample, encode_example, encode_seq2seq, pad_id
 from .hub import HubStack
+from .objective import OptionTerm, option_examples
 from .multilora import attach
 from .packing import MAX_ROW, PackedRow, Segment, default_token_budget, layout, pack_segments, shared_prefix
 
@@ -77,6 +78,7 @@ class Evaluator:
         self.token_budget = token_budget or default_token_budget(self.device)
         self.pad_id = pad_id(tokenizer)
         self.tasks: dict[str, EncodedTask] = {}
+        self.option_terms: dict[str, tuple[OptionTerm, float]] = {}  # task -> (its options, contrast)
         self.evaluations = 0
         self.seconds = 0.0
         self.warmup_seconds = 0.0
@@ -85,12 +87,14 @@ class Evaluator:
         self.handle.detach()
 
     def add_task(self, key: str, examples: Sequence[Example], *, eos: bool = True,
-                 truncate: bool | None = None) -> None:
+                 truncate: bool | None = None, contrast: float = 0.0) -> None:
         """Encode `examples` under `key` (replacing any task of that name) into device tensors.
 
         eos: score the output's EOS token too (the search's objective) or the output alone (rank
         classification); truncate: drop a too-long prompt's oldest tokens instead of raising
-        (default: the evaluator's setting).
+        (default: the evaluator's setting); contrast: weight of the option term
+        (`engine/objective.py`) that `losses` adds for this task (0: none; examples without
+        options add nothing).
         """
         if not examples:
             raise ExampleError(f"task {key!r}: no few-shot examples; at least one is needed")
@@ -103,7 +107,15 @@ class Evaluator:
                 encoded.append(enc(self.tokenizer, ex, self.max_length, **kwargs))
             except ValueError as e:
                 raise ExampleError(f"task {key!r}, example {i}: {e}") from None
-        self.tasks[key] = self._to_device(encoded)
+        task = self._to_device(encoded)
+        self.remove_task(key)
+        self.tasks[key] = task
+        if contrast:
+            flat, sizes, gold = option_examples(examples)
+            if flat:
+                term = OptionTerm(f"{key}\0options", tuple(sizes), tuple(gold))
+                self.add_task(term.key, flat, eos=False, truncate=truncate)
+                self.option_terms[key] = (term, float(contrast))
 
     def _to_device(self, encoded: list[EncodedExample]) -> EncodedTask:
         if self.seq2seq:
@@ -118,8 +130,11 @@ class Evaluator:
         return EncodedTask(tuple(encoded), layout(encoded, prefix, self.max_row, self.device), prefix)
 
     def remove_task(self, key: str) -> None:
-        """Forget a task's encoded examples (a no-op for a key never added)."""
+        """Forget a task's encoded examples, and its option examples (a no-op for a key never added)."""
         self.tasks.pop(key, None)
+        term = self.option_terms.pop(key, None)
+        if term is not None:
+            self.tasks.pop(term[0].key, None)
 
     def warmup(self) -> float:
         """One tiny batch through every adapted layer, so kernel JIT and allocator start-up are paid
@@ -159,11 +174,26 @@ class Evaluator:
         """Mean output-token cross-entropy per candidate.
 
         tasks [C] task keys; module_idx [C, K] int (indices into the stack); weights [C, K].
-        Returns [C] float64 losses (no L1 term: that belongs to the search objective).
+        Returns [C] float64 losses (no L1 term: that belongs to the search objective); a task
+        added with `contrast` gets its option term added, from the same passes.
         """
+        c = len(tasks)
+        extra = [i for i, t in enumerate(tasks) if t in self.option_terms]
+        if extra:  # each such candidate also runs its task's option examples
+            module_idx, weights = np.asarray(module_idx), np.asarray(weights)
+            tasks = list(tasks) + [self.option_terms[tasks[i]][0].key for i in extra]
+            module_idx = np.concatenate([module_idx, module_idx[extra]])
+            weights = np.concatenate([weights, weights[extra]])
         sums = self._ce_sums(tasks, module_idx, weights)
-        n_tok = np.array([self.tasks[t].n_target for t in tasks], dtype=np.float64)
-        return sums.sum(1) / np.maximum(n_tok, 1)
+        n_tok = np.array([self.tasks[t].n_target for t in tasks[:c]], dtype=np.float64)
+        out = sums[:c].sum(1) / np.maximum(n_tok, 1)
+        for j, i in enumerate(extra):
+            term, contrast = self.option_terms[tasks[i]]
+            n = self.tasks[term.key].example_targets
+            out[i] += contrast * term.nll(sums[c + j, :len(n)] / np.maximum(n, 1))
+        if extra:
+            self.evaluations -= len(extra)  # one evaluation per candidate, options included
+        return out
 
     def example_losses(self, tasks: Sequence[str], module_idx: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
         """Per candidate: [its task's examples] mean output-token cross-entropy of each example

@@ -7,6 +7,10 @@ question the majority label; measured on BBH, LoraHub's greedy answers then coll
 example with options, the negative log-probability of the gold option under a softmax over the
 options' mean per-token log-likelihoods (rank classification's scores). A constant answer gains
 nothing there. Objective = loss + contrast · mean option NLL + l1 · mean|w|.
+
+`Evaluator.add_task(key, examples, contrast=λ)` registers the option examples beside the task,
+and `Evaluator.losses` then returns loss + λ · option NLL for that task's candidates, computed in
+the same passes as the loss: `adapt`, `adapt-batch` and the cluster all search the same objective.
 """
 
 from __future__ import annotations
@@ -52,13 +56,3 @@ def option_examples(examples: Sequence[Example]) -> tuple[list[Example], list[in
             sizes.append(len(ex.choices))
             gold.append(ex.gold_index)
     return flat, sizes, gold
-
-
-def add_option_task(evaluator, key: str, examples: Sequence[Example]) -> OptionTerm | None:
-    """Register the option examples of `examples` under `key` (answer strings scored without EOS,
-    as rank classification does); None when no example has options."""
-    flat, sizes, gold = option_examples(examples)
-    if not flat:
-        return None
-    evaluator.add_task(key, flat, eos=False)
-    return OptionTerm(key, tuple(sizes), tuple(gold))

@@ -99,3 +99,32 @@ def test_cli_adapt_batch(tiny_llama_dir, tiny_llama_hub, reference, tmp_path, ca
     tasks.write_text("{oops\n")
     assert main(args) == 2
     assert "tasks.jsonl:1: invalid JSON" in capsys.readouterr().err
+
+
+def test_contrast_searches_the_same_objective_as_adapt(tiny_llama_dir, tiny_llama_hub, tmp_path):
+    """The option term travels with the batch: adapt-batch with contrast = adapt with contrast."""
+    from dataclasses import replace
+
+    from _cluster_common import LOSS_TOL
+
+    from lorahub_serve.data.examples import Example
+    from lorahub_serve.engine.adapt import Engine
+
+    labeled = {n: [Example(f"Q: is the {w} {c}?\nA:", f" {a}", ("yes", "no"), "text")
+                   for w, a in (("cat", "no"), ("dog", "yes"), ("sky", "yes"), ("cat", "yes"))]
+               for n, c in (("blue", "blue"), ("red", "red"))}
+    config = replace(CONFIG, contrast=1.0)
+    engine = Engine(str(tiny_llama_dir), tiny_llama_hub)
+    try:
+        want = {n: engine.adapt(ex, task=n, config=config, progress=False) for n, ex in labeled.items()}
+        plain = engine.adapt(labeled["blue"], task="plain", config=CONFIG, progress=False)
+    finally:
+        engine.close()
+    report = _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "store", tasks=list(labeled.items()),
+                  config=config)
+    assert report["done"] == 2
+    for n in labeled:
+        got = report["results"][n]
+        assert abs(got.best_loss - want[n].best_loss) < LOSS_TOL, n
+        assert got.weights.tolist() == want[n].weights.tolist(), n
+    assert abs(want["blue"].best_loss - plain.best_loss) > 1e-3  # the term changed the objective

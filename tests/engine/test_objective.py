@@ -56,7 +56,9 @@ def test_contrast_adds_the_option_term_to_the_searched_loss(tiny_llama_dir, tiny
         res = eng.adapt(LABELED, task="contrast", config=SearchConfig(budget=8, seed=1, contrast=1.0),
                         progress=False, out=tmp_path / "contrast")
         ev = eng.evaluator
-        assert "contrast\0options" not in ev.tasks  # the option task is temporary
+        assert "contrast\0options" in ev.tasks  # registered with its task...
+        ev.add_task("contrast", LABELED)  # ...and gone when the task is added again without contrast
+        assert "contrast\0options" not in ev.tasks and "contrast" not in ev.option_terms
         idx = np.array([res.module_idx])
         w = res.weights[None].astype(np.float32)
         base = ev.losses(["contrast"], idx, w)[0]
