@@ -8,7 +8,9 @@ Compares, on the tasks both reports share:
   + CMA σ 0.1 search, one answer extractor), which also keeps each answer's strict exact match,
   so the scoring change is measured on the very same answers;
 - within "after": best single module (the search's start batch alone) against LoraHub (start +
-  CMA), the search's part in accuracy; and the few-shot objective against NGOpt's.
+  CMA), the search's part in accuracy; and the few-shot objective against NGOpt's;
+- the option term: bench/results/bbh_contrast.json (`lorahub-serve eval ... --contrast 1`) against
+  the same task-seeds of the table.
 
     .venv/bin/python bench/bbh_ablation.py
 """
@@ -64,6 +66,35 @@ def moved_by(figures: dict, steps: list) -> list[str]:
             *(f"| {a} | {b} | {c} |" for a, b, c in rows)]
 
 
+def option_term(after: list[dict], figures: dict) -> list[str]:
+    """The option term (`--contrast 1`) against the default objective, on the task-seeds that
+    bbh_contrast.json shares with the table (same shots, evaluation set and modules)."""
+    path = RESULTS / "bbh_contrast.json"
+    if not path.exists():
+        return []
+    runs = json.loads(path.read_text())["rows"]
+    base = {(r["task"], r["seed"]): r for r in after}
+    shared = [(r, base[(r["task"], r["seed"])]) for r in runs if (r["task"], r["seed"]) in base]
+    tasks = list(dict.fromkeys(r["task"] for r, _ in shared))
+    out = ["", "Option term (`--contrast 1`: the search also scores the wrong options) against the "
+           f"default objective, {len(shared)} task-seeds ({', '.join(tasks)}):", "",
+           "| task | seeds | default EM | option term EM | default RC | option term RC |",
+           "|---|---|---|---|---|---|"]
+    moved = {}
+    for t in tasks:
+        pairs = [(r, b) for r, b in shared if r["task"] == t]
+        em = [statistics.mean(x["lorahub"] for x in col) for col in zip(*pairs)][::-1]
+        rc = [statistics.mean(x["lorahub_rc"] for x in col if x.get("lorahub_rc") is not None)
+              for col in zip(*pairs)][::-1]
+        moved[t] = {"default_em": em[0], "contrast_em": em[1], "default_rc": rc[0], "contrast_rc": rc[1]}
+        out.append(f"| {t} | {len(pairs)} | {em[0]:.1f} | {em[1]:.1f} | {rc[0]:.1f} | {rc[1]:.1f} |")
+    mean = {k: statistics.mean(v[k] for v in moved.values()) for k in next(iter(moved.values()))}
+    out.append(f"| **mean** | | {mean['default_em']:.1f} | {mean['contrast_em']:.1f} | "
+               f"{mean['default_rc']:.1f} | {mean['contrast_rc']:.1f} |")
+    figures["option_term"] = {"per_task": moved, "mean": mean}
+    return out
+
+
 def main() -> None:
     before = json.loads((RESULTS / "bbh_smollm2-20261125-letters.json").read_text())["rows"]
     after = json.loads((RESULTS / "bbh_smollm2.json").read_text())["rows"]
@@ -90,6 +121,7 @@ def main() -> None:
                 "(same run, same shots, same modules).")
     lines += ["", objective, accuracy]
     lines += ["", *moved_by(figures, steps)]
+    lines += option_term(after, figures)
     print("\n".join(lines))
     print(*write_result("bbh_ablation", figures, "\n".join(lines)))
 
