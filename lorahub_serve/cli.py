@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -119,5 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The `lorahub-serve` command: `main`, then exit without the interpreter's last garbage
+    collection, which walks every object torch and transformers made (~0.7 s of each `adapt`).
+    Everything is written and closed by then; exit handlers (Ray's included) still run."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -47,3 +47,23 @@ def test_a_package_already_imported_is_not_hidden():
         print("kept", sys.modules["sklearn"] is not None)
     """)
     assert "kept True" in out
+
+
+def test_the_command_exits_with_mains_code_after_writing_everything(tiny_llama_dir, tiny_llama_hub, tmp_path):
+    """`lorahub-serve` (cli.run) skips the last garbage collection: the adapter is still whole,
+    and a failure still exits non-zero with its message."""
+    import json
+
+    from lorahub_serve import testing
+
+    examples = tmp_path / "ex.jsonl"
+    examples.write_text("".join(json.dumps(e) + "\n" for e in testing.FEW_SHOT))
+    out = tmp_path / "store" / "task"
+    cmd = [sys.executable, "-m", "lorahub_serve.cli", "adapt", "--model", str(tiny_llama_dir),
+           "--hub", str(tiny_llama_hub), "--examples", str(examples), "--budget", "6", "--out", str(out)]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    meta = json.loads((out / "lorahub.json").read_text())
+    assert meta["evaluations"] == 6 and (out / "adapter_model.safetensors").stat().st_size > 0
+    bad = subprocess.run(cmd[:-2] + ["--budget", "0"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "budget" in bad.stderr
