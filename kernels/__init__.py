@@ -5,11 +5,26 @@ building blocks (lorahub rule: compose_shrink → compose_expand; linear rule:
 stacked_shrink → stacked_expand).
 """
 
-from lorahub_serve.kernels.compose_expand import compose_expand, compose_expand_ref
-from lorahub_serve.kernels.compose_shrink import compose_shrink, compose_shrink_ref
+import importlib
+
 from lorahub_serve.kernels.dispatch import Backend, Rule, available_backends, lora_delta
-from lorahub_serve.kernels.stacked_expand import stacked_expand, stacked_expand_ref
-from lorahub_serve.kernels.stacked_shrink import stacked_shrink, stacked_shrink_ref
+
+# The kernels (and Triton with them) load on first use: the CPU engine needs only `lora_delta`.
+# Import them from this package (`from lorahub_serve.kernels import compose_shrink`), not from
+# their modules, which share their names.
+_LAZY = {name: mod for mod in ("compose_expand", "compose_shrink", "stacked_expand", "stacked_shrink")
+         for name in (mod, f"{mod}_ref")}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lorahub_serve.kernels' has no attribute {name!r}")
+    mod = _LAZY[name]
+    loaded = importlib.import_module(f"lorahub_serve.kernels.{mod}")
+    # importing binds the submodule under its own name, which is also the kernel's: rebind both
+    # names to the functions, as eager imports would
+    globals().update({mod: getattr(loaded, mod), f"{mod}_ref": getattr(loaded, f"{mod}_ref")})
+    return globals()[name]
 
 __all__ = [
     "Backend",

@@ -14,16 +14,16 @@ against the whole hub when it is small (N <= 2K), else bmm's against gathered st
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Literal, get_args
 
 import torch
 
 from lorahub_serve.kernels import _checks
-from lorahub_serve.kernels._runtime import interpreter_enabled
-from lorahub_serve.kernels.compose_expand import compose_expand
-from lorahub_serve.kernels.compose_shrink import compose_shrink
-from lorahub_serve.kernels.stacked_expand import stacked_expand
-from lorahub_serve.kernels.stacked_shrink import stacked_shrink
+
+# Triton is imported only when a kernel runs: the torch path (CPU) never loads it (0.1 s, and
+# its bindings' objects would outlive the CLI's frozen exit, see cli.run).
 
 Rule = Literal["lorahub", "linear"]
 Backend = Literal["auto", "torch", "triton"]
@@ -35,6 +35,15 @@ def available_backends() -> tuple[str, ...]:
     if torch.cuda.is_available() or interpreter_enabled():
         return ("torch", "triton")
     return ("torch",)
+
+
+def interpreter_enabled() -> bool:
+    """TRITON_INTERPRET=1, read now (through Triton's own knobs once Triton is loaded)."""
+    if "triton" in sys.modules:
+        from lorahub_serve.kernels._runtime import interpreter_enabled as from_knobs
+
+        return from_knobs()
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes", "y")
 
 
 def lora_delta(
@@ -66,13 +75,15 @@ def lora_delta(
         torch_path = _lorahub_torch if rule == "lorahub" else _linear_torch
         delta = torch_path(x, lora_a, lora_b, module_idx, weights, row_cand, out)
         return delta if out is None else out
+    from lorahub_serve import kernels  # through the package: it loads them on first use
+
     b, t = x.shape[:2]
     y = out if out is not None else torch.zeros((b, t, lora_b.shape[1]), dtype=x.dtype, device=x.device)
     if rule == "lorahub":
-        h = compose_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
-        return compose_expand(h, lora_b, module_idx, weights, row_cand, y, check_indices=False)
-    h = stacked_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
-    return stacked_expand(h, lora_b, module_idx, row_cand, y, check_indices=False)
+        h = kernels.compose_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
+        return kernels.compose_expand(h, lora_b, module_idx, weights, row_cand, y, check_indices=False)
+    h = kernels.stacked_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
+    return kernels.stacked_expand(h, lora_b, module_idx, row_cand, y, check_indices=False)
 
 
 def _validate(x, lora_a, lora_b, module_idx, weights, row_cand, rule, backend, out, check_indices) -> None:
