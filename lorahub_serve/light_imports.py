@@ -4,11 +4,14 @@ Two of our dependencies import packages they only use for features we never call
 - transformers' generation code imports scikit-learn (~1 s here) when it is installed, for the
   assistant-confidence tuning of assisted decoding;
 - pycma imports matplotlib.pyplot (~0.5 s) for its plotting helpers; nevergrad's optional
-  Bayesian-optimisation wrapper (bayes_opt) imports scikit-learn.
+  Bayesian-optimisation wrapper (bayes_opt) imports scikit-learn;
+- torch._dynamo, imported by transformers' masking code, imports Triton (~0.2 s), which only a
+  CUDA machine can use (our kernels import it themselves when they run).
 
 Each is imported here once with those packages hidden, so the optional parts see them as not
 installed. Hiding is limited to that import: afterwards `import sklearn` and `import
-matplotlib.pyplot` work as usual, and a package the process has already imported is never hidden.
+matplotlib.pyplot` (and `import triton`) work as usual, and a package the process has already
+imported is never hidden.
 """
 
 from __future__ import annotations
@@ -34,11 +37,17 @@ def hidden(*names: str) -> Iterator[None]:
 
 
 def load_transformers() -> None:
-    """Import transformers' model and generation code without scikit-learn."""
+    """Import transformers' model and generation code without scikit-learn, and on a machine
+    without CUDA without Triton (transformers' masking code imports torch._dynamo, which imports
+    Triton when installed; without CUDA nothing runs compiled Triton code)."""
     if "transformers.generation.candidate_generator" in sys.modules:
         return
-    with hidden("sklearn"):
+    import torch
+
+    names = ("sklearn",) if torch.cuda.is_available() else ("sklearn", "triton")
+    with hidden(*names):
         import transformers.generation.candidate_generator  # noqa: F401  (checks for sklearn once, here)
+        import transformers.models.auto.modeling_auto  # noqa: F401  (masking_utils -> torch._dynamo)
 
 
 def load_optimizers() -> None:

@@ -23,6 +23,8 @@ def test_engine_imports_skip_sklearn_and_pyplot_and_leave_them_importable():
         load_optimizers()
         from transformers import AutoModelForCausalLM  # noqa: F401
         print("loaded", "sklearn" in sys.modules, "matplotlib.pyplot" in sys.modules)
+        import torch
+        print("triton kept out", torch.cuda.is_available() or "triton" not in sys.modules)
         import nevergrad as ng
         param = ng.p.Array(init=np.zeros(3)).set_mutation(sigma=0.3)
         param.random_state = np.random.RandomState(0)  # seeded: the test must not be flaky
@@ -33,11 +35,13 @@ def test_engine_imports_skip_sklearn_and_pyplot_and_leave_them_importable():
         print("cma", float(np.abs(opt.provide_recommendation().value - 1.0).max()) < 0.5)
         import matplotlib.pyplot  # noqa: F401
         import sklearn  # noqa: F401
-        print("after", "sklearn" in sys.modules, "matplotlib.pyplot" in sys.modules)
+        import triton  # noqa: F401
+        print("after", "sklearn" in sys.modules, "matplotlib.pyplot" in sys.modules, "triton" in sys.modules)
     """)
     assert "loaded False False" in out
     assert "cma True" in out  # pycma still optimises without its plotting
-    assert "after True True" in out
+    assert "triton kept out True" in out
+    assert "after True True True" in out
 
 
 def test_a_package_already_imported_is_not_hidden():
