@@ -76,8 +76,8 @@ def option_term(after: list[dict], figures: dict) -> list[str]:
     base = {(r["task"], r["seed"]): r for r in after}
     shared = [(r, base[(r["task"], r["seed"])]) for r in runs if (r["task"], r["seed"]) in base]
     tasks = list(dict.fromkeys(r["task"] for r, _ in shared))
-    out = ["", "Option term (`--contrast 1`: the search also scores the wrong options) against the "
-           f"default objective, {len(shared)} task-seeds ({', '.join(tasks)}):", "",
+    out = ["", ("Option term (`--contrast 1`: the search also scores the wrong options) against the "
+               f"default objective, {len(shared)} task-seeds ({', '.join(tasks)}):"), "",
            "| task | seeds | default EM | option term EM | default RC | option term RC |",
            "|---|---|---|---|---|---|"]
     moved = {}

@@ -45,8 +45,8 @@ def load_transformers() -> None:
     import torch
 
     names = ("sklearn",) if torch.cuda.is_available() else ("sklearn", "triton")
-    with hidden(*names):
-        import transformers.generation.candidate_generator  # noqa: F401  (checks for sklearn once, here)
+    with hidden(*names):  # candidate_generator checks for sklearn once, at its import
+        import transformers.generation.candidate_generator
         import transformers.models.auto.modeling_auto  # noqa: F401  (masking_utils -> torch._dynamo)
 
 

@@ -229,8 +229,8 @@ def split(examples: list[Example], shots: int, n_eval: int | None, seed: int) ->
 
 # BIG-bench spells these tasks' counts as words ("twelve"); BBH, and the model, write digits ("12").
 DIGIT_TARGETS = frozenset({"object_counting"})
-_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-          "fifteen sixteen seventeen eighteen nineteen").split()
+_UNITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+          "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50}
 
 

@@ -28,9 +28,17 @@ import torch.nn.functional as F
 from ..data.examples import Example, ExampleError
 from ..prompting import EncodedExample, encode_example, encode_seq2seq, pad_id
 from .hub import HubStack
-from .objective import OptionTerm, option_examples
 from .multilora import attach
-from .packing import MAX_ROW, PackedRow, Segment, default_token_budget, layout, pack_segments, shared_prefix
+from .objective import OptionTerm, option_examples
+from .packing import (
+    MAX_ROW,
+    PackedRow,
+    Segment,
+    default_token_budget,
+    layout,
+    pack_segments,
+    shared_prefix,
+)
 
 
 @dataclass(frozen=True)
