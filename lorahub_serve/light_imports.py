@@ -40,7 +40,7 @@ def load_transformers() -> None:
     """Import transformers' model and generation code without scikit-learn, and on a machine
     without CUDA without Triton (transformers' masking code imports torch._dynamo, which imports
     Triton when installed; without CUDA nothing runs compiled Triton code)."""
-    if "transformers.generation.candidate_generator" in sys.modules:
+    if "transformers.models.auto.modeling_auto" in sys.modules:  # imports candidate_generator too
         return
     import torch
 

@@ -197,21 +197,21 @@ class Evaluator:
         out = sums[:c].sum(1) / np.maximum(n_tok, 1)
         for j, i in enumerate(extra):
             term, contrast = self.option_terms[tasks[i]]
-            n = self.tasks[term.key].example_targets
-            out[i] += contrast * term.nll(sums[c + j, :len(n)] / np.maximum(n, 1))
-        if extra:
-            self.evaluations -= len(extra)  # one evaluation per candidate, options included
+            out[i] += contrast * term.nll(self._example_means(sums[c + j], term.key))
+        self.evaluations += c  # one evaluation per candidate, its options included
         return out
 
     def example_losses(self, tasks: Sequence[str], module_idx: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
         """Per candidate: [its task's examples] mean output-token cross-entropy of each example
-        (the same passes as `losses`; rank classification and the option objective use it)."""
+        (the same passes as `losses`, which takes the option term from these)."""
         sums = self._ce_sums(tasks, module_idx, weights)
-        out = []
-        for c, t in enumerate(tasks):
-            n = self.tasks[t].example_targets
-            out.append(sums[c, :len(n)] / np.maximum(n, 1))
-        return out
+        self.evaluations += len(tasks)
+        return [self._example_means(row, t) for row, t in zip(sums, tasks)]
+
+    def _example_means(self, sums: np.ndarray, task: str) -> np.ndarray:
+        """[E_task] mean CE per output token of each example, from one candidate's row of sums."""
+        n = self.tasks[task].example_targets
+        return sums[:len(n)] / np.maximum(n, 1)
 
     @torch.inference_mode()
     def _ce_sums(self, tasks: Sequence[str], module_idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -231,7 +231,6 @@ class Evaluator:
                                      else self._causal_ce(mb, row_cand))
                 ce_sum.index_add_(0, cand * width + example, ce)
         out = ce_sum.double().cpu().numpy().reshape(len(tasks), width)  # the one host sync
-        self.evaluations += len(tasks)
         self.seconds += time.perf_counter() - t0
         return out
 

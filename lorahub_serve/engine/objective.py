@@ -32,9 +32,6 @@ class OptionTerm:
     sizes: tuple[int, ...]
     gold: tuple[int, ...]
 
-    def examples(self) -> int:
-        return len(self.sizes)
-
     def nll(self, option_losses: np.ndarray) -> float:
         """Mean over examples of −log softmax(−option losses)[gold]; `option_losses` [Σ sizes]."""
         out, start = [], 0
