@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..data.examples import Example, ExampleError
 from ..prompting import EncodedExample, encode_example, encode_seq2seq, pad_id
+from .block_attention import Blocks, supports_blocks, using_blocks
 from .hub import HubStack
 from .multilora import attach
 from .objective import OptionTerm, option_examples
@@ -73,13 +74,14 @@ class Evaluator:
 
     def __init__(self, model, tokenizer, stack: HubStack, rule: str = "lorahub", backend: str = "auto",
                  token_budget: int | None = None, max_length: int | None = None, truncate: bool = False,
-                 share_prefix: bool = True, max_row: int = MAX_ROW):
+                 share_prefix: bool = True, max_row: int = MAX_ROW, block_attention: bool = True):
         self.model, self.tokenizer, self.stack = model.eval(), tokenizer, stack
         self.rule = rule
         self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.truncate = truncate
         self.share_prefix = share_prefix and not self.seq2seq
+        self.blocks = block_attention and supports_blocks(model)  # packed rows' attention per example
         self.max_row = max_row  # tokens per packed row (1: one example per row, no packing)
         self.handle = attach(model, stack, rule, backend)
         self.device = next(model.parameters()).device
@@ -244,7 +246,8 @@ class Evaluator:
         """Per-token CE of the output tokens [M], each token's candidate [M] and example [M]; logits only at
         those positions. Rows are right-padded. A micro-batch of one-example rows runs without a
         mask (the causal mask hides the padding after a token, and the fast causal attention
-        applies); packed rows bring their own mask and position ids."""
+        applies); packed rows bring their position ids and run attention block by block
+        (`block_attention`), or, on a model that cannot, under a dense mask."""
         width = max(s.length for s in mb)
         b = len(row_cand)
         rows = [self.tasks[s.task].rows[s.row] for s in mb]
@@ -252,26 +255,24 @@ class Evaluator:
         packed = any(r.allowed is not None for r in rows)
         if packed:
             pos = torch.zeros((b, width), dtype=torch.long, device=self.device)
-            # padding queries see only themselves, so no softmax row is empty
-            allowed = torch.eye(width, dtype=torch.bool, device=self.device).repeat(b, 1, 1)
         start = 0
         for s, row in zip(mb, rows):
             n, length = len(s.cands), len(row)
             ids[start:start + n, :length] = row.ids
             if packed:
                 pos[start:start + n, :length] = row.positions
-                allowed[start:start + n, :length, :length] = (
-                    row.allowed if row.allowed is not None
-                    else torch.ones(length, length, dtype=torch.bool, device=self.device).tril())
             start += n
         body = getattr(self.model, self.model.base_model_prefix)
-        kwargs = {}
-        if packed:
-            dtype = next(self.model.parameters()).dtype
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
-            kwargs = {"attention_mask": mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None],
-                      "position_ids": pos}
-        hidden = body(input_ids=ids, **kwargs).last_hidden_state  # [B, W, H]
+        if not packed:
+            hidden = body(input_ids=ids).last_hidden_state  # [B, W, H]
+        elif self.blocks:
+            blocks = Blocks.of([(len(s.cands), r.block_members, r.block_of) for s, r in zip(mb, rows)],
+                               width, self.device)
+            with using_blocks(self.model):
+                hidden = body(input_ids=ids, position_ids=pos, lorahub_blocks=blocks).last_hidden_state
+        else:
+            hidden = body(input_ids=ids, position_ids=pos,
+                          attention_mask=self._dense_mask(mb, rows, width)).last_hidden_state
         sel, labels, cand, example = [], [], [], []
         start = 0
         for s, row in zip(mb, rows):
@@ -284,6 +285,22 @@ class Evaluator:
         logits = self.model.get_output_embeddings()(torch.cat(sel)).float()  # [M, V]
         ce = F.cross_entropy(logits, torch.cat(labels), reduction="none")
         return ce, torch.cat(cand), torch.cat(example)
+
+    def _dense_mask(self, mb: list[Segment], rows: list[PackedRow], width: int) -> torch.Tensor:
+        """[B, 1, W, W] additive mask of packed rows, for models without block attention."""
+        b = sum(len(s.cands) for s in mb)
+        # padding queries see only themselves, so no softmax row is empty
+        allowed = torch.eye(width, dtype=torch.bool, device=self.device).repeat(b, 1, 1)
+        start = 0
+        for s, row in zip(mb, rows):
+            n, length = len(s.cands), len(row)
+            allowed[start:start + n, :length, :length] = (
+                row.allowed if row.allowed is not None
+                else torch.ones(length, length, dtype=torch.bool, device=self.device).tril())
+            start += n
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
+        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
     def _seq2seq_ce(self, mb: list[Segment], row_cand: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Encoder-decoder: encoder rows padded with a mask (attention is bidirectional there),

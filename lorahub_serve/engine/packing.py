@@ -46,7 +46,9 @@ class PackedRow:
     ids [L] token ids; positions [L] position ids (each example continues from the prefix);
     allowed [L, L] bool, allowed[q, k] = query q may attend to key k (None: one example, plain
     causal); target_pos [T] the positions whose logits predict labels [T]; target_example [T] the
-    task's example index of each label (per-example losses).
+    task's example index of each label (per-example losses); block_members [S, W] the row positions
+    of each example's attention block, the prefix then the example (-1: padding), and block_of [L]
+    each position's place in them, block·W + offset (`block_attention`).
     """
 
     ids: torch.Tensor
@@ -55,6 +57,8 @@ class PackedRow:
     target_pos: torch.Tensor
     labels: torch.Tensor
     target_example: torch.Tensor
+    block_members: torch.Tensor | None = None  # None: encoder-decoder rows
+    block_of: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -120,6 +124,7 @@ def layout(encoded: Sequence[EncodedExample], prefix: int, max_row: int, device)
             target_pos += [start + p for p in range(len(e.prompt_ids) - 1, e.length - 1)]
             labels += e.target_ids
             target_example += [i] * len(e.target_ids)
+        members_, block_of = attention_blocks(prefix, [len(seqs[i]) - prefix for i in members])
         allowed = None
         if len(members) > 1:
             segs = torch.tensor(seg)
@@ -128,8 +133,24 @@ def layout(encoded: Sequence[EncodedExample], prefix: int, max_row: int, device)
             allowed = allowed.to(device)
         rows.append(PackedRow(*(torch.tensor(v, dtype=torch.long).to(device) for v in (ids, pos)),
                               allowed, *(torch.tensor(v, dtype=torch.long).to(device)
-                                         for v in (target_pos, labels, target_example))))
+                                         for v in (target_pos, labels, target_example)),
+                              members_.to(device), block_of.to(device)))
     return tuple(rows)
+
+
+def attention_blocks(prefix: int, suffixes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A row's attention blocks: [prefix; example] per example (the prefix's own outputs come
+    from the first block). Returns (members [S, W], block_of [L]), as in `PackedRow`."""
+    w = prefix + max(suffixes)
+    members = torch.full((len(suffixes), w), -1, dtype=torch.long)
+    block_of = [*range(prefix)]
+    start = prefix
+    for j, n in enumerate(suffixes):
+        members[j, :prefix] = torch.arange(prefix)
+        members[j, prefix:prefix + n] = torch.arange(start, start + n)
+        block_of += range(j * w + prefix, j * w + prefix + n)
+        start += n
+    return members, torch.tensor(block_of, dtype=torch.long)
 
 
 def pack_segments(groups: list[Segment], token_budget: int, max_pad: float = MAX_PAD,

@@ -3,14 +3,17 @@ the examples' common prefix is held once per row. Neither may change any loss.""
 
 import numpy as np
 import pytest
+import torch
 from peft import PeftModel
 
 from lorahub_serve.data import from_records
 from lorahub_serve.engine.adapt import Engine
+from lorahub_serve.engine.block_attention import Blocks, block_attention
 from lorahub_serve.engine.hub import read_manifest
 from lorahub_serve.engine.packing import (
     MIN_SHARED_PREFIX,
     Segment,
+    attention_blocks,
     pack_segments,
     row_groups,
     shared_prefix,
@@ -60,9 +63,12 @@ def test_packing_pads_only_where_a_pass_costs_more():
 
 @pytest.mark.parametrize("rule", ["lorahub", "linear"])
 @pytest.mark.parametrize("token_budget", [8192, 40])  # 40: rows split into several micro-batches
-def test_packed_rows_and_shared_prefix_change_no_loss(tiny_llama_dir, tiny_llama_hub, rule, token_budget):
+@pytest.mark.parametrize("blocks", [True, False])  # packed rows' attention per example, or a dense mask
+def test_packed_rows_and_shared_prefix_change_no_loss(tiny_llama_dir, tiny_llama_hub, rule, token_budget, blocks):
     eng = Engine(tiny_llama_dir, tiny_llama_hub, rule=rule, token_budget=token_budget)
     ev = eng.evaluator
+    assert ev.blocks  # a Llama runs block attention by default
+    ev.blocks = blocks
     rng = np.random.default_rng(1)
     tasks = ["shared"] * 5 + ["other"] * 2 + ["shared"]
     idx = np.stack([rng.permutation(4) for _ in tasks])
@@ -99,3 +105,34 @@ def test_packed_shared_prefix_equals_peft(tiny_llama_dir, tiny_llama_hub):
     assert shared_prefix([encode_example(tok, e) for e in from_records(SHARED)]) >= MIN_SHARED_PREFIX
     peft = PeftModel.from_pretrained(base, read_manifest(tiny_llama_hub)[2].path).eval()
     assert got[0] == pytest.approx(reference_loss(peft, tok, SHARED), abs=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_attention_equals_the_dense_mask(dtype):
+    """Rows of two layouts (prefix 3 + examples of 4, 2, 5 tokens; one plain 6-token example) in one
+    micro-batch padded to width 16, GQA 4 query heads on 2 kv heads: block attention gives the dense
+    mask's outputs at every real position."""
+    layouts = [(3, [4, 2, 5]), (0, [6])]
+    rows, dense = [], []
+    for prefix, suffixes in layouts:
+        members, block_of = attention_blocks(prefix, suffixes)
+        rows.append((2, members, block_of))  # each row twice, as for two candidates
+        seg = torch.tensor([-1] * prefix + [j for j, n in enumerate(suffixes) for _ in range(n)])
+        allowed = torch.ones(len(seg), len(seg), dtype=torch.bool).tril()
+        allowed &= (seg[None, :] == -1) | (seg[None, :] == seg[:, None])
+        dense += [allowed, allowed]
+    width, b, h, hkv, d = 16, 4, 4, 2, 8
+    mask = torch.eye(width, dtype=torch.bool).repeat(b, 1, 1)
+    for i, allowed in enumerate(dense):
+        mask[i, :len(allowed), :len(allowed)] = allowed
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(b, n, width, d, generator=gen).to(dtype) for n in (h, hkv, hkv))
+    blocks = Blocks.of(rows, width, "cpu")
+    got, _ = block_attention(None, q, k, v, None, scaling=d ** -0.5, lorahub_blocks=blocks)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float().repeat_interleave(2, 1), v.float().repeat_interleave(2, 1), attn_mask=mask[:, None])
+    want = want.transpose(1, 2)  # [B, T, H, D]
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for i, allowed in enumerate(dense):
+        n = len(allowed)
+        torch.testing.assert_close(got[i, :n].float(), want[i, :n], atol=tol, rtol=tol)
