@@ -3,7 +3,7 @@
 Two of our dependencies import packages they only use for features we never call:
 - transformers' generation code imports scikit-learn (~1 s here) when it is installed, for the
   assistant-confidence tuning of assisted decoding;
-- pycma imports matplotlib.pyplot (~0.5 s) for its plotting helpers; nevergrad's optional
+- pycma imports matplotlib and its pyplot (~0.6 s) for its plotting helpers; nevergrad's optional
   Bayesian-optimisation wrapper (bayes_opt) imports scikit-learn;
 - torch._dynamo, imported by transformers' masking code, imports Triton (~0.2 s), which only a
   CUDA machine can use (our kernels import it themselves when they run).
@@ -51,10 +51,11 @@ def load_transformers() -> None:
 
 
 def load_optimizers() -> None:
-    """Import nevergrad and pycma (CMA-ES) without matplotlib.pyplot and scikit-learn."""
+    """Import nevergrad and pycma (CMA-ES) without matplotlib and scikit-learn (pycma's one
+    import-time use, `cma.s`, tries `from matplotlib import pyplot` and carries on without it)."""
     if "cma" in sys.modules and "nevergrad" in sys.modules:
         return
-    with hidden("sklearn", "matplotlib.pyplot"), warnings.catch_warnings():
+    with hidden("sklearn", "matplotlib"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pycma warns that it cannot plot
         import cma  # noqa: F401
         import nevergrad  # noqa: F401
