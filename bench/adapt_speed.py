@@ -1,10 +1,12 @@
 """adapt_speed: the batched engine against the reference's sequential loop, on one device.
 
 Same base model, K modules, few-shot examples, device and dtype for both:
-- reference: a faithful re-implementation of sail-sg/lorahub's loop — for each candidate, sum
-  the modules' PEFT state dicts weighted by w, `set_peft_model_state_dict` into one PEFT model,
-  run the examples through it (full logits, HF loss), then save the best as a PEFT adapter;
-- engine: `Evaluator.losses` on the same candidates in population-sized calls (one batched
+- reference: a faithful re-implementation of sail-sg/lorahub's loop — nevergrad's NGOpt asks
+  for a candidate, the modules' PEFT state dicts are summed weighted by w,
+  `set_peft_model_state_dict` loads them into one PEFT model, the examples run through it (full
+  logits, HF loss), the loss plus its L1 term is told back; then the recommendation is saved as a
+  PEFT adapter;
+- engine: `Evaluator.losses` on the reference's candidates in population-sized calls (one batched
   forward pass per micro-batch, logits only where loss is taken, example-major packing), and a
   real `Engine.adapt` at the budget (start batch + CMA-ES generations);
 - whole process: the reference script and `lorahub-serve adapt` as fresh processes, wall time
@@ -41,14 +43,6 @@ def _examples(task: str, shots: int, seed: int):
     return bigbench.split(bigbench.load_task(task), shots, 50, seed)[0]
 
 
-def _candidates(budget: int, k: int, seed: int):
-    """Candidates on the search's scale (σ a few tenths around small weights): speed does not depend
-    on the values, and losses stay in a range where fp32 differences mean something."""
-    import numpy as np
-
-    return np.random.default_rng(seed).normal(0, 0.3, size=(budget, k)).clip(-1.5, 1.5).astype(np.float32)
-
-
 def _sync(device: str) -> None:
     import torch
 
@@ -58,13 +52,18 @@ def _sync(device: str) -> None:
 
 def run_reference(args, q):
     t_start = time.perf_counter()
+    import numpy as np
     import torch
     from peft import PeftModel, set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
     from lorahub_serve.engine.hub import read_manifest, select_modules
+    from lorahub_serve.light_imports import load_optimizers
     from lorahub_serve.models import load_base, resolve_dtype, resolve_model
     from lorahub_serve.prompting import causal_batch, encode_example, pad_id
+
+    load_optimizers()  # the engine's own light import, so neither side pays more for nevergrad
+    import nevergrad as ng
 
     torch.set_num_threads(args.threads)
     mods = select_modules(read_manifest(Path(args.hub)), args.modules, args.seed)
@@ -74,24 +73,32 @@ def run_reference(args, q):
     enc = [encode_example(tok, e) for e in _examples(args.task, args.shots, args.seed)]
     ids, mask, labels = (t.to(args.device) for t in
                          causal_batch([(e.prompt_ids, e.target_ids) for e in enc], pad_id(tok)))
-    cands = _candidates(args.budget, len(mods), args.seed)
+    k = len(mods)
+    instrum = ng.p.Array(init=[0.0] * k, upper=[1.5] * k, lower=[-1.5] * k)
+    instrum.random_state = np.random.RandomState(args.seed)
+    opt = ng.optimizers.NGOpt(parametrization=instrum, budget=args.budget)  # sail-sg's optimiser
     _sync(args.device)
     startup = time.perf_counter() - t_start
     t0 = time.perf_counter()
-    losses = []
-    for weights in cands:
+    cands, losses = [], []
+    for _ in range(args.budget):  # sail-sg's loop: ask, compose, set, evaluate, tell
+        cand = opt.ask()
+        weights = np.asarray(cand.value, dtype=np.float32)
         sd = {key: sum(float(wi) * c[key] for wi, c in zip(weights, cache)) for key in cache[0]}
         set_peft_model_state_dict(model, sd)
         with torch.inference_mode():
-            losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.item())
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+        opt.tell(cand, loss + 0.05 * float(np.abs(weights).mean()))  # its L1 term
+        cands.append(weights)
+        losses.append(loss)
     dt = time.perf_counter() - t0
-    best = min(range(len(cands)), key=losses.__getitem__)
-    set_peft_model_state_dict(model, {key: sum(float(wi) * c[key] for wi, c in zip(cands[best], cache))
+    best = np.asarray(opt.provide_recommendation().value, dtype=np.float32)
+    set_peft_model_state_dict(model, {key: sum(float(wi) * c[key] for wi, c in zip(best, cache))
                                       for key in cache[0]})
     if args.out:
         model.save_pretrained(args.out)
     q.put({"evals_per_s": len(cands) / dt, "seconds": dt, "startup_s": startup, "peak_rss_mb": _rss_mb(),
-           "losses": losses})
+           "losses": losses, "candidates": np.stack(cands)})
 
 
 def run_engine(args, q):
@@ -107,7 +114,7 @@ def run_engine(args, q):
     idx = eng.module_indices(args.modules, args.seed)
     examples = _examples(args.task, args.shots, args.seed)
     eng.evaluator.add_task("t", examples)
-    cands = _candidates(args.budget, len(idx), args.seed)
+    cands = args.candidates  # the reference's own NGOpt candidates
     pop = SearchConfig().population(len(idx))
     t0 = time.perf_counter()
     losses = []
@@ -189,6 +196,7 @@ def main():
         args.out = str(Path(tmp) / "reference-adapter")
         for _ in range(args.repeats):  # reference and engine alternate: drift hits both alike
             ref = _run(run_reference, args)
+            args.candidates = ref["candidates"]
             eng = _run(run_engine, args)
             runs.append((ref, eng, _engine_process(args, Path(tmp))))
     per_run = [{
@@ -223,7 +231,7 @@ def main():
         f"Median of {args.repeats} alternating reference/engine run(s), range in brackets; each "
         f"ratio is taken within one run.\n\n"
         f"| measure | reference loop | engine | ratio |\n|---|---|---|---|\n"
-        f"| evaluations/s, the same {args.budget} candidates (engine: population {eng['population']} per call) "
+        f"| evaluations/s, the reference's {args.budget} NGOpt candidates (engine: population {eng['population']} per call) "
         f"| {cell('reference_evals_per_s')} | {cell('engine_evals_per_s')} | **{cell('speedup_same_candidates', '.2f')}x** |\n"
         f"| evaluations/s in a real search at budget {args.budget} (start batch + CMA-ES) "
         f"| {cell('reference_evals_per_s')} | {cell('engine_search_evals_per_s')} | **{cell('speedup_search', '.2f')}x** |\n"
