@@ -1,5 +1,8 @@
 """Few-shot examples: `{"input": str, "output": str}` records from JSONL files or Python lists.
 
+A multiple-choice record may also list its options, `"options": ["yes", "no"]`, answered by
+text (the output is " " + an option, the default) or, with `"answer_style": "letter"`, by letter
+(" (B)"); with options, evaluation can rank-classify and `--contrast` can score the wrong options.
 Bad input raises `ExampleError` naming the file, the line and the problem.
 """
 
@@ -56,7 +59,23 @@ def _check_record(rec: Any, where: str) -> Example:
             )
     if not rec["output"].strip():
         raise ExampleError(f"{where}: field 'output' is empty; an example needs a non-empty output")
-    return Example(rec["input"], rec["output"])
+    if "options" not in rec:
+        if "answer_style" in rec:
+            raise ExampleError(f"{where}: 'answer_style' needs 'options'")
+        return Example(rec["input"], rec["output"])
+    options, style = rec["options"], rec.get("answer_style", "text")
+    if (not isinstance(options, list) or len(options) < 2
+            or not all(isinstance(o, str) and o.strip() for o in options)):
+        raise ExampleError(f"{where}: 'options' must be a list of at least two non-empty strings")
+    if len(set(options)) != len(options):
+        raise ExampleError(f"{where}: 'options' repeats an option")
+    if style not in ("text", "letter"):
+        raise ExampleError(f"{where}: 'answer_style' must be 'text' or 'letter', got {style!r}")
+    ex = Example(rec["input"], rec["output"], tuple(options), style)
+    if ex.gold_index is None:
+        raise ExampleError(f"{where}: output {rec['output']!r} is none of the options' answers "
+                           f"{list(ex.choices)}")
+    return ex
 
 
 def load_jsonl(path: str | Path) -> list[Example]:
@@ -102,6 +121,15 @@ def load_examples(src: str | Path | Sequence[Any]) -> list[Example]:
     return from_records(src)
 
 
+def to_record(ex: Example) -> dict[str, Any]:
+    """The JSONL record of an example (options and answer style only when it has options)."""
+    rec: dict[str, Any] = {"input": ex.input, "output": ex.output}
+    if ex.options:
+        rec["options"] = list(ex.options)
+        rec["answer_style"] = ex.answer_style or "text"
+    return rec
+
+
 def write_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"input": ex.input, "output": ex.output}) + "\n" for ex in examples)
+        f.writelines(json.dumps(to_record(ex)) + "\n" for ex in examples)

@@ -90,9 +90,10 @@ def using_blocks(model) -> Iterator[None]:
 
 
 def block_attention(module, query, key, value, attention_mask, scaling: float | None = None,
-                    dropout: float = 0.0, lorahub_blocks: Blocks | None = None, **kwargs):
+                    dropout: float = 0.0, lorahub_blocks: Blocks | None = None, kernel=None, **kwargs):
     """transformers attention function: query [B, H, T, D], key/value [B, Hkv, T, D] → ([B, T, H, D],
-    None). Without blocks (a forward that passed none), plain causal SDPA."""
+    None). Without blocks (a forward that passed none), plain causal SDPA. kernel: `causal_sdpa`
+    or `causal_matmul` (None: SDPA on CUDA, matmuls on CPU)."""
     b, h, t, d = query.shape
     hkv = key.shape[1]
     scaling = d ** -0.5 if scaling is None else scaling
@@ -102,26 +103,37 @@ def block_attention(module, query, key, value, attention_mask, scaling: float | 
         out = F.scaled_dot_product_attention(query, key, value, is_causal=t > 1, scale=scaling,
                                              enable_gqa=hkv != h)
         return out.transpose(1, 2).contiguous(), None
-    src, w = lorahub_blocks.src, lorahub_blocks.width
-    nb, g = src.shape[0], h // hkv
+    src = lorahub_blocks.src
 
     def gather(x, heads):  # [B, heads, T, D] -> [NB, heads, W, D]
         return x.transpose(1, 2).reshape(b * t, heads, d)[src].transpose(1, 2)
 
     q, k, v = gather(query, h), gather(key, hkv), gather(value, hkv)
-    if query.is_cuda:  # flash attention per block
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=g > 1)
-    else:  # CPU SDPA is slow at block sizes: scores per kv head, its g query heads stacked, in
-        # fp32 (bf16 scores cost up to 10 % of a loss; attention is a small share of the FLOPs)
-        causal = torch.ones(w, w, dtype=torch.bool, device=q.device).tril()
-        neg = torch.zeros(w, w, device=q.device).masked_fill_(~causal, float("-inf"))
-        qs = q.reshape(nb * hkv, g * w, d).float()
-        scores = torch.baddbmm(neg.repeat(g, 1).expand(nb * hkv, g * w, w), qs,
-                               k.reshape(nb * hkv, w, d).float().transpose(1, 2), alpha=scaling)
-        probs = torch.softmax(scores, dim=-1)
-        out = torch.bmm(probs, v.reshape(nb * hkv, w, d).float()).to(v.dtype).view(nb, h, w, d)
-    out = out.transpose(1, 2).reshape(nb * w, h, d)[lorahub_blocks.dst]  # [B·T, H, D]
+    kernel = kernel or (causal_sdpa if query.is_cuda else causal_matmul)
+    out = kernel(q, k, v, scaling).transpose(1, 2).flatten(0, 1)[lorahub_blocks.dst]  # [B·T, H, D]
     return out.view(b, t, h, d), None
+
+
+def causal_sdpa(q, k, v, scaling: float):
+    """Causal attention per block with SDPA (flash attention on CUDA). q [NB, H, W, D], k/v
+    [NB, Hkv, W, D] -> [NB, H, W, D]."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+def causal_matmul(q, k, v, scaling: float):
+    """The same with batched matmuls: CPU SDPA is slow at block sizes. Scores per kv head with its
+    g query heads stacked, in fp32 (bf16 scores moved some losses by 10 %; attention is a small
+    share of the FLOPs)."""
+    nb, h, w, d = q.shape
+    hkv = k.shape[1]
+    g = h // hkv
+    causal = torch.ones(w, w, dtype=torch.bool, device=q.device).tril()
+    neg = torch.zeros(w, w, device=q.device).masked_fill_(~causal, float("-inf"))
+    scores = torch.baddbmm(neg.repeat(g, 1).expand(nb * hkv, g * w, w), q.reshape(nb * hkv, g * w, d).float(),
+                           k.reshape(nb * hkv, w, d).float().transpose(1, 2), alpha=scaling)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.bmm(probs, v.reshape(nb * hkv, w, d).float()).to(v.dtype).view(nb, h, w, d)
 
 
 def _register() -> None:

@@ -45,3 +45,35 @@ def test_python_lists():
         from_records([("a", "b"), ("c", "")])
     with pytest.raises(ExampleError, match="no examples"):
         from_records([])
+
+
+def test_jsonl_options_round_trip_and_give_rank_classification_its_gold(tmp_path):
+    from lorahub_serve.data.examples import write_jsonl
+
+    p = tmp_path / "mc.jsonl"
+    p.write_text('{"input": "Is ice cold?", "output": " yes", "options": ["yes", "no"]}\n'
+                 '{"input": "Pick the fruit", "output": " (B)", "options": ["rock", "pear"], '
+                 '"answer_style": "letter"}\n'
+                 '{"input": "plain", "output": " x"}\n')
+    text, letter, plain = load_jsonl(p)
+    assert (text.choices, text.gold_index) == ((" yes", " no"), 0)
+    assert (letter.choices, letter.gold_index) == ((" (A)", " (B)"), 1)
+    assert plain.options == () and plain.gold_index is None
+    write_jsonl(tmp_path / "again.jsonl", [text, letter, plain])
+    assert load_jsonl(tmp_path / "again.jsonl") == [text, letter, plain]
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ('"options": ["yes"]', "at least two non-empty strings"),
+    ('"options": "yes, no"', "at least two non-empty strings"),
+    ('"options": ["yes", "yes"]', "repeats an option"),
+    ('"options": ["maybe", "no"]', "none of the options' answers"),
+    ('"options": ["yes", "no"], "answer_style": "roman"', "'text' or 'letter'"),
+    ('"answer_style": "letter"', "needs 'options'"),
+])
+def test_bad_options_name_the_line_and_problem(tmp_path, extra, problem):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"input": "q", "output": " yes", ' + extra + '}\n')
+    with pytest.raises(ExampleError, match=problem) as e:
+        load_jsonl(p)
+    assert f"{p}:1" in str(e.value)

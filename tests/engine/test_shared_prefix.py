@@ -8,7 +8,7 @@ from peft import PeftModel
 
 from lorahub_serve.data import from_records
 from lorahub_serve.engine.adapt import Engine
-from lorahub_serve.engine.block_attention import Blocks, block_attention
+from lorahub_serve.engine.block_attention import Blocks, block_attention, causal_matmul, causal_sdpa
 from lorahub_serve.engine.hub import read_manifest
 from lorahub_serve.engine.packing import (
     MIN_SHARED_PREFIX,
@@ -108,7 +108,8 @@ def test_packed_shared_prefix_equals_peft(tiny_llama_dir, tiny_llama_hub):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_block_attention_equals_the_dense_mask(dtype):
+@pytest.mark.parametrize("kernel", [causal_matmul, causal_sdpa])  # the CPU and the CUDA kernel
+def test_block_attention_equals_the_dense_mask(dtype, kernel):
     """Rows of two layouts (prefix 3 + examples of 4, 2, 5 tokens; one plain 6-token example) in one
     micro-batch padded to width 16, GQA 4 query heads on 2 kv heads: block attention gives the dense
     mask's outputs at every real position."""
@@ -128,7 +129,7 @@ def test_block_attention_equals_the_dense_mask(dtype):
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(b, n, width, d, generator=gen).to(dtype) for n in (h, hkv, hkv))
     blocks = Blocks.of(rows, width, "cpu")
-    got, _ = block_attention(None, q, k, v, None, scaling=d ** -0.5, lorahub_blocks=blocks)
+    got, _ = block_attention(None, q, k, v, None, scaling=d ** -0.5, lorahub_blocks=blocks, kernel=kernel)
     want = torch.nn.functional.scaled_dot_product_attention(
         q.float(), k.float().repeat_interleave(2, 1), v.float().repeat_interleave(2, 1), attn_mask=mask[:, None])
     want = want.transpose(1, 2)  # [B, T, H, D]
