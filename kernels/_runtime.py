@@ -22,8 +22,9 @@ _rebuilt: dict = {}
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-def interpreter_enabled() -> bool:
-    """True when TRITON_INTERPRET=1 is set (read now, not at import)."""
+def interpreting() -> bool:
+    """True when TRITON_INTERPRET=1 is set, read now through Triton's knobs (not at import;
+    `dispatch.interpreter_enabled` is the public question, answerable without Triton)."""
     return bool(knobs.runtime.interpret)
 
 
@@ -36,7 +37,7 @@ def kernel_for(op: str, kernel, device: torch.device):
             "CUDA (or on CPU under TRITON_INTERPRET=1); move them with .cuda(), or use "
             "lora_delta(..., backend='torch')"
         )
-    form = InterpretedFunction if interpreter_enabled() else JITFunction
+    form = InterpretedFunction if interpreting() else JITFunction
     if form is JITFunction and device.type == "cpu":
         raise RuntimeError(
             f"{op}: the tensors are on cpu, where Triton kernels run only under its "
@@ -77,6 +78,6 @@ def dot_dtype(a: torch.dtype, b: torch.dtype):
 
     Under the interpreter always fp32: its numpy dot multiplies bf16 tiles as raw integers.
     """
-    if a == b and a != torch.float32 and not interpreter_enabled():
+    if a == b and a != torch.float32 and not interpreting():
         return _TL_DTYPES[a]
     return tl.float32

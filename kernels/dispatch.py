@@ -40,9 +40,9 @@ def available_backends() -> tuple[str, ...]:
 def interpreter_enabled() -> bool:
     """TRITON_INTERPRET=1, read now (through Triton's own knobs once Triton is loaded)."""
     if "triton" in sys.modules:
-        from lorahub_serve.kernels._runtime import interpreter_enabled as from_knobs
+        from lorahub_serve.kernels._runtime import interpreting
 
-        return from_knobs()
+        return interpreting()
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes", "y")
 
 

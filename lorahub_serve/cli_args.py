@@ -29,6 +29,11 @@ def add_search_arguments(p, budget_help: str = "candidate evaluations, the start
                    help="population (default: leaves at least four updates after the start batch)")
     p.add_argument("--sigma", type=float, default=None, help="CMA-ES initial step in weight units (default 0.1)")
     p.add_argument("--no-onehot-start", action="store_true", help="start the population search at w = 0")
+    add_contrast_argument(p)
+
+
+def add_contrast_argument(p) -> None:
+    """--contrast (adapt, adapt-batch, eval)."""
     p.add_argument("--contrast", type=float, default=0.0,
                    help="weight of the option term (examples with options also score the other "
                         "options; engine/objective.py); default 0")

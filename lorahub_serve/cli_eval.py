@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from .cli_args import add_contrast_argument
+
 
 def _seeds(text: str) -> tuple[int, ...]:
     """`1-3` or `1,3`; argparse turns the ValueError into a usage error that names the value."""
@@ -53,8 +55,7 @@ def register(sub) -> None:
     p.add_argument("--budget", type=int, default=40)
     p.add_argument("--modules", type=int, default=None, help="K (default min(20, hub size))")
     p.add_argument("--no-ngopt", action="store_true", help="skip the NGOpt comparison")
-    p.add_argument("--contrast", type=float, default=0.0,
-                   help="weight of the option term in the default search (engine/objective.py)")
+    add_contrast_argument(p)
     p.add_argument("--rc-limit", type=int, default=None,
                    help="rank classification on the first N evaluation examples only (default: all)")
     p.add_argument("--soup-k", type=int, default=3,
