@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from lorahub_serve.kernels import _checks
+from lorahub_serve.kernels._mix import compose
 from lorahub_serve.kernels._runtime import block, dot_dtype, launch
 
 OP = "compose_expand"
@@ -18,13 +19,14 @@ OP = "compose_expand"
 
 @triton.jit
 def _compose_expand_kernel(
-    h_ptr, b_ptr, idx_ptr, w_ptr, cand_ptr, y_ptr,
-    T, D_OUT, R, K,
-    s_hb, s_ht, s_hr, s_bn, s_bo, s_br, s_ic, s_ik, s_wc, s_wk, s_cb, s_yb, s_yt, s_yo,
+    h_ptr, b_ptr, cand_ptr, y_ptr,
+    T, D_OUT, R,
+    s_hb, s_ht, s_hr, s_bc, s_bo, s_br, s_cb, s_yb, s_yt, s_yo,
     BLOCK_T: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
-    # One program: batch row `row`, a block of its tokens, a block of output columns.
+    # One program: batch row `row`, a block of its tokens, a block of output columns, against its
+    # candidate's composed B_c, accumulated into y (the base layer's output).
     row = tl.program_id(0).to(tl.int64)
     offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_o = tl.program_id(2) * BLOCK_O + tl.arange(0, BLOCK_O)
@@ -40,18 +42,12 @@ def _compose_expand_kernel(
             h_ptr + row * s_hb + offs_t[:, None] * s_ht + r[None, :] * s_hr,
             mask=mask_t[:, None] & mask_r[None, :], other=0.0,
         )
-        # B_c tile, transposed to [BLOCK_R, BLOCK_O]: composed in registers, never stored.
-        b_c = tl.full((BLOCK_R, BLOCK_O), 0.0, tl.float32)
-        for k in range(K):
-            n = tl.load(idx_ptr + cand * s_ic + k * s_ik)
-            w = tl.load(w_ptr + cand * s_wc + k * s_wk)
-            b = tl.load(
-                b_ptr + n * s_bn + offs_o[None, :] * s_bo + r[:, None] * s_br,
-                mask=mask_r[:, None] & mask_o[None, :], other=0.0,
-            )
-            b_c += w * b.to(tl.float32)
+        b_c = tl.load(  # B_c tile, transposed to [BLOCK_R, BLOCK_O]
+            b_ptr + cand * s_bc + offs_o[None, :] * s_bo + r[:, None] * s_br,
+            mask=mask_r[:, None] & mask_o[None, :], other=0.0,
+        )
         if DOT_DTYPE == tl.float32:
-            acc = tl.dot(h.to(tl.float32), b_c, acc, input_precision="ieee")
+            acc = tl.dot(h.to(tl.float32), b_c.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(h.to(DOT_DTYPE), b_c.to(DOT_DTYPE), acc)
     y_ptrs = y_ptr + row * s_yb + offs_t[:, None] * s_yt + offs_o[None, :] * s_yo
@@ -64,6 +60,7 @@ def compose_expand(h, lora_b, module_idx, weights, row_cand, y, *, check_indices
     """y [B, T, d_out] += h [B, T, r] · B_cᵀ per row, B_c = Σₖ w[c,k] B[idx[c,k]]; returns y.
 
     lora_b [N, d_out, r]; module_idx [C, K] int64; weights [C, K] fp32; row_cand [B] int64.
+    B_c is composed once per call, for every candidate (as in `compose_shrink`).
     `check_indices=False` skips the index range checks (a device sync on CUDA).
     """
     _checks.tensor(OP, "h", h, "[B, T, r]", _checks.FLOAT_DTYPES)
@@ -71,12 +68,13 @@ def compose_expand(h, lora_b, module_idx, weights, row_cand, y, *, check_indices
     _checks.routing(OP, module_idx, weights, row_cand, n_modules=lora_b.shape[0],
                     batch=h.shape[0], device=h.device, check_indices=check_indices)
     _checks.expand_io(OP, h, y, lora_b, lora_b.shape[2], "r = lora_b.shape[2]")
-    (_, t, r), d_out, k = h.shape, lora_b.shape[1], module_idx.shape[1]
-    args = (h, lora_b, module_idx, weights, row_cand, y, t, d_out, r, k,
-            *h.stride(), *lora_b.stride(), *module_idx.stride(), *weights.stride(),
-            row_cand.stride(0), *y.stride())
-    return launch(OP, _compose_expand_kernel, y, args, "BLOCK_O", BLOCK_R=block(r),
-                  DOT_DTYPE=dot_dtype(lora_b.dtype, lora_b.dtype))  # h (fp32) rounds to 16-bit factors
+    (_, t, r), d_out = h.shape, lora_b.shape[1]
+    dot = dot_dtype(lora_b.dtype, lora_b.dtype)  # h (fp32) rounds to 16-bit factors
+    b_c = compose(lora_b, module_idx, weights)  # [C, d_out, r] fp32
+    if dot != tl.float32:
+        b_c = b_c.to(lora_b.dtype)
+    args = (h, b_c, row_cand, y, t, d_out, r, *h.stride(), *b_c.stride(), row_cand.stride(0), *y.stride())
+    return launch(OP, _compose_expand_kernel, y, args, "BLOCK_O", BLOCK_R=block(r), DOT_DTYPE=dot)
 
 
 def compose_expand_ref(h, lora_b, module_idx, weights, row_cand, y):

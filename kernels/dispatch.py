@@ -21,6 +21,7 @@ from typing import Literal, get_args
 import torch
 
 from lorahub_serve.kernels import _checks
+from lorahub_serve.kernels._mix import compose, mixing
 
 # Triton is imported only when a kernel runs: the torch path (CPU) never loads it (0.1 s, and
 # its bindings' objects would outlive the CLI's frozen exit, see cli.run).
@@ -106,20 +107,11 @@ def _choice(op: str, name: str, value, literal) -> None:
         raise ValueError(f"{op}: {name} must be one of {allowed}; got {value!r}")
 
 
-def _mixing(module_idx, weights, n_modules):
-    """mix [C, N] fp32, mix[c, n] = Σ_{k: idx[c,k] = n} w[c,k]: a K-way gather+sum as a matmul."""
-    mix = torch.zeros((module_idx.shape[0], n_modules), dtype=torch.float32, device=weights.device)
-    return mix.scatter_add_(1, module_idx, weights)
-
-
 def _lorahub_torch(x, lora_a, lora_b, module_idx, weights, row_cand, out=None):
     """Compose A_c [C, r, d_in] and B_c [C, d_out, r] once (one small matmul each), then bmm
     (accumulating into `out` when given)."""
-    n, r, d_in = lora_a.shape
-    c, d_out = module_idx.shape[0], lora_b.shape[1]
-    mix = _mixing(module_idx, weights, n)
-    a_c = (mix @ lora_a.reshape(n, -1).float()).view(c, r, d_in).to(x.dtype)
-    b_c = (mix @ lora_b.reshape(n, -1).float()).view(c, d_out, r).to(x.dtype)
+    a_c = compose(lora_a, module_idx, weights).to(x.dtype)  # [C, r, d_in]
+    b_c = compose(lora_b, module_idx, weights).to(x.dtype)  # [C, d_out, r]
     h = torch.bmm(x, a_c[row_cand].transpose(1, 2))  # [B, T, r]
     if out is not None:
         return out.baddbmm_(h, b_c[row_cand].transpose(1, 2))
@@ -139,7 +131,7 @@ def _linear_torch(x, lora_a, lora_b, module_idx, weights, row_cand, out=None):
 def _linear_torch_hub(x, lora_a, lora_b, module_idx, weights, row_cand):
     """Every row against all N modules: h = x·[A_1…A_N]ᵀ, scale block n by mix[c, n], expand."""
     (n, r, d_in), (b, t, _), d_out = lora_a.shape, x.shape, lora_b.shape[1]
-    mix = _mixing(module_idx, weights, n)[row_cand].to(x.dtype)  # [B, N]
+    mix = mixing(module_idx, weights, n)[row_cand].to(x.dtype)  # [B, N]
     h = x.reshape(b * t, d_in) @ lora_a.reshape(n * r, d_in).to(x.dtype).T  # [B·T, N·r]
     h = (h.view(b, t, n, r) * mix[:, None, :, None]).view(b * t, n * r)
     b_cat = lora_b.permute(1, 0, 2).reshape(d_out, n * r).to(x.dtype)  # [d_out, N·r]
