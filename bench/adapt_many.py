@@ -6,8 +6,11 @@ adapt-batch, search, export). N tasks: the 8 upstream BIG-bench tasks of `bench/
 each with several few-shot draws (seed = task index // 8), so every task has its own examples.
 Checks that both sides wrote every adapter with the same weights.
 
-    .venv/bin/python bench/adapt_many.py [--tasks 64] [--budget 40] [--hub hubs/smollm2-135m] \
-        [--actors 1] [--threads 2]
+    .venv/bin/python bench/adapt_many.py [--tasks 64] [--budget 40] [--model smollm2-135m] \
+        [--hub hubs/smollm2-135m | --hub random] [--actors 1] [--threads 2]
+
+`--hub random` builds 20 random rank-8 q,v modules for the model (e.g. a random-weight model on a
+GPU machine, whose fingerprint no committed hub matches).
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, default=64)
     p.add_argument("--budget", type=int, default=40)
-    p.add_argument("--hub", default="hubs/smollm2-135m")
+    p.add_argument("--model", default=MODEL, help="registry name or Hugging Face folder")
+    p.add_argument("--hub", default="hubs/smollm2-135m", help="hub folder, or 'random'")
     p.add_argument("--actors", type=int, default=1, help="adapt-batch actors (0: in its own process, no Ray)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
@@ -66,8 +70,19 @@ def main() -> int:
     names = [n for n, _ in tasks]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     cli = [sys.executable, "-m", "lorahub_serve.cli"]
-    common = ["--model", MODEL, "--hub", a.hub, "--budget", str(a.budget), "--seed", "0"]
     work = Path(tempfile.mkdtemp(prefix="adapt-many-"))
+    if a.hub == "random":
+        from lorahub_serve.models import load_base, resolve_model
+        from lorahub_serve.testing import random_hub
+
+        base, _ = load_base(resolve_model(a.model))
+        a.hub = str(work / "hub")
+        random_hub(base, Path(a.hub), n=20, ranks=(8,), base_name=a.model, scale=0.25)
+        del base
+        hub_desc = "20 random rank-8 q,v modules"
+    else:
+        hub_desc = f"K=20 of {a.hub}"
+    common = ["--model", a.model, "--hub", a.hub, "--budget", str(a.budget), "--seed", "0"]
     try:
         lines = []
         for name, shots in tasks:
@@ -97,7 +112,7 @@ def main() -> int:
     same = sum(n in seq_w and n in batch_w and np.allclose(seq_w[n], batch_w[n], atol=1e-6) for n in names)
     n = len(tasks)
     figures = {
-        "tasks": n, "budget": a.budget, "hub": a.hub, "model": MODEL, "actors": a.actors, "threads": a.threads,
+        "tasks": n, "budget": a.budget, "hub": hub_desc, "model": a.model, "actors": a.actors, "threads": a.threads,
         "sequential_adapt_s": round(seq_s, 1), "adapt_batch_s": round(batch_s, 1),
         "sequential_tasks_per_hour": round(3600 * n / seq_s, 1), "adapt_batch_tasks_per_hour": round(3600 * n / batch_s, 1),
         "ratio": round(seq_s / batch_s, 2), "written_sequential": len(seq_w), "written_batch": len(batch_w),
@@ -109,7 +124,7 @@ def main() -> int:
           f"| one `adapt-batch` process ({mode}) | {batch_s:.1f} | {figures['adapt_batch_tasks_per_hour']} |\n\n"
           f"- adapt-batch / sequential: **{figures['ratio']}x** tasks/hour\n"
           f"- {n} tasks (8 upstream BIG-bench tasks x {-(-n // 8)} few-shot draws), budget {a.budget}, "
-          f"K=20 of {a.hub}, 5 shots, seed 0, {MODEL}, {a.threads} threads; whole processes.\n"
+          f"{hub_desc}, 5 shots, seed 0, {a.model}, {a.threads} threads; whole processes.\n"
           f"- adapters written: {len(seq_w)} / {len(batch_w)} of {n}; the same weights (atol 1e-6): {same}/{n}.\n")
     json_path, md_path = write_result("adapt_many", figures, md)
     print(md)
