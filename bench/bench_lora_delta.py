@@ -32,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--K", type=int, default=20)
     ap.add_argument("--N", type=int, default=20)
-    ap.add_argument("--rules", default="lorahub,linear")
+    ap.add_argument("--rules", default="lorahub,lorahub-fused,linear",
+                    help="lorahub-fused: the lorahub rule's Triton path as one kernel (compose_delta)")
     ap.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                     help="auto: bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -77,9 +78,10 @@ def work(rule: str, inp: dict) -> tuple[float, float]:
     x, a, b = inp["x"], inp["lora_a"], inp["lora_b"]
     (rows, t, d_in), (n, r, _), d_out = x.shape, a.shape, b.shape[1]
     p, k = inp["module_idx"].shape
-    rank = r if rule == "lorahub" else k * r
+    lorahub = rule.startswith("lorahub")
+    rank = r if lorahub else k * r
     flops = 2 * rows * t * rank * (d_in + d_out)
-    if rule == "lorahub":
+    if lorahub:
         flops += 2 * p * k * r * (d_in + d_out)  # Σₖ wₖAₖ and Σₖ wₖBₖ per candidate
     used = min(n, int(inp["module_idx"].unique().numel()))
     el = x.element_size()
@@ -112,8 +114,11 @@ def bench_one(rule: str, inp: dict, reps: int, warmup: int, cuda: bool, run_trit
 
     from lorahub_serve.kernels import lora_delta
 
+    fused = rule == "lorahub-fused"
+
     def call(backend):
-        return lora_delta(**inp, rule=rule, backend=backend, check_indices=False)
+        return lora_delta(**inp, rule="lorahub" if fused else rule, backend=backend, check_indices=False,
+                          fused=fused)
 
     with torch.inference_mode():
         t_torch = time_call(lambda: call("torch"), reps, warmup, cuda)

@@ -1,8 +1,8 @@
 """Triton kernels for batched LoRA composition, each with a plain-torch `*_ref` twin.
 
 Layout and maths: docs/kernels_api.md. The engine calls `lora_delta`; the four ops are its
-building blocks (lorahub rule: compose_shrink → compose_expand; linear rule:
-stacked_shrink → stacked_expand).
+building blocks (lorahub rule: compose_shrink → compose_expand, or both fused in compose_delta;
+linear rule: stacked_shrink → stacked_expand).
 """
 
 import importlib
@@ -12,7 +12,8 @@ from lorahub_serve.kernels.dispatch import Backend, Rule, available_backends, lo
 # The kernels (and Triton with them) load on first use: the CPU engine needs only `lora_delta`.
 # Import them from this package (`from lorahub_serve.kernels import compose_shrink`), not from
 # their modules, which share their names.
-_LAZY = {name: mod for mod in ("compose_expand", "compose_shrink", "stacked_expand", "stacked_shrink")
+_LAZY = {name: mod for mod in ("compose_delta", "compose_expand", "compose_shrink", "stacked_expand",
+                                "stacked_shrink")
          for name in (mod, f"{mod}_ref")}
 
 
@@ -30,6 +31,8 @@ __all__ = [
     "Backend",
     "Rule",
     "available_backends",
+    "compose_delta",
+    "compose_delta_ref",
     "compose_expand",
     "compose_expand_ref",
     "compose_shrink",

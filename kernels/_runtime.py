@@ -18,6 +18,7 @@ from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 _rebuilt: dict = {}
+FUSED_MAX_RANK = 128  # compose_delta keeps h [BLOCK_T, r] in registers: ranks up to this
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 

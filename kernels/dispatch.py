@@ -60,6 +60,7 @@ def lora_delta(
     out: torch.Tensor | None = None,
     check_indices: bool = True,
     validate: bool = True,
+    fused: bool = False,
 ) -> torch.Tensor:
     """delta [B, T, d_out] (dtype of x) = LoRA term of each row's candidate.
 
@@ -68,7 +69,8 @@ def lora_delta(
     layer's output) to accumulate into, in place, and return — no zeros-then-add.
     `check_indices=False` skips the index range checks (a device sync on CUDA) for callers that
     validated the batch once; `validate=False` skips every check (the engine's layers: shapes
-    were checked when the hub was attached, the routing once per batch).
+    were checked when the hub was attached, the routing once per batch). `fused=True` runs the
+    lorahub rule's Triton path as one kernel (`compose_delta`, ranks up to 128) instead of two.
     """
     if validate:
         _validate(x, lora_a, lora_b, module_idx, weights, row_cand, rule, backend, out, check_indices)
@@ -80,11 +82,19 @@ def lora_delta(
 
     b, t = x.shape[:2]
     y = out if out is not None else torch.zeros((b, t, lora_b.shape[1]), dtype=x.dtype, device=x.device)
+    if rule == "lorahub" and fused and lora_a.shape[1] <= _fused_max_rank():
+        return kernels.compose_delta(x, lora_a, lora_b, module_idx, weights, row_cand, y, check_indices=False)
     if rule == "lorahub":
         h = kernels.compose_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
         return kernels.compose_expand(h, lora_b, module_idx, weights, row_cand, y, check_indices=False)
     h = kernels.stacked_shrink(x, lora_a, module_idx, weights, row_cand, check_indices=False)
     return kernels.stacked_expand(h, lora_b, module_idx, row_cand, y, check_indices=False)
+
+
+def _fused_max_rank() -> int:
+    from lorahub_serve.kernels._runtime import FUSED_MAX_RANK
+
+    return FUSED_MAX_RANK
 
 
 def _validate(x, lora_a, lora_b, module_idx, weights, row_cand, rule, backend, out, check_indices) -> None:

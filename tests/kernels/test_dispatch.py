@@ -86,6 +86,18 @@ def test_triton_matches_torch(case, rule):
     assert_close(lora_delta(*_args(p), rule, "triton"), want, torch.float32, f"triton ({rule})")
 
 
+@pytest.mark.parametrize("case", CASES[1:5] + CASES[6:8], ids=str)
+def test_fused_triton_matches_torch(case):
+    """lorahub rule, `fused=True`: one compose_delta kernel instead of shrink + expand; into out too."""
+    p = make_problem(case)
+    want = lora_delta(*_args(p), "lorahub", "torch")
+    assert_close(lora_delta(*_args(p), "lorahub", "triton", fused=True), want, torch.float32, "fused")
+    base = torch.randn(want.shape)
+    out = base.clone()
+    assert lora_delta(*_args(p), "lorahub", "triton", out=out, fused=True) is out
+    assert_close(out, base + want, torch.float32, "fused, into out")
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("rule", RULES)
 def test_bf16(rule, backend):

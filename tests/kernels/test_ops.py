@@ -1,4 +1,4 @@
-"""The four Triton ops against their torch `*_ref` twins, as one table: interpreted on CPU
+"""The five Triton ops against their torch `*_ref` twins, as one table: interpreted on CPU
 (TRITON_INTERPRET=1, conftest.py), natively on CUDA.
 
 `OPS` says how each op is called; every test runs over every op (and the shape grid of
@@ -17,6 +17,8 @@ from _compare import assert_close, requires_cuda
 from _problems import CASES, GPU_CASES, make_problem
 
 from lorahub_serve.kernels import (
+    compose_delta,
+    compose_delta_ref,
     compose_expand,
     compose_expand_ref,
     compose_shrink,
@@ -64,6 +66,8 @@ OPS = [
     Op("compose_shrink", compose_shrink, compose_shrink_ref, _SHRINK),
     Op("compose_expand", compose_expand, compose_expand_ref,
        ("h", "lora_b", "module_idx", "weights", "row_cand", "y")),
+    Op("compose_delta", compose_delta, compose_delta_ref,
+       ("x", "lora_a", "lora_b", "module_idx", "weights", "row_cand", "y")),
     Op("stacked_shrink", stacked_shrink, stacked_shrink_ref, _SHRINK),
     Op("stacked_expand", stacked_expand, stacked_expand_ref, ("h", "lora_b", "module_idx", "row_cand", "y")),
 ]
@@ -125,6 +129,8 @@ ERRORS = [
      r"y.shape\[2\] must equal d_out = lora_b.shape\[1\] = 13"),
     ("compose_expand", "h", lambda t: t[..., :-1], ValueError, r"h.shape\[2\] must equal r = lora_b.shape\[2\] = 3"),
     ("compose_expand", "module_idx", lambda t: t - 1, IndexError, r"module_idx values must lie in \[0, 4\)"),
+    ("compose_delta", "lora_b", lambda t: t[..., :-1], ValueError, r"lora_b.shape\[2\] must equal the rank r"),
+    ("compose_delta", "y", lambda t: t[:, :-1], ValueError, r"y must be \[B, T, d_out\] = \[3, 5, 13\]"),
     ("stacked_shrink", "x", lambda t: t[0], ValueError, r"x must be 3-D \[B, T, d_in\]; got shape \(5, 17\)"),
     ("stacked_shrink", "module_idx", lambda t: t.int(), TypeError, "module_idx must have dtype int64; got int32"),
     ("stacked_shrink", "weights", lambda t: t[:, :1], ValueError,
