@@ -5,8 +5,10 @@ For each example and method, the picked option is the one whose answer string (`
 the method's composition (weights over the chosen hub modules; all zero = the base model). The
 answer string is scored alone, without the EOS the search appends.
 
-Every (method, example, option) row goes through one `Evaluator.losses` call: task keys are
-shared by the methods that see the same prompt, and the candidates differ in their weights.
+Every (method, example) pair is one candidate of one `Evaluator.example_losses` call: a prompt's
+options are one task whose examples are (prompt, option), so the packed row holds the prompt once
+(the shared prefix) and each option attends to it; methods that see the same prompt share its
+task, and the candidates differ in their weights.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def option_losses(evaluator: Evaluator, module_idx: Sequence[int], methods: Mapp
     """Per method, per example: [n_options] mean CE of each option's answer string given the
     method's prompt (None for an example without options). `tag` prefixes the evaluator's
     temporary task keys, which are removed afterwards."""
-    keys: dict[tuple[str, str], str] = {}  # (prompt, answer string) -> task key
+    keys: dict[tuple[str, tuple[str, ...]], str] = {}  # (prompt, its answer strings) -> task key
     tasks, weights, slots = [], [], []  # slots: (method, example index) per candidate
     k = len(module_idx)
     for name, m in methods.items():
@@ -41,23 +43,22 @@ def option_losses(evaluator: Evaluator, module_idx: Sequence[int], methods: Mapp
             raise ValueError(f"method {name!r}: {len(m.prompts)} prompts for {len(examples)} examples")
         w = np.zeros(k, dtype=np.float32) if m.weights is None else np.asarray(m.weights, dtype=np.float32)
         for j, (prompt, ex) in enumerate(zip(m.prompts, examples)):
-            for choice in ex.choices:
-                key = keys.setdefault((prompt, choice), f"{tag}/{len(keys)}")
-                tasks.append(key)
+            if ex.choices:
+                tasks.append(keys.setdefault((prompt, ex.choices), f"{tag}/{len(keys)}"))
                 weights.append(w)
                 slots.append((name, j))
     try:
-        for (prompt, choice), key in keys.items():
-            evaluator.add_task(key, [Example(prompt, choice)], eos=False, truncate=True)
-        flat = (evaluator.losses(tasks, np.tile(module_idx, (len(tasks), 1)), np.stack(weights))
-                if tasks else np.zeros(0))
+        for (prompt, choices), key in keys.items():
+            evaluator.add_task(key, [Example(prompt, c) for c in choices], eos=False, truncate=True)
+        per_cand = (evaluator.example_losses(tasks, np.tile(module_idx, (len(tasks), 1)), np.stack(weights))
+                    if tasks else [])
     finally:
         for key in keys.values():
             evaluator.remove_task(key)
-    out: dict[str, list[list[float]]] = {name: [[] for _ in examples] for name in methods}
-    for (name, j), loss in zip(slots, flat):
-        out[name][j].append(float(loss))
-    return {name: [np.asarray(v) if v else None for v in per_ex] for name, per_ex in out.items()}
+    out: dict[str, list[np.ndarray | None]] = {name: [None] * len(examples) for name in methods}
+    for (name, j), losses in zip(slots, per_cand):
+        out[name][j] = np.asarray(losses, dtype=np.float64)
+    return out
 
 
 def picks(losses: Sequence[np.ndarray | None]) -> list[int | None]:
