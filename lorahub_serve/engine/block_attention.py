@@ -69,9 +69,11 @@ def supports_blocks(model) -> bool:
     """Whether `model`'s attention layers can run blocks: transformers' attention interface, and
     nothing beyond plain causal softmax attention."""
     config = model.config
+    windowed = (getattr(config, "sliding_window", None) is not None
+                and getattr(config, "use_sliding_window", True))  # Qwen2 sets a window it does not use
     return (bool(getattr(model, "_supports_attention_backend", False))
             and not getattr(config, "is_encoder_decoder", False)
-            and getattr(config, "sliding_window", None) is None
+            and not windowed
             and getattr(config, "attn_logit_softcapping", None) is None)
 
 

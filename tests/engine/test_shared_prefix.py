@@ -137,3 +137,22 @@ def test_block_attention_equals_the_dense_mask(dtype, kernel):
     for i, allowed in enumerate(dense):
         n = len(allowed)
         torch.testing.assert_close(got[i, :n].float(), want[i, :n], atol=tol, rtol=tol)
+
+
+def test_block_attention_only_where_attention_is_plain(tiny_llama_dir, tiny_t5_dir):
+    """Llama and a Qwen2 whose window is off run blocks; a window in use, soft-capped logits or an
+    encoder-decoder keep the dense mask."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from lorahub_serve.engine.block_attention import supports_blocks
+
+    assert supports_blocks(load_base(tiny_llama_dir)[0])
+    assert not supports_blocks(load_base(tiny_t5_dir)[0])
+    small = {"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "num_key_value_heads": 1}
+    for windowed, want in ((False, True), (True, False)):
+        cfg = Qwen2Config(**small, sliding_window=8, use_sliding_window=windowed, max_window_layers=1)
+        assert supports_blocks(AutoModelForCausalLM.from_config(cfg)) is want, windowed
+    model = load_base(tiny_llama_dir)[0]
+    model.config.attn_logit_softcapping = 30.0
+    assert not supports_blocks(model)
