@@ -41,6 +41,22 @@ from .packing import (
     shared_prefix,
 )
 
+WARMUP_ROWS = (4, 24, 64)  # tokens: one row per Triton token-block size (16, 32, 64)
+
+
+def warmup_examples(tokenizer, jit: bool) -> list[Example]:
+    """The warm-up's examples: with Triton (jit) one whose row is at least each of WARMUP_ROWS
+    tokens, so every BLOCK_T variant compiles at start-up; else one tiny example."""
+    if not jit:
+        return [Example("warm up", " ok")]
+    out = []
+    for n in WARMUP_ROWS:
+        words = 1
+        while len(tokenizer("warm " * words + "up", add_special_tokens=False)["input_ids"]) < n:
+            words += 1
+        out.append(Example("warm " * words + "up", " ok"))
+    return out
+
 
 @dataclass(frozen=True)
 class EncodedTask:
@@ -85,6 +101,7 @@ class Evaluator:
         self.max_row = max_row  # tokens per packed row (1: one example per row, no packing)
         self.handle = attach(model, stack, rule, backend)
         self.device = next(model.parameters()).device
+        self.jit = backend == "triton" or (backend == "auto" and self.device.type == "cuda")  # Triton runs
         self.token_budget = token_budget or default_token_budget(self.device)
         self.pad_id = pad_id(tokenizer)
         self.tasks: dict[str, EncodedTask] = {}
@@ -147,14 +164,17 @@ class Evaluator:
             self.tasks.pop(term[0].key, None)
 
     def warmup(self) -> float:
-        """One tiny batch through every adapted layer, so kernel JIT and allocator start-up are paid
-        here, at engine start, and not by the first generation of the first search. Returns seconds."""
+        """Tiny batches through every adapted layer, so kernel JIT and allocator start-up are paid
+        here, at engine start, and not by the first generation of the first search: with Triton
+        one row per token-block size the kernels compile for (`WARMUP_ROWS`), on the torch path
+        one. Returns seconds."""
         t0, counters = time.perf_counter(), (self.evaluations, self.seconds)
         key = "\0warmup"
-        self.add_task(key, [Example("warm up", " ok")], truncate=True)
+        k = min(2, len(self.stack.modules))
         try:
-            k = min(2, len(self.stack.modules))
-            self.losses([key, key], np.tile(np.arange(k), (2, 1)), np.full((2, k), 0.5, dtype=np.float32))
+            for ex in warmup_examples(self.tokenizer, self.jit):
+                self.add_task(key, [ex], truncate=True)
+                self.losses([key, key], np.tile(np.arange(k), (2, 1)), np.full((2, k), 0.5, dtype=np.float32))
         finally:
             self.remove_task(key)
             self.evaluations, self.seconds = counters  # not charged to any search

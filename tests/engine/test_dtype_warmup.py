@@ -9,7 +9,9 @@ import torch
 from lorahub_serve import adapt
 from lorahub_serve.data import from_records
 from lorahub_serve.engine.adapt import Engine
+from lorahub_serve.engine.evaluator import warmup_examples
 from lorahub_serve.models import load_base, resolve_dtype
+from lorahub_serve.prompting import encode_example
 
 BF16_LOSS_TOL = 5e-2  # bf16 keeps 8 mantissa bits: ~1e-2 relative per op, summed over 2 layers
 
@@ -71,7 +73,9 @@ def test_warmup_runs_every_layer_once_and_leaves_no_trace(tiny_llama_dir, tiny_l
             h.remove()
         ev = eng.evaluator
         assert seconds > 0 and ev.warmup_seconds == seconds
-        assert len(calls) == len(eng.stack.layers)  # one pass through every adapted layer
+        passes = len(warmup_examples(eng.tokenizer, ev.jit))  # Triton: one per token-block size
+        assert passes == (3 if backend == "triton" else 1)
+        assert len(calls) == passes * len(eng.stack.layers)  # through every adapted layer
         assert ev.evaluations == 0 and ev.seconds == pytest.approx(0, abs=1e-9)  # not charged to searches
         assert ev.tasks == {}  # its task is gone
         r = ev.handle.routing
@@ -83,3 +87,12 @@ def test_warmup_runs_every_layer_once_and_leaves_no_trace(tiny_llama_dir, tiny_l
         assert eng.evaluator.warmup_seconds > 0 and eng.startup_seconds >= eng.evaluator.warmup_seconds
     finally:
         eng.close()
+
+
+def test_triton_warmup_covers_every_token_block(tiny_llama_dir):
+    """With Triton the warm-up rows reach each BLOCK_T bucket (<= 16, 17-32, >= 33 tokens), so no
+    search compiles a kernel variant; the torch path warms up with one tiny row."""
+    _, tok = load_base(tiny_llama_dir)
+    rows = [encode_example(tok, ex).length - 1 for ex in warmup_examples(tok, jit=True)]
+    assert [min(64, max(16, 1 << (n - 1).bit_length())) for n in rows] == [16, 32, 64], rows
+    assert len(warmup_examples(tok, jit=False)) == 1
