@@ -17,8 +17,11 @@ def mixing(module_idx: torch.Tensor, weights: torch.Tensor, n_modules: int) -> t
     return mix.scatter_add_(1, module_idx, weights.float())
 
 
-def compose(factors: torch.Tensor, module_idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Σₖ w[c,k] factors[idx[c,k]] for every candidate: [C, *factors.shape[1:]] fp32, summed in fp32."""
+def compose(factors: torch.Tensor, module_idx: torch.Tensor, weights: torch.Tensor,
+            mix: torch.Tensor | None = None) -> torch.Tensor:
+    """Σₖ w[c,k] factors[idx[c,k]] for every candidate: [C, *factors.shape[1:]] fp32, summed in fp32.
+    mix: `mixing(module_idx, weights, N)` when the caller already has it (A and B share one)."""
     n = factors.shape[0]
-    mix = mixing(module_idx, weights, n)
+    if mix is None:
+        mix = mixing(module_idx, weights, n)
     return (mix @ factors.reshape(n, -1).float()).view(module_idx.shape[0], *factors.shape[1:])

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from lorahub_serve.kernels import _checks
-from lorahub_serve.kernels._mix import compose
+from lorahub_serve.kernels._mix import compose, mixing
 from lorahub_serve.kernels._runtime import FUSED_MAX_RANK as MAX_RANK
 from lorahub_serve.kernels._runtime import block, dot_dtype, kernel_for
 
@@ -88,7 +88,8 @@ def compose_delta(x, lora_a, lora_b, module_idx, weights, row_cand, y, *, check_
     if y.numel() == 0:
         return y
     dot = dot_dtype(x.dtype, lora_a.dtype)
-    a_c, b_c = compose(lora_a, module_idx, weights), compose(lora_b, module_idx, weights)
+    mix = mixing(module_idx, weights, lora_a.shape[0])  # one for A and B
+    a_c, b_c = compose(lora_a, module_idx, weights, mix), compose(lora_b, module_idx, weights, mix)
     if dot != tl.float32:
         a_c, b_c = a_c.to(lora_a.dtype), b_c.to(lora_b.dtype)
     bt = block(t)

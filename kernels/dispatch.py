@@ -120,8 +120,9 @@ def _choice(op: str, name: str, value, literal) -> None:
 def _lorahub_torch(x, lora_a, lora_b, module_idx, weights, row_cand, out=None):
     """Compose A_c [C, r, d_in] and B_c [C, d_out, r] once (one small matmul each), then bmm
     (accumulating into `out` when given)."""
-    a_c = compose(lora_a, module_idx, weights).to(x.dtype)  # [C, r, d_in]
-    b_c = compose(lora_b, module_idx, weights).to(x.dtype)  # [C, d_out, r]
+    mix = mixing(module_idx, weights, lora_a.shape[0])  # one for A and B
+    a_c = compose(lora_a, module_idx, weights, mix).to(x.dtype)  # [C, r, d_in]
+    b_c = compose(lora_b, module_idx, weights, mix).to(x.dtype)  # [C, d_out, r]
     h = torch.bmm(x, a_c[row_cand].transpose(1, 2))  # [B, T, r]
     if out is not None:
         return out.baddbmm_(h, b_c[row_cand].transpose(1, 2))

@@ -124,7 +124,7 @@ def layout(encoded: Sequence[EncodedExample], prefix: int, max_row: int, device)
             target_pos += [start + p for p in range(len(e.prompt_ids) - 1, e.length - 1)]
             labels += e.target_ids
             target_example += [i] * len(e.target_ids)
-        members_, block_of = attention_blocks(prefix, [len(seqs[i]) - prefix for i in members])
+        block_members, block_of = attention_blocks(prefix, [len(seqs[i]) - prefix for i in members])
         allowed = None
         if len(members) > 1:
             segs = torch.tensor(seg)
@@ -134,7 +134,7 @@ def layout(encoded: Sequence[EncodedExample], prefix: int, max_row: int, device)
         rows.append(PackedRow(*(torch.tensor(v, dtype=torch.long).to(device) for v in (ids, pos)),
                               allowed, *(torch.tensor(v, dtype=torch.long).to(device)
                                          for v in (target_pos, labels, target_example)),
-                              members_.to(device), block_of.to(device)))
+                              block_members.to(device), block_of.to(device)))
     return tuple(rows)
 
 
