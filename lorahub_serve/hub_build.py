@@ -50,7 +50,7 @@ DEFAULT_HUB_TASKS: tuple[str, ...] = (
     "fantasy_reasoning", "misconceptions", "moral_permissibility", "odd_one_out",
     "elementary_math_qa/language_hint_only", "arithmetic/1_digit_addition", "cs_algorithms/lcs",
     "empirical_judgments", "metaphor_boolean", "irony_identification", "dark_humor_detection",
-    "intent_recognition", "bbq_lite_json/age_ambig", "strange_stories/multiple_choice",
+    "bbq_lite_json/age_ambig", "strange_stories/multiple_choice",
     "simple_ethical_questions", "unit_conversion/chained_conversion", "physics",
     "phrase_relatedness", "contextual_parametric_knowledge_conflicts", "emoji_movie",
     "metaphor_understanding/lit2met", "social_support", "color/hcl", "hindu_knowledge",
@@ -61,7 +61,49 @@ DEFAULT_HUB_TASKS: tuple[str, ...] = (
     # generative, so that compositions can also answer in free text
     "modified_arithmetic/three_digit_addition_control",
     "natural_instructions/subtask020_mctaco_span_based_question", "language_games/pig_latin_encode",
-    "codenames", "list_functions/00_shot_baseline", "unnatural_in_context_learning/dates",
+    "codenames", "unnatural_in_context_learning/dates",
+)
+
+
+# The broader hub (issue 19): every other usable upstream task (>= 20 examples that fit 128
+# tokens, outputs <= 160 characters), round-robin over families so a partial build is diverse,
+# at most 3 subtasks a family (10 for multiemo, one per language). Left out: the headroom suite's
+# candidates (`suite_build.SUITE_CANDIDATES`) and their twins (the same data in another form:
+# `plural_regular_json` beside `plural_json`), BBH, and the reserved families (and look-alikes of
+# them: simple_arithmetic_json, unit_interpretation).
+BROAD_HUB_TASKS: tuple[str, ...] = (
+    "multiemo/all_sentence_zh", "unnatural_in_context_learning/dates",
+    "intersect_geometry/shapes_2", "linguistic_mappings/de_past_tense_json",
+    "cause_and_effect/one_sentence", "chess_state_tracking/synthetic_medium", "checkmate_in_one",
+    "modified_arithmetic/three_digit_addition_plus_one", "ascii_word_recognition",
+    "kanji_ascii/kanji_ascii_meaning", "swahili_english_proverbs", "cryobiology_spanish",
+    "abstract_narrative_understanding/99_distractors", "entailed_polarity_hindi", "timedial",
+    "english_russian_proverbs", "similarities_abstraction", "metaphor_understanding/met2lit",
+    "swedish_to_german_proverbs", "analytic_entailment", "general_knowledge",
+    "mathematical_induction", "persian_idioms", "undo_permutation/reorder_byswap",
+    "sentence_ambiguity", "figure_of_speech_detection", "code_line_description", "common_morpheme",
+    "nonsense_words_grammar", "scientific_press_release", "misconceptions_russian", "riddle_sense",
+    "bridging_anaphora_resolution_barqa", "identify_odd_metaphor", "known_unknowns",
+    "physics_questions", "crass_ai", "human_organs_senses",
+    "conceptual_combinations/emergent_properties", "multiemo/all_sentence_ja",
+    "unnatural_in_context_learning/dates_unnatural_content", "intersect_geometry/shapes_3",
+    "linguistic_mappings/de_past_tense_regular_json", "cause_and_effect/one_sentence_no_prompt",
+    "chess_state_tracking/real_medium", "multiemo/all_sentence_pl",
+    "unnatural_in_context_learning/dates_unnatural_content_and_form", "intersect_geometry/shapes_4",
+    "linguistic_mappings/de_past_tense_irregular_json", "cause_and_effect/two_sentences",
+    "multiemo/hotels_sentence_ru", "unnatural_in_context_learning/dates_unnatural_form",
+    "intersect_geometry/shapes_5", "multiemo/all_sentence_pt",
+    "unnatural_in_context_learning/unnatural_addition_2_digit", "multiemo/hotels_sentence_nl",
+    "multiemo/hotels_sentence_it", "multiemo/all_sentence_es", "multiemo/hotels_sentence_de",
+    "multiemo/hotels_sentence_fr", "international_phonetic_alphabet_transliterate",
+    "gem/cs_restaurants", "rephrase", "sufficient_information", "crash_blossom", "logical_sequence",
+    "auto_debugging", "language_games/egg_encoded_target", "language_games/egg_plain_target",
+    "language_games/pig_latin_encoded_target", "mult_data_wrangling/add_punctuation_1_dates_1",
+    "mult_data_wrangling/add_punctuation_1_dates_2",
+    "mult_data_wrangling/add_punctuation_2_dates_1", "discourse_marker_prediction",
+    "hhh_alignment/harmless", "strange_stories/boolean", "what_is_the_tao", "english_proverbs",
+    "undo_permutation/reorder_words", "hhh_alignment/other", "novel_concepts",
+    "undo_permutation/reorder_chars",
 )
 
 
@@ -130,11 +172,13 @@ class TrainedModule:
     skipped: str | None = None
 
 
-def train_module(net, tok, task: str, cfg: TrainConfig, progress=None) -> TrainedModule:
-    """Train `task`'s LoRA on `net` (restored afterwards); factors stored in float16."""
+def train_module(net, tok, task: str, cfg: TrainConfig, progress=None,
+                 examples=None) -> TrainedModule:
+    """Train `task`'s LoRA on `net` (restored afterwards) on `examples` (default: all of the
+    task's); factors stored in float16."""
     import tempfile
 
-    exs = bigbench.load_task(task)
+    exs = bigbench.load_task(task) if examples is None else examples
     with tempfile.TemporaryDirectory(prefix="lorahub-module-") as tmp:
         out = Path(tmp) / module_name(task)
         t0 = time.time()
@@ -160,6 +204,8 @@ def record_module(hub_dir: Path, manifest: dict, mod: TrainedModule, cfg: TrainC
         "target_modules": list(cfg.target_modules), "steps": cfg.steps, "lr": cfg.lr, "max_length": cfg.max_length,
         "final_loss": round(mod.stats["final_loss"], 4), "train_examples": mod.stats["examples"],
         "heldout_loss": _round(mod.stats.get("heldout_loss")), "heldout_examples": mod.stats.get("heldout_examples", 0),
+        "heldout_accuracy": _round(mod.stats.get("heldout_accuracy")),
+        "heldout_metric": mod.stats.get("heldout_metric"), "train_dtype": cfg.dtype,
         "answer_style": trained_style(mod.task), "seconds": mod.stats["seconds"],
     }
     manifest["modules"] = [m for m in manifest["modules"] if m["name"] != name] + [entry]

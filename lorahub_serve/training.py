@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .adapter_scoring import accuracy, autocast
 from .atomic import atomic_dir
 from .data.examples import Example
 from .prompting import causal_batch, encode_example, pad_id
@@ -26,15 +27,20 @@ class TrainConfig:
     max_length: int = 256
     seed: int = 0
     heldout: int = 32  # examples kept out of training to measure the module's held-out loss
+    dtype: str = "float32"  # "bfloat16": bf16 autocast (~1.5x faster on CPUs with AVX512-BF16;
+    # held-out losses within a few % of fp32, measured on fact_checker/fever); weights stay fp32
 
     def __post_init__(self):
         for name in ("rank", "alpha", "steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"TrainConfig.dtype must be float32 or bfloat16, got {self.dtype!r}")
 
 
-def encode_rows(tokenizer, examples: list[Example], max_length: int) -> list[tuple]:
-    """(prompt_ids, target_ids) of every example that fits `max_length`, in order."""
+def encode_rows(tokenizer, examples: list[Example], max_length: int, keep: list | None = None) -> list[tuple]:
+    """(prompt_ids, target_ids) of every example that fits `max_length`, in order (the examples
+    kept are appended to `keep` when given)."""
     rows = []
     for ex in examples:
         try:
@@ -42,6 +48,8 @@ def encode_rows(tokenizer, examples: list[Example], max_length: int) -> list[tup
         except ValueError:
             continue
         rows.append((enc.prompt_ids, enc.target_ids))
+        if keep is not None:
+            keep.append(ex)
     return rows
 
 
@@ -67,10 +75,14 @@ def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: Tr
     """
     from peft import LoraConfig, get_peft_model
 
-    rows = encode_rows(tokenizer, examples, cfg.max_length)
+    kept: list[Example] = []
+    rows = encode_rows(tokenizer, examples, cfg.max_length, keep=kept)
     n_held = min(cfg.heldout, len(rows) // 5)
-    random.Random(f"heldout:{cfg.seed}").shuffle(rows)
-    heldout, rows = rows[:n_held], rows[n_held:]
+    perm = list(range(len(rows)))
+    random.Random(f"heldout:{cfg.seed}").shuffle(perm)
+    heldout = [rows[i] for i in perm[:n_held]]
+    held_examples = [kept[i] for i in perm[:n_held]]
+    rows = [rows[i] for i in perm[n_held:]]
     if len(rows) < cfg.batch_size:
         raise ValueError(f"only {len(rows)} usable examples (need >= {cfg.batch_size})")
     torch.manual_seed(cfg.seed)
@@ -93,7 +105,8 @@ def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: Tr
             rng.shuffle(order)
         idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
         ids, mask, labels = causal_batch([rows[i] for i in idx], pad)
-        loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        with autocast(cfg.dtype):
+            loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -104,12 +117,15 @@ def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: Tr
             progress(step + 1, cfg.steps, loss.item())
     peft_model.eval()
     held_loss = mean_loss(peft_model, heldout, pad, cfg.batch_size) if heldout else None
+    held_metric, held_acc = (accuracy(peft_model, tokenizer, held_examples, dtype=cfg.dtype)
+                             if held_examples else (None, None))
     with atomic_dir(Path(out_dir)) as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
     peft_model.unload()  # restore the plain base model for the next module
     tail = losses[-10:]
     return {"final_loss": sum(tail) / len(tail), "first_loss": losses[0], "steps": cfg.steps,
             "examples": len(rows), "heldout_loss": held_loss, "heldout_examples": len(heldout),
+            "heldout_accuracy": held_acc, "heldout_metric": held_metric,
             "seconds": round(time.time() - t0, 1)}
 
 

@@ -1,0 +1,168 @@
+"""`lorahub-serve suite build`: the headroom suite, held-out BIG-bench tasks this model can learn.
+
+A composition can only be judged on a task where gradient training on the task itself moves
+the model. For each candidate task (never in the hub, never BBH, never a reserved family):
+1. the task's evaluation set is fixed: the first `n_eval` examples of a seed-0 shuffle (the same
+   `bigbench.split` the evaluation uses; shots are drawn from the rest);
+2. an *oracle* LoRA is trained with the hub's recipe on the examples outside it and kept in its
+   own hub folder (never in the hub the searches draw from);
+3. base model and oracle are scored on the first `gate_n` evaluation examples (rank
+   classification for multiple choice, greedy exact match for generative tasks), beside the
+   majority-label rate and chance;
+4. the task is kept when the oracle beats both the base model and the majority-label rate by at
+   least `min_gain` points.
+The manifest (`suites/<name>.json`) is rewritten atomically after every candidate, so a killed
+build resumes at the next one; oracles already trained are reused.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .atomic import write_json_atomic
+from .data import bigbench, is_bbh
+
+# Kept for an independent check: their four hub modules stay, nothing else of theirs is used.
+RESERVED_FAMILIES = ("color", "arithmetic", "bbq_lite_json", "unit_conversion")
+
+# Candidates: held-out tasks with >= 200 short examples, multiple choice and generative, from
+# families the hub covers ("near") and families it does not ("far").
+SUITE_CANDIDATES: tuple[str, ...] = (
+    "fact_checker/fever", "fact_checker/politifact", "goal_step_wikihow/step_inference",
+    "goal_step_wikihow/step_ordering", "elementary_math_qa/question_only",
+    "cs_algorithms/valid_parentheses", "intent_recognition", "language_identification", "kannada",
+    "parsinlu_qa", "hinglish_toxicity", "multiemo/reviews_sentence_en",
+    "modified_arithmetic/three_digit_subtraction_control",
+    "modified_arithmetic/two_digit_multiplication_control", "periodic_elements/subtask_1",
+    "linguistic_mappings/plural_json", "linguistic_mappings/past_tense_json",
+    "linguistic_mappings/sentence_negation_json", "linguistic_mappings/question_formation_json",
+    "unnatural_in_context_learning/identity", "unnatural_in_context_learning/reverse_natural_content",
+    "natural_instructions/subtask033_winogrande_answer_generation",
+    "natural_instructions/subtask039_qasc_find_overlapping_words", "chinese_remainder_theorem",
+    "matrixshapes", "kanji_ascii/kanji_ascii_pronunciation", "simp_turing_concept/witness_set",
+    "chess_state_tracking/real_short", "list_functions/00_shot_baseline", "cryptonite",
+)
+
+
+def family(task: str) -> str:
+    return task.split("/")[0]
+
+
+def refuse_reserved(task: str, what: str) -> None:
+    if family(task) in RESERVED_FAMILIES:
+        raise ValueError(f"{task}: the {family(task)!r} family is reserved for an independent check; "
+                         f"it is not used for {what}")
+
+
+def eval_size(n_examples: int, cap: int = 250) -> int:
+    """Evaluation examples of a task: up to `cap`, at most half of it (the rest trains the oracle
+    and gives the shots)."""
+    return min(cap, n_examples // 2)
+
+
+def closeness(task: str, hub_tasks: set[str]) -> str:
+    """"near": another subtask of the task's family is in the hub; "far": none is."""
+    return "near" if any(family(t) == family(task) and t != task for t in hub_tasks) else "far"
+
+
+@dataclass
+class Candidate:
+    task: str
+    family: str
+    kind: str
+    metric: str  # "rc" | "em"
+    n_examples: int
+    n_eval: int
+    gate_n: int
+    chance: float
+    majority: float
+    base: float
+    oracle: float
+    gain: float  # oracle - max(base, majority)
+    kept: bool
+    closeness: str
+    oracle_seconds: float
+
+
+def split_for_oracle(task: str, cap: int = 250):
+    """(oracle training examples, the fixed evaluation set) of `task`."""
+    import random
+
+    exs = bigbench.load_task(task)
+    n_eval = eval_size(len(exs), cap)
+    order = list(range(len(exs)))
+    random.Random(0).shuffle(order)  # bigbench.split's order: its evaluation set is order[:n_eval]
+    return [exs[i] for i in order[n_eval:]], [exs[i] for i in order[:n_eval]]
+
+
+def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path,
+                candidates: tuple[str, ...] = SUITE_CANDIDATES, cfg=None, gate_n: int = 100,
+                min_gain: float = 20.0, log=print) -> dict:
+    """Train and gate every candidate not yet in the manifest; returns the manifest."""
+    import json
+
+    from tqdm import tqdm
+
+    from .adapter_scoring import accuracy, majority_rate
+    from .formats import read_hub_json
+    from .hub_build import TrainedModule, module_name, record_module, train_module
+    from .models import load_base, resolve_model
+    from .training import TrainConfig
+
+    cfg = cfg or TrainConfig(steps=24, lr=2e-3, max_length=128)
+    hub_tasks = {m["source_task"] for m in read_hub_json(Path(hub_dir))["modules"]}
+    for t in candidates:
+        refuse_reserved(t, "the headroom suite")
+        if is_bbh(t) or t in hub_tasks:
+            raise ValueError(f"{t}: suite candidates must be neither BBH tasks nor hub modules")
+    manifest = (json.loads(manifest_path.read_text()) if manifest_path.exists() else
+                {"format": 1, "candidates": []})
+    manifest.update({"model": str(model), "hub": str(hub_dir), "oracle_hub": str(oracle_dir),
+                     "min_gain": min_gain, "gate_n": gate_n, "reserved_families": list(RESERVED_FAMILIES),
+                     "oracle_recipe": asdict(cfg), "eval_split": "first n_eval of a seed-0 shuffle "
+                     "(bigbench.split); oracles train on the rest"})
+    done = {c["task"] for c in manifest["candidates"]}
+    todo = [t for t in candidates if t not in done]
+    oracles = read_hub_json(Path(oracle_dir), missing_ok=True)
+    oracles.setdefault("base_model", str(model))
+    net, tok = load_base(resolve_model(model))
+    base_cache: dict[str, float] = {}
+    for task in tqdm(todo, desc="suite build", unit="task"):
+        train, evalset = split_for_oracle(task)
+        gate = evalset[:gate_n]
+        t0 = time.time()
+        folder = Path(oracle_dir) / "modules" / module_name(task)
+        if not (folder / "adapter_model.safetensors").exists():
+            mod: TrainedModule = train_module(net, tok, task, cfg, examples=train)
+            if mod.skipped:
+                log(f"[suite] {task}: no oracle ({mod.skipped})")
+                continue
+            record_module(Path(oracle_dir), oracles, mod, cfg)
+        from peft import PeftModel
+
+        metric, base = accuracy(net, tok, gate, dtype=cfg.dtype)
+        peft_model = PeftModel.from_pretrained(net, folder).eval()
+        _, oracle = accuracy(peft_model, tok, gate, dtype=cfg.dtype)
+        net = peft_model.unload()
+        base_cache[task] = base
+        info = bigbench.task_info(task)
+        majority = majority_rate(gate)
+        chance = 100.0 * info.chance
+        gain = oracle - max(base, majority)
+        c = Candidate(task, family(task), info.kind, metric, len(train) + len(evalset), len(evalset),
+                      len(gate), round(chance, 1), round(majority, 1), round(base, 1), round(oracle, 1),
+                      round(gain, 1), gain >= min_gain, closeness(task, hub_tasks),
+                      round(time.time() - t0, 1))
+        log(f"[suite] {task}: base {base:.0f}, majority {majority:.0f}, oracle {oracle:.0f} -> "
+            f"{'kept' if c.kept else 'dropped'}")
+        manifest["candidates"] = [x for x in manifest["candidates"] if x["task"] != task] + [asdict(c)]
+        manifest["tasks"] = [x["task"] for x in manifest["candidates"] if x["kept"]]
+        write_json_atomic(manifest_path, manifest)
+    hub_tasks = {m["source_task"] for m in read_hub_json(Path(hub_dir))["modules"]}  # it may have grown
+    for c in manifest["candidates"]:
+        c["closeness"] = closeness(c["task"], hub_tasks)
+    manifest["tasks"] = [x["task"] for x in manifest["candidates"] if x["kept"]]
+    write_json_atomic(manifest_path, manifest)
+    return manifest
