@@ -7,9 +7,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-HUB=hubs/smollm2-135m
-ORACLES=hubs/smollm2-135m-oracles
-SUITE=suites/headroom-smollm2-135m.json
+HUB=$PWD/hubs/smollm2-135m
+ORACLES=$PWD/hubs/smollm2-135m-oracles
+SUITE=$PWD/suites/headroom-smollm2-135m.json
 mkdir -p suites
 ( while sleep 300; do
     git add "$HUB" "$ORACLES" "$SUITE" 2>/dev/null
