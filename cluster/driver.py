@@ -61,6 +61,9 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
         raise ValueError(f"max_batch must be >= 1 candidate, got {max_batch}")
     check_rule(rule)
     config = config or SearchConfig()
+    if config.select != "random":  # the driver fixes each task's modules before any actor runs
+        raise ValueError(f"--select {config.select} is not supported by adapt-batch / --actors yet; "
+                         "use --select random, or adapt without --actors")
     specs = specs_from_pairs(tasks)
     hub_modules = read_manifest(Path(hub))
     if modules is None:  # resolved here, as the job id hashes what was chosen

@@ -59,6 +59,14 @@ def _cmd_hub_build(a) -> int:
     return 0
 
 
+def _cmd_hub_centroids(a) -> int:
+    from .hub_centroids import compute_centroids
+
+    n = compute_centroids(a.model, Path(a.hub), a.inputs)
+    print(f"hub {a.hub}: {n} centroids computed")
+    return 0
+
+
 def _cmd_suite_build(a) -> int:
     from .suite_build import SUITE_CANDIDATES, build_suite
     from .training import TrainConfig
@@ -107,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     hb.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="training precision: bfloat16 autocast is ~1.5x faster on CPUs with AVX512-BF16")
     hb.set_defaults(func=_cmd_hub_build)
+
+    hc = hub.add_parser("centroids", help="each module's input centroid (for adapt --select retrieve)")
+    hc.add_argument("--model", default="smollm2-135m")
+    hc.add_argument("--hub", required=True)
+    hc.add_argument("--inputs", type=int, default=32, help="training inputs per module")
+    hc.set_defaults(func=_cmd_hub_centroids)
 
     suite = sub.add_parser("suite", help="the headroom suite").add_subparsers(dest="action", required=True)
     sb = suite.add_parser("build", help="train an oracle per candidate task and keep the tasks it "

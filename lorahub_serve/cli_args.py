@@ -28,6 +28,9 @@ def add_search_arguments(p, budget_help: str = "candidate evaluations, the start
     p.add_argument("--popsize", type=int, default=None,
                    help="population (default: leaves at least four updates after the start batch)")
     p.add_argument("--sigma", type=float, default=None, help="CMA-ES initial step in weight units (default 0.1)")
+    p.add_argument("--select", choices=["random", "loss", "retrieve"], default="random",
+                   help="which K modules: seeded random (the paper's), the K lowest few-shot losses "
+                   "alone, or the K nearest by input centroid")
     p.add_argument("--no-onehot-start", action="store_true", help="start the population search at w = 0")
     add_contrast_argument(p)
 
@@ -45,7 +48,8 @@ def search_config(a):
 
     extra = {} if a.sigma is None else {"sigma": a.sigma}
     return SearchConfig(budget=a.budget, seed=a.seed, optimizer=a.optimizer, popsize=a.popsize,
-                        onehot_start=not a.no_onehot_start, contrast=a.contrast, **extra)
+                        onehot_start=not a.no_onehot_start, contrast=a.contrast,
+                        select=getattr(a, "select", "random"), **extra)
 
 
 def add_cluster_arguments(p, default_actors: int = 1) -> None:

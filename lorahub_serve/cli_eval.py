@@ -25,13 +25,38 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _cmd_eval_headroom(a) -> int:
+    import json
+
+    from .headroom_eval import HeadroomConfig, run_headroom_eval
+    from .headroom_report import markdown, summarise, write_report
+
+    cfg = HeadroomConfig(suite=Path(a.suite_file), tasks=tuple(a.tasks) if a.tasks else None,
+                         seeds=a.seeds, shots=a.shots, limit=a.limit or 100, budget=a.budget,
+                         modules=a.modules, select=a.select, ngopt=not a.no_ngopt, soup_k=a.soup_k,
+                         contrast=a.contrast)
+    name = a.name or "headroom_smollm2"
+    command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    prior = Path(a.out) / f"{name}.json"
+    done = json.loads(prior.read_text())["rows"] if a.resume and prior.exists() else None
+    rows = run_headroom_eval(a.model, a.hub, cfg, done=done,
+                             on_row=lambda rows: write_report(rows, Path(a.out), name, command))
+    paths = write_report(rows, Path(a.out), name, command)
+    print(markdown(rows, summarise(rows)))
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
 def _cmd_eval(a) -> int:
+    if a.suite == "headroom":
+        return _cmd_eval_headroom(a)
     from .data.bbh import BBH_TASKS
     from .eval_report import markdown_table, summarise, write_report
     from .evaluation import EvalConfig, run_eval
 
+    a.name = a.name or "bbh_smollm2"
     cfg = EvalConfig(tasks=tuple(a.tasks or BBH_TASKS), seeds=a.seeds, shots=a.shots,
-                     limit=a.limit, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt,
+                     limit=a.limit or 50, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt,
                      soup_k=a.soup_k, rc_limit=a.rc_limit, contrast=a.contrast)
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     rows = run_eval(a.model, a.hub, cfg, generator=a.generator,
@@ -45,13 +70,20 @@ def _cmd_eval(a) -> int:
 def register(sub) -> None:
     p = sub.add_parser("eval", help="compare zero-shot, ICL, LoraHub, single modules and a soup on BBH "
                        "(exact match and rank classification)")
-    p.add_argument("--suite", choices=["bbh"], default="bbh")
+    p.add_argument("--suite", choices=["bbh", "headroom"], default="bbh",
+                   help="bbh: the held-out BBH tasks; headroom: the suite's tasks (suite build)")
+    p.add_argument("--suite-file", default="suites/headroom-smollm2-135m.json",
+                   help="the headroom suite's manifest")
+    p.add_argument("--select", choices=["random", "loss", "retrieve"], default="loss",
+                   help="headroom: how lorahub picks its K modules (lorahub_random is always random)")
+    p.add_argument("--resume", action="store_true", help="headroom: keep the rows of OUT/NAME.json")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--hub", required=True)
     p.add_argument("--tasks", nargs="*", default=None, help="BBH tasks (default: all 24 JSON ones)")
     p.add_argument("--seeds", type=_seeds, default=(1, 2, 3), help="e.g. 1-5 or 1,3")
     p.add_argument("--shots", type=int, default=5)
-    p.add_argument("--limit", type=int, default=50, help="evaluation examples per task")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluation examples per task (default: 50 for bbh, 100 for headroom)")
     p.add_argument("--budget", type=int, default=40)
     p.add_argument("--modules", type=int, default=None, help="K (default min(20, hub size))")
     p.add_argument("--no-ngopt", action="store_true", help="skip the NGOpt comparison")
@@ -64,5 +96,5 @@ def register(sub) -> None:
                    help="greedy answers from vLLM (our server + OpenAI client) or the engine's batched "
                    "generate; auto = vLLM when installed and the model is decoder-only")
     p.add_argument("--out", default="bench/results")
-    p.add_argument("--name", default="bbh_smollm2")
+    p.add_argument("--name", default=None, help="report name (default bbh_smollm2 / headroom_smollm2)")
     p.set_defaults(func=_cmd_eval)

@@ -20,7 +20,7 @@ import numpy as np
 from ..data.examples import Example, load_examples
 from .evaluator import Evaluator
 from .export import check_rule, compose_factors, merge_adapter, write_adapter
-from .hub import ModuleInfo, read_manifest, resolve_modules, stack_modules
+from .hub import ModuleInfo, default_k, read_manifest, resolve_modules, stack_modules
 from .search import SearchConfig, SearchState, run_search
 
 
@@ -97,7 +97,8 @@ class Engine:
         self.model_name = str(model)
         self.model_folder = resolve_model(model)
         self.fingerprint = folder_fingerprint(self.model_folder)
-        self.hub_modules = read_manifest(Path(hub))
+        self.hub_dir = Path(hub)
+        self.hub_modules = read_manifest(self.hub_dir)
         device = device or ("cuda" if torch.cuda.is_available() else None)  # kernels need CUDA
         self.dtype = resolve_dtype(dtype, device)
         if self.dtype == "float32" and device and str(device).startswith("cuda"):
@@ -118,6 +119,24 @@ class Engine:
         """Hub positions of a task's modules (see `hub.resolve_modules`)."""
         return resolve_modules(self.hub_modules, modules, seed)
 
+    def choose_modules(self, task: str, exs: list[Example], modules: int | Sequence[str] | None,
+                       config: SearchConfig) -> tuple[list[int], dict]:
+        """[K] hub positions for a task already added to the evaluator, and what to record of
+        the choice (`engine/selection.py`); names in `modules` are taken as given."""
+        from . import selection
+
+        if config.select == "random" or isinstance(modules, (list, tuple)):
+            return self.module_indices(modules, config.seed), {}
+        k = default_k(len(self.hub_modules)) if modules is None else modules
+        if config.select == "loss":
+            losses = selection.single_losses(self.evaluator, task, len(self.hub_modules))
+            idx = selection.lowest_k(losses, k)
+            return idx, {"select_losses": [round(float(losses[i]), 5) for i in idx]}
+        names = [m.name for m in self.hub_modules]
+        cents = selection.read_centroids(self.hub_dir, names)
+        query = selection.input_centroid(self.net, self.tokenizer, [e.input for e in exs])
+        return selection.nearest_k(cents, query, k), {}
+
     def adapt(self, examples, task: str = "task", modules: int | Sequence[str] | None = None,
               config: SearchConfig | None = None, out: str | Path | None = None, merge: bool = False,
               progress: bool = True,
@@ -126,9 +145,9 @@ class Engine:
         (progress as data; an exception it raises stops the search and propagates)."""
         config = config or SearchConfig()
         exs: list[Example] = load_examples(examples)
-        idx = self.module_indices(modules, config.seed)
         self.evaluator.add_task(task, exs, contrast=config.contrast)
         t0 = time.perf_counter()
+        idx, selection = self.choose_modules(task, exs, modules, config)
         bar = _progress(progress, config.budget, task)
 
         def loss_fn(w: np.ndarray) -> np.ndarray:
@@ -147,6 +166,8 @@ class Engine:
         result = AdaptResult.from_state(task, self.hub_modules, idx, state, config, self.rule,
                                         time.perf_counter() - t0)
         result.extra["dtype"] = self.dtype
+        result.extra["select"] = config.select
+        result.extra.update(selection)
         if out is not None:
             self.export(result, Path(out), merge=merge)
         return result

@@ -50,12 +50,16 @@ class SearchConfig:
     popsize: int | None = None  # population optimisers; default `population(k)`
     sigma: float = 0.1  # CMA-ES initial step size, in weight units (bench/search_compare.py)
     onehot_start: bool = True  # population optimisers: first evaluate w = 0 and the one-hots
+    select: str = "random"  # which K hub modules: "random" | "loss" | "retrieve" (engine/selection.py)
     line_steps: tuple[float, ...] = ()  # optional: max-|w| steps along the descent direction the
     # start batch measured, one batch before the population search (measured: no gain, off)
 
     def __post_init__(self):
         if not isinstance(self.budget, int) or self.budget < 1:
             raise ValueError(f"budget must be an integer >= 1 (candidate evaluations), got {self.budget!r}")
+        from .selection import check_select
+
+        check_select(self.select)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not self.bound > 0:

@@ -1,0 +1,203 @@
+"""`lorahub-serve eval --suite headroom`: every method on the tasks this model can learn.
+
+Per suite task and seed, on the same 5 shots (`bigbench.split`: the evaluation set, the first
+`limit` examples of a seed-0 shuffle, is the same for every seed and every method; the seed draws
+the shots, the random module choice and the search):
+- zero_shot, icl (the shots in the prompt), on the base model;
+- lorahub: the default search over K modules chosen by `select`;
+- lorahub_random: the same search over K seeded-random modules (the paper's choice);
+- lorahub_ngopt: the reference's sequential NGOpt, same modules as lorahub;
+- best_single, soup: the lowest-loss module alone / the soup_k lowest averaged (lorahub's K);
+- lora_ft: a LoRA fine-tuned with gradients on the 5 shots (the paper's baseline: 40 epochs);
+- oracle: the suite's oracle, trained on the task's other examples (the ceiling).
+Engine methods are scored on the engine (rank classification with the shared prompt; greedy
+generation); the two PEFT models (lora_ft, oracle) by `adapter_scoring`, which also re-scores
+the base model (`zero_shot_peft`) so the two paths can be compared. Metric: the suite's, rank
+classification for multiple-choice tasks, exact match for generative ones.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import bigbench
+from .data.examples import Example
+from .engine.adapt import Engine
+from .engine.search import SearchConfig
+from .evaluation import icl_prompt, soup_weights
+from .rank_classification import Method, rank_classification
+from .scoring import accuracy as em_accuracy
+
+ENGINE_METHODS = ("zero_shot", "icl", "lorahub", "lorahub_random", "lorahub_ngopt", "best_single", "soup")
+PEFT_METHODS = ("lora_ft", "oracle")
+METHODS = ENGINE_METHODS + PEFT_METHODS
+
+
+@dataclass(frozen=True)
+class HeadroomConfig:
+    suite: Path
+    tasks: tuple[str, ...] | None = None  # default: the suite's kept tasks
+    seeds: tuple[int, ...] = (1, 2, 3)
+    shots: int = 5
+    limit: int = 100
+    budget: int = 40
+    modules: int | None = None
+    select: str = "loss"
+    ngopt: bool = True
+    soup_k: int = 3
+    contrast: float = 0.0
+    ft_epochs: int = 40  # the paper's LoRA-tuning baseline: 40 epochs over the shots ...
+    ft_lr: float = 2e-4  # ... at lr 2e-4
+    ft_dtype: str = "bfloat16"
+
+
+def read_suite(path: Path) -> dict:
+    suite = json.loads(Path(path).read_text())
+    if not suite.get("tasks"):
+        raise ValueError(f"{path}: the suite keeps no task yet; run `lorahub-serve suite build`")
+    return suite
+
+
+def _engine_scores(engine: Engine, idx: list[int], comps: dict, prompts: dict, evalset, metric: str,
+                   tag: str) -> dict[str, float]:
+    """Accuracy of each method (composition over `idx` + its prompts) on the engine."""
+    if metric == "rc":
+        methods = {m: Method(prompts[m], comps[m]) for m in comps}
+        return rank_classification(engine.evaluator, idx, methods, evalset, tag=tag)
+    from .engine.generate import generate
+
+    names = list(comps)
+    k = len(idx)
+    weights = np.stack([np.zeros(k) if comps[n] is None else np.asarray(comps[n]) for n in names])
+    flat, cands = [], []
+    for j, n in enumerate(names):
+        flat += list(prompts[n])
+        cands += [j] * len(prompts[n])
+    max_new = max(len(engine.tokenizer(e.output, add_special_tokens=False)["input_ids"]) for e in evalset) + 2
+    preds = generate(engine.evaluator, flat, cands, np.tile(idx, (len(names), 1)),
+                     weights.astype(np.float32), max_new_tokens=max_new)
+    out, pos = {}, 0
+    for n in names:
+        answers = [p.split("\n\n", 1)[0] for p in preds[pos:pos + len(prompts[n])]]
+        out[n] = em_accuracy(answers, evalset)
+        pos += len(prompts[n])
+    return out
+
+
+def _peft_score(net, tok, adapter: Path | None, evalset, dtype: str) -> float:
+    from .adapter_scoring import accuracy
+
+    if adapter is None:
+        return accuracy(net, tok, evalset, dtype=dtype)[1]
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(net, adapter).eval()
+    try:
+        return accuracy(model, tok, evalset, dtype=dtype)[1]
+    finally:
+        model.unload()
+
+
+def fewshot_lora(net, tok, shots: list[Example], cfg: HeadroomConfig, seed: int, out: Path) -> Path:
+    """The LoRA-tuning baseline: rank 8 on q,v, one batch of all shots per epoch."""
+    from .training import TrainConfig, train_lora
+
+    tc = TrainConfig(steps=cfg.ft_epochs, batch_size=len(shots), lr=cfg.ft_lr, max_length=512,
+                     seed=seed, heldout=0, dtype=cfg.ft_dtype)
+    train_lora(net, tok, shots, out, tc)
+    return out
+
+
+def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomConfig, meta: dict,
+                   cache: dict, work: Path) -> dict:
+    """One report row: every method's accuracy on `task` with `seed`'s shots."""
+    net, tok = plain
+    shots, evalset = bigbench.split(bigbench.load_task(task), cfg.shots, cfg.limit, seed)
+    metric, key, t0 = meta["metric"], f"{task}@{seed}", time.perf_counter()
+    k = cfg.modules
+    search = SearchConfig(budget=cfg.budget, seed=seed, contrast=cfg.contrast, select=cfg.select)
+    res = engine.adapt(shots, task=key, modules=k, progress=False, config=search)
+    idx = res.module_idx
+    singles = np.asarray(res.start_losses[1:]) if res.start_losses is not None else None
+    comps = {"zero_shot": None, "icl": None, "lorahub": res.weights}
+    if singles is not None and len(singles) == len(idx):
+        comps["best_single"] = np.eye(len(idx))[int(np.argmin(singles))]
+        comps["soup"] = soup_weights(singles, cfg.soup_k)
+    names = [engine.hub_modules[i].name for i in idx]
+    if cfg.ngopt:
+        ng = engine.adapt(shots, task=key + "/ng", modules=names, progress=False,
+                          config=SearchConfig(budget=cfg.budget, seed=seed, optimizer="ngopt"))
+        comps["lorahub_ngopt"] = ng.weights
+    plain_prompts = [e.input for e in evalset]
+    prompts = {m: plain_prompts for m in comps} | {"icl": [icl_prompt(shots, e) for e in evalset]}
+    if task in cache:  # zero-shot does not depend on the seed
+        comps.pop("zero_shot")
+    scores = _engine_scores(engine, idx, comps, prompts, evalset, metric, f"rc:{key}")
+    t_search = time.perf_counter() - t0
+    rnd = None
+    if cfg.select != "random":
+        rnd = engine.adapt(shots, task=key + "/rnd", modules=k, progress=False,
+                           config=SearchConfig(budget=cfg.budget, seed=seed, contrast=cfg.contrast))
+        scores |= {"lorahub_random": _engine_scores(
+            engine, rnd.module_idx, {"lorahub_random": rnd.weights}, {"lorahub_random": plain_prompts},
+            evalset, metric, f"rcr:{key}")["lorahub_random"]}
+    ft_dir = fewshot_lora(net, tok, shots, cfg, seed, work / f"ft-{task.replace('/', '-')}-{seed}")
+    scores["lora_ft"] = _peft_score(net, tok, ft_dir, evalset, cfg.ft_dtype)
+    if task not in cache:
+        cache[task] = {"zero_shot": scores["zero_shot"],
+                       "zero_shot_peft": _peft_score(net, tok, None, evalset, "float32"),
+                       "oracle": _peft_score(net, tok, meta["oracle_dir"], evalset, "float32")}
+    scores |= cache[task]
+    return {"task": task, "seed": seed, "metric": metric, "closeness": meta["closeness"],
+            "chance": meta["chance"], "majority": meta["majority"], **scores,
+            "modules": names, "lorahub_weights": [round(float(w), 4) for w in res.weights],
+            "random_modules": ([engine.hub_modules[i].name for i in rnd.module_idx] if rnd else None),
+            "select": cfg.select, "lorahub_loss": res.best_loss,
+            "input_tokens": round(float(np.mean([len(tok(e.input)["input_ids"]) for e in evalset])), 1),
+            "input_tokens_icl": round(float(np.mean([len(tok(icl_prompt(shots, e))["input_ids"])
+                                                     for e in evalset])), 1),
+            "n_eval": len(evalset), "ft_lr": cfg.ft_lr, "ft_epochs": cfg.ft_epochs,
+            "search_seconds": round(t_search, 1), "total_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def run_headroom_eval(model: str, hub: str, cfg: HeadroomConfig, on_row=None, progress: bool = True,
+                      done: list[dict] | None = None) -> list[dict]:
+    """All (task, seed) rows; rows in `done` are kept and not re-run (a stopped run resumes)."""
+    import tempfile
+
+    from tqdm.auto import tqdm
+
+    from .models import load_base, resolve_model
+
+    suite = read_suite(cfg.suite)
+    by_task = {c["task"]: c for c in suite["candidates"]}
+    tasks = cfg.tasks or tuple(suite["tasks"])
+    unknown = [t for t in tasks if t not in suite["tasks"]]
+    if unknown:
+        raise ValueError(f"{unknown} are not tasks the suite {cfg.suite} keeps; it has {suite['tasks']}")
+    oracle_root = Path(suite["oracle_hub"])
+    if not oracle_root.exists():  # the manifest names it relative to the repo it was built in
+        from .paths import repo_root
+
+        oracle_root = repo_root() / "hubs" / oracle_root.name
+    rows = list(done or [])
+    have = {(r["task"], r["seed"]) for r in rows}
+    cache = {r["task"]: {m: r[m] for m in ("zero_shot", "zero_shot_peft", "oracle")} for r in rows}
+    jobs = [(t, s) for t in tasks for s in cfg.seeds if (t, s) not in have]
+    engine = Engine(model, hub)
+    plain = load_base(resolve_model(model))
+    try:
+        with tempfile.TemporaryDirectory(prefix="lorahub-headroom-") as tmp:
+            for task, seed in tqdm(jobs, desc="headroom eval", unit="task-seed", disable=not progress):
+                meta = dict(by_task[task], oracle_dir=oracle_root / "modules" / task.replace("/", "__"))
+                rows.append(eval_task_seed(engine, plain, task, seed, cfg, meta, cache, Path(tmp)))
+                if on_row is not None:
+                    on_row(rows)
+    finally:
+        engine.close()
+    return rows

@@ -1,0 +1,116 @@
+"""The headroom suite's report: means with 95 % CIs, paired differences, share of the gap closed.
+
+Rows are (task, seed) pairs (`headroom_eval`). A cell is the mean over rows, with a 95 %
+bootstrap CI that resamples rows (10,000 draws, seeded). A paired difference resamples the same
+rows for both methods, so per-task difficulty cancels. "Gap closed" is (method - zero-shot) /
+(oracle - zero-shot) per row, averaged. A difference whose CI holds 0 is no difference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .headroom_eval import METHODS
+
+N_BOOT = 10_000
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `values` and its 95 % percentile-bootstrap interval."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("a confidence interval needs at least one value")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def present(rows: list[dict]) -> list[str]:
+    return [m for m in METHODS if all(r.get(m) is not None for r in rows)]
+
+
+def summarise(rows: list[dict]) -> dict:
+    methods = present(rows)
+    cells = {m: bootstrap_ci([r[m] for r in rows]) for m in methods}
+    paired = {}
+    for a, b in (("lorahub", "icl"), ("lorahub", "zero_shot"), ("lorahub", "lora_ft"),
+                 ("lorahub", "lorahub_random"), ("lorahub", "best_single"), ("lorahub", "lorahub_ngopt"),
+                 ("icl", "zero_shot")):
+        if a in methods and b in methods:
+            paired[f"{a} - {b}"] = bootstrap_ci([r[a] - r[b] for r in rows])
+    gap = {}
+    usable = [r for r in rows if r["oracle"] - r["zero_shot"] > 0]
+    for m in methods:
+        if usable:
+            gap[m] = float(np.mean([(r[m] - r["zero_shot"]) / (r["oracle"] - r["zero_shot"]) for r in usable]))
+    return {"methods": methods, "cells": cells, "paired": paired, "gap_closed": gap,
+            "tasks": sorted({r["task"] for r in rows}), "seeds": sorted({r["seed"] for r in rows}),
+            "rows": len(rows)}
+
+
+def _fmt(ci) -> str:
+    mean, lo, hi = ci
+    return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def markdown(rows: list[dict], summary: dict) -> str:
+    ms = summary["methods"]
+    lines = [(f"{len(summary['tasks'])} tasks x {len(summary['seeds'])} seeds = {summary['rows']} task-seeds; "
+             "the evaluation set of each task is fixed across seeds and methods (the seeds draw the shots)."),
+             "", "| method | mean [95 % CI] | gap closed |", "|---|---|---|"]
+    for m in ms:
+        g = summary["gap_closed"].get(m)
+        lines.append(f"| {m} | {_fmt(summary['cells'][m])} | {'' if g is None else f'{100 * g:.0f} %'} |")
+    lines += ["", "| paired difference | mean [95 % CI] | reading |", "|---|---|---|"]
+    for name, ci in summary["paired"].items():
+        reading = "no difference" if ci[1] <= 0 <= ci[2] else ("higher" if ci[1] > 0 else "lower")
+        lines.append(f"| {name} | {_fmt(ci)} | {reading} |")
+    lines += ["", "Per task (mean over seeds):", "",
+              "| task | near/far | metric | chance | majority | " + " | ".join(ms) + " |",
+              "|---|---|---|---|---|" + "---|" * len(ms)]
+    for t in summary["tasks"]:
+        tr = [r for r in rows if r["task"] == t]
+        vals = " | ".join(f"{np.mean([r[m] for r in tr]):.0f}" for m in ms)
+        lines.append(f"| {t} | {tr[0]['closeness']} | {tr[0]['metric']} | {tr[0]['chance']:.0f} | "
+                     f"{tr[0]['majority']:.0f} | {vals} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = summary["methods"]
+    mean = [summary["cells"][m][0] for m in ms]
+    err = np.array([[summary["cells"][m][0] - summary["cells"][m][1],
+                     summary["cells"][m][2] - summary["cells"][m][0]] for m in ms]).T
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(ms, mean, yerr=err, capsize=4, color=["#999"] * 2 + ["#c33"] + ["#e99"] * (len(ms) - 3))
+    ax.set_ylabel("accuracy (%), mean over task-seeds")
+    ax.set_title(f"headroom suite: {len(summary['tasks'])} tasks x {len(summary['seeds'])} seeds, 95 % CI")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(rows: list[dict], out_dir: Path, name: str, command: str) -> dict[str, Path]:
+    from .eval_report import run_metadata
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise(rows)
+    paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "png": out_dir / f"{name}.png"}
+    meta = run_metadata() | {"command": command}
+    paths["json"].write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    head = (f"# {name}\n\n`{command}`\n\n{meta.get('machine', '')} · {meta.get('date', '')} · "
+            f"commit {meta.get('commit', '')}\n\n")
+    paths["md"].write_text(head + markdown(rows, summary))
+    if summary["methods"]:
+        plot(summary, paths["png"])
+    return paths
