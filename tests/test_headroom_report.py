@@ -1,0 +1,47 @@
+"""The headroom report's statistics on synthetic rows with known answers."""
+
+import numpy as np
+import pytest
+
+from lorahub_serve import headroom_report as hr
+
+
+def _rows(diff, n=40, noise=5.0, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        base = rng.uniform(10, 60)  # per-task difficulty, shared by the methods of a row
+        rows.append({"task": f"t{i // 3}", "seed": i % 3, "metric": "em", "closeness": "far", "chance": 0.0,
+                     "majority": 1.0, "zero_shot": 0.0, "icl": base + rng.normal(0, noise),
+                     "lorahub": base + diff + rng.normal(0, noise), "oracle": 100.0})
+    return rows
+
+
+def test_bootstrap_ci_holds_the_mean_and_narrows_with_n():
+    small = hr.bootstrap_ci(np.random.default_rng(1).normal(50, 10, 20))
+    big = hr.bootstrap_ci(np.random.default_rng(1).normal(50, 10, 2000))
+    assert small[1] < small[0] < small[2] and big[1] < big[0] < big[2]
+    assert (big[2] - big[1]) < (small[2] - small[1]) / 5
+    assert 49 < big[0] < 51
+    with pytest.raises(ValueError):
+        hr.bootstrap_ci([])
+
+
+def test_paired_difference_sees_a_shift_that_unpaired_cells_hide():
+    s = hr.summarise(_rows(diff=4.0))
+    icl, lorahub = s["cells"]["icl"], s["cells"]["lorahub"]
+    assert lorahub[1] < icl[2]  # the unpaired CIs overlap ...
+    mean, lo, hi = s["paired"]["lorahub - icl"]
+    assert lo > 0 and 2.0 < mean < 6.0  # ... the paired one does not
+
+
+def test_no_shift_reads_as_no_difference():
+    md = hr.markdown(_rows(diff=0.0), hr.summarise(_rows(diff=0.0)))
+    assert "| lorahub - icl |" in md and "no difference" in md.split("| lorahub - icl |")[1].split("\n")[0]
+    assert "fixed across seeds" in md
+
+
+def test_gap_closed_is_the_share_of_zero_shot_to_oracle():
+    rows = [{"task": "a", "seed": 1, "zero_shot": 20.0, "oracle": 60.0, "lorahub": 30.0, "icl": 60.0}]
+    g = hr.summarise(rows)["gap_closed"]
+    assert g["lorahub"] == pytest.approx(0.25) and g["icl"] == pytest.approx(1.0)

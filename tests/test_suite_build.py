@@ -1,0 +1,87 @@
+"""The headroom suite builder on a tiny Llama with real BIG-bench tasks: oracles trained apart
+from the evaluation set, the gate's rule, the reserved families, resuming."""
+
+import json
+
+import pytest
+import torch
+
+from lorahub_serve import suite_build
+from lorahub_serve.training import TrainConfig
+
+CFG = TrainConfig(rank=4, alpha=8, steps=2, batch_size=2, max_length=100, heldout=4)
+TASKS = ("linguistic_mappings/plural_json", "fact_checker/politifact")
+
+
+@pytest.fixture(scope="module")
+def built(tiny_llama_dir, tiny_llama_hub, tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    torch.set_num_threads(1)
+    args = (str(tiny_llama_dir), tiny_llama_hub, root / "oracles", root / "suite.json", TASKS, CFG)
+    manifest = suite_build.build_suite(*args, gate_n=8, min_gain=-1000.0, log=lambda *_: None)
+    return root, manifest, args
+
+
+def test_every_candidate_is_recorded_with_its_figures(built):
+    _, manifest, _ = built
+    rows = {c["task"]: c for c in manifest["candidates"]}
+    assert set(rows) == set(TASKS)
+    assert rows["fact_checker/politifact"]["metric"] == "rc"
+    assert rows["fact_checker/politifact"]["chance"] == 50.0
+    assert rows["linguistic_mappings/plural_json"]["metric"] == "em"
+    for c in rows.values():
+        assert c["gain"] == pytest.approx(c["oracle"] - max(c["base"], c["majority"]), abs=0.11)
+        assert c["kept"]  # min_gain -1000 keeps all
+        assert c["gate_n"] == 8 and c["n_eval"] >= 100
+    assert manifest["tasks"] == [c["task"] for c in manifest["candidates"]]
+    assert set(manifest["reserved_families"]) == {"color", "arithmetic", "bbq_lite_json", "unit_conversion"}
+
+
+def test_the_gate_drops_tasks_below_the_gain(built, tmp_path):
+    root, manifest, args = built
+    import shutil
+
+    shutil.copytree(root / "oracles", tmp_path / "oracles")
+    again = suite_build.build_suite(args[0], args[1], tmp_path / "oracles", tmp_path / "s.json", TASKS, CFG,
+                                    gate_n=8, min_gain=1000.0, log=lambda *_: None)
+    assert again["tasks"] == [] and not any(c["kept"] for c in again["candidates"])
+
+
+def test_oracles_never_train_on_the_evaluation_set():
+    train, evalset = suite_build.split_for_oracle("fact_checker/politifact")
+    assert len(evalset) == 200 and len(train) == 200
+    assert not {e.input for e in train} & {e.input for e in evalset}
+    from lorahub_serve.data import bigbench
+
+    _, fixed = bigbench.split(bigbench.load_task("fact_checker/politifact"), 5, 100, seed=3)
+    assert [e.input for e in fixed] == [e.input for e in evalset[:100]]  # the eval's set is inside
+
+
+def test_a_finished_build_resumes_without_training(built):
+    root, manifest, args = built
+    oracle = root / "oracles" / "modules" / "fact_checker__politifact" / "adapter_model.safetensors"
+    before = oracle.stat().st_mtime_ns
+    again = suite_build.build_suite(*args, gate_n=8, min_gain=-1000.0, log=lambda *_: None)
+    assert oracle.stat().st_mtime_ns == before
+    assert [c["task"] for c in again["candidates"]] == [c["task"] for c in manifest["candidates"]]
+    assert json.loads((root / "oracles" / "hub.json").read_text())["modules"]
+
+
+@pytest.mark.parametrize("task", ["color/rgb", "arithmetic/2_digit_addition", "bbq_lite_json/age_disambig",
+                                  "unit_conversion/si_conversion"])
+def test_reserved_families_are_refused(task, tiny_llama_dir, tiny_llama_hub, tmp_path):
+    with pytest.raises(ValueError, match="reserved for an independent check"):
+        suite_build.build_suite(str(tiny_llama_dir), tiny_llama_hub, tmp_path / "o", tmp_path / "s.json", (task,))
+
+
+def test_committed_lists_keep_the_rules():
+    from lorahub_serve.data import is_bbh
+    from lorahub_serve.hub_build import BROAD_HUB_TASKS, DEFAULT_HUB_TASKS
+
+    hub = set(BROAD_HUB_TASKS) | set(DEFAULT_HUB_TASKS)
+    assert not hub & set(suite_build.SUITE_CANDIDATES)
+    assert not [t for t in suite_build.SUITE_CANDIDATES if is_bbh(t) or suite_build.family(t) in
+                suite_build.RESERVED_FAMILIES]
+    reserved_in_hub = sorted(t for t in hub if suite_build.family(t) in suite_build.RESERVED_FAMILIES)
+    assert reserved_in_hub == ["arithmetic/1_digit_addition", "bbq_lite_json/age_ambig", "color/hcl",
+                               "unit_conversion/chained_conversion"]  # today's four, no more
