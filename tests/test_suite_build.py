@@ -38,7 +38,7 @@ def test_every_candidate_is_recorded_with_its_figures(built):
 
 
 def test_the_gate_drops_tasks_below_the_gain(built, tmp_path):
-    root, manifest, args = built
+    root, _manifest, args = built
     import shutil
 
     shutil.copytree(root / "oracles", tmp_path / "oracles")
