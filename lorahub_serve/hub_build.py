@@ -70,12 +70,13 @@ DEFAULT_HUB_TASKS: tuple[str, ...] = (
 # at most 3 subtasks a family (10 for multiemo, one per language). Left out: the headroom suite's
 # candidates (`suite_build.SUITE_CANDIDATES`) and their twins (the same data in another form:
 # `plural_regular_json` beside `plural_json`), BBH, and the reserved families (and look-alikes of
-# them: simple_arithmetic_json, unit_interpretation).
+# them: simple_arithmetic_json, unit_interpretation). Seven tasks moved to the suite's candidates
+# once the first gates showed which kinds this model learns (their twins left with them).
 BROAD_HUB_TASKS: tuple[str, ...] = (
     "multiemo/all_sentence_zh", "unnatural_in_context_learning/dates",
-    "intersect_geometry/shapes_2", "linguistic_mappings/de_past_tense_json",
-    "cause_and_effect/one_sentence", "chess_state_tracking/synthetic_medium", "checkmate_in_one",
-    "modified_arithmetic/three_digit_addition_plus_one", "ascii_word_recognition",
+    "intersect_geometry/shapes_2",
+    "chess_state_tracking/synthetic_medium", "checkmate_in_one",
+    "modified_arithmetic/three_digit_addition_plus_one",
     "kanji_ascii/kanji_ascii_meaning", "swahili_english_proverbs", "cryobiology_spanish",
     "abstract_narrative_understanding/99_distractors", "entailed_polarity_hindi", "timedial",
     "english_russian_proverbs", "similarities_abstraction", "metaphor_understanding/met2lit",
@@ -86,14 +87,13 @@ BROAD_HUB_TASKS: tuple[str, ...] = (
     "bridging_anaphora_resolution_barqa", "identify_odd_metaphor", "known_unknowns",
     "physics_questions", "crass_ai", "human_organs_senses",
     "conceptual_combinations/emergent_properties", "multiemo/all_sentence_ja",
-    "unnatural_in_context_learning/dates_unnatural_content", "intersect_geometry/shapes_3",
-    "linguistic_mappings/de_past_tense_regular_json", "cause_and_effect/one_sentence_no_prompt",
+    "intersect_geometry/shapes_3",
     "chess_state_tracking/real_medium", "multiemo/all_sentence_pl",
-    "unnatural_in_context_learning/dates_unnatural_content_and_form", "intersect_geometry/shapes_4",
-    "linguistic_mappings/de_past_tense_irregular_json", "cause_and_effect/two_sentences",
-    "multiemo/hotels_sentence_ru", "unnatural_in_context_learning/dates_unnatural_form",
+    "intersect_geometry/shapes_4",
+    "cause_and_effect/two_sentences",
+    "multiemo/hotels_sentence_ru",
     "intersect_geometry/shapes_5", "multiemo/all_sentence_pt",
-    "unnatural_in_context_learning/unnatural_addition_2_digit", "multiemo/hotels_sentence_nl",
+    "multiemo/hotels_sentence_nl",
     "multiemo/hotels_sentence_it", "multiemo/all_sentence_es", "multiemo/hotels_sentence_de",
     "multiemo/hotels_sentence_fr", "international_phonetic_alphabet_transliterate",
     "gem/cs_restaurants", "rephrase", "sufficient_information", "crash_blossom", "logical_sequence",

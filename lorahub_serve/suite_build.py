@@ -43,6 +43,11 @@ SUITE_CANDIDATES: tuple[str, ...] = (
     "natural_instructions/subtask039_qasc_find_overlapping_words", "chinese_remainder_theorem",
     "matrixshapes", "kanji_ascii/kanji_ascii_pronunciation", "simp_turing_concept/witness_set",
     "chess_state_tracking/real_short", "list_functions/00_shot_baseline", "cryptonite",
+    # moved from the broad hub's list once the first gates showed generative mappings learnable
+    "unnatural_in_context_learning/dates_unnatural_form", "unnatural_in_context_learning/dates_unnatural_content",
+    "unnatural_in_context_learning/dates_unnatural_content_and_form",
+    "unnatural_in_context_learning/unnatural_addition_2_digit", "linguistic_mappings/de_past_tense_json",
+    "cause_and_effect/one_sentence", "ascii_word_recognition",
 )
 
 
