@@ -14,7 +14,10 @@ re-queues its Work on a live actor and starts a replacement (at most `max_replac
 which takes work only once it has loaded: the Batch carries its tasks' examples, so a fresh
 process needs nothing else. A Work that kills workers `max_attempts` times comes back as
 `WorkerLostError`, so the driver fails only its task(s). Work items need only an `attempts`
-counter.
+counter. The same holds while the pool starts: an actor whose process dies before it has
+loaded is replaced from the same `max_replacements`. An actor whose constructor raises (a
+missing model, a bad hub) is not: every try would fail alike, so the pool stops at once with
+that error (`ClusterError`, the constructor's exception as its reason).
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Literal
 
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import RayError, RayTaskError
 
 from lorahub_serve.cluster.pools import WorkerLostError, run_work
 from lorahub_serve.cluster.scheduler import Work
@@ -124,7 +128,7 @@ class RayPool:
         self._cls = ray.remote(actor_cls or EvaluatorActor)
         self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": 0,
                          "max_task_retries": 0, "scheduling_strategy": strategy}
-        self.start_timeout = start_timeout  # most seconds to wait for a replacement when no other actor lives
+        self.start_timeout = start_timeout  # most seconds to wait for an actor to load while none works
         self.max_attempts = max_attempts
         self.max_replacements = 2 * actors + 2 if max_replacements is None else max_replacements
         self.on_event = on_event or (lambda event, data: None)
@@ -133,12 +137,20 @@ class RayPool:
         self._actors: dict[str, ray.actor.ActorHandle] = {}
         self._free: list[str] = []
         self._in_flight: dict[ray.ObjectRef, tuple[str, Work]] = {}
-        self._starting: dict[ray.ObjectRef, str] = {}  # replacements' info() calls -> name
+        self._starting: dict[ray.ObjectRef, str] = {}  # info() calls of actors still loading -> name
         self._retry: list[Work] = []  # work waiting for an actor that has started
+        self._infos: dict[str, dict] = {}  # info() of each actor that has loaded
+        self._up = False  # start-up done: from then on a loaded replacement is an `actor_ready`
         self.failures = self.replacements = 0
         for _ in range(actors):
-            self._free.append(self._start())
-        self._info = self._check_started()
+            self._launch()
+        try:
+            self._await_start()
+        except BaseException:
+            self.close()
+            raise
+        self._up = True
+        self._info = [self._infos[name] for name in self._actors]
         self.on_event("actors", {"names": list(self._actors), "pids": [i["pid"] for i in self._info],
                                  "node_ids": [i.get("node_id") for i in self._info]})
 
@@ -216,31 +228,42 @@ class RayPool:
         self._actors.clear()
 
     # -- internals ---------------------------------------------------------------------------
-    def _start(self) -> str:
+    def _launch(self) -> str:
+        """Start one actor; it joins `_free` once its `info()` answers (it has loaded)."""
         self._count += 1
         name = f"{self._prefix}-{self._count}"
         self._actors[name] = self._cls.options(name=name, **self._options).remote(
             **self.worker_kwargs)
+        self._starting[self._actors[name].info.remote()] = name
         return name
 
+    def _await_start(self) -> None:
+        """Wait until every actor has loaded; one that dies on the way is replaced (`_lost`)."""
+        while self._starting:
+            ready, _ = ray.wait(list(self._starting), num_returns=1, timeout=self.start_timeout)
+            if not ready:
+                raise ClusterError(f"{len(self._starting)} {self.what} actor(s) did not load within "
+                                   f"{self.start_timeout:.0f} s; the Ray cluster may lack the "
+                                   f"resources ({self._options['num_cpus']} CPU, "
+                                   f"{self._options['num_gpus']} GPU per actor)")
+            for ref in ready:
+                self._started(self._starting.pop(ref), ref)
+
     def _started(self, name: str, info_ref: ray.ObjectRef) -> None:
-        """A replacement answered `info()` (it has loaded) or died trying."""
+        """An actor answered `info()` (it has loaded), or died trying."""
         try:
             info = ray.get(info_ref)
         except RayError as e:
-            self._lost(name, e)
-        else:
-            self._free.append(name)
+            if getattr(e, "actor_init_failed", False):  # its constructor raised: fatal, see above
+                raise ClusterError(f"{_article(self.what)} {self.what} actor failed to start: "
+                                   f"{init_error(e)}") from None
+            self._lost(name, e)  # its process died (killed, out of memory, node lost)
+            return
+        self._free.append(name)
+        self._infos[name] = info
+        if self._up:
             self.on_event("actor_ready", {"name": name, "pid": info.get("pid"),
                                           "node_id": info.get("node_id")})
-
-    def _check_started(self) -> list[dict]:
-        """Wait for every actor to load the model; a failure here is fatal (not a fault)."""
-        try:
-            return ray.get([h.info.remote() for h in self._actors.values()])
-        except RayActorError as e:
-            self.close()
-            raise ClusterError(f"a {self.what} actor failed to start: {_first_line(e)}\n{e}") from None
 
     def _lost(self, name: str, err: Exception) -> None:
         handle = self._actors.pop(name, None)
@@ -250,9 +273,7 @@ class RayPool:
         self.on_event("actor_lost", {"name": name, "error": _first_line(err)})
         if self.replacements < self.max_replacements:
             self.replacements += 1
-            new = self._start()
-            self._starting[self._actors[new].info.remote()] = new
-            self.on_event("actor_started", {"name": new})
+            self.on_event("actor_started", {"name": self._launch()})
         elif not self._actors:
             raise ClusterError(f"all {self.what} actors died ({self.failures} failures, "
                                f"{self.replacements} replacements); last error: {_first_line(err)}")
@@ -260,6 +281,31 @@ class RayPool:
     def _dispatch_retries(self) -> None:
         while self._retry and self._free:
             self.submit(self._retry.pop(0))
+
+
+def init_error(e: Exception) -> str:
+    """The exception an actor's constructor raised, from Ray's error text: "Type: message".
+
+    Ray keeps only the text of a creation task's error: its traceback, then the exception as
+    "module.Type: message" (perhaps on several lines).
+    """
+    lines = [_ANSI.sub("", ln) for ln in str(e).splitlines()]
+    frames = [i for i, ln in enumerate(lines) if ln.startswith("  File ")]
+    if not frames:
+        return _first_line(e)
+    tail = lines[frames[-1] + 1:]
+    while tail and (tail[0][:1].isspace() or not tail[0].strip()):  # the frame's code, ^^^ marks
+        tail = tail[1:]
+    text = " ".join(ln.strip() for ln in tail if ln.strip())
+    kind, sep, msg = text.partition(": ")
+    return f"{kind.rsplit('.', 1)[-1]}{sep}{msg}" if text else _first_line(e)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _first_line(e: Exception) -> str:

@@ -7,11 +7,17 @@ its current generation. `RayAdaptWorker` is the server's handle on one such acto
 interface as `serving.worker.WorkerProcess`, so the job queue treats both alike. Adapters are
 written by the actor into the store: on a multi-node cluster the store must be a folder that
 every node sees at the same path.
+
+Start-up faults are the adapt-batch pool's (`cluster/actors.py`): an actor whose process dies
+before it has loaded (killed, out of memory, node lost) is replaced, at most `max_starts`
+starts in all; one whose constructor raises (missing model, bad hub) fails at once with that
+error. An actor that dies during a job fails that job, and the next job gets a fresh actor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -64,6 +70,7 @@ class RayAdaptWorker:
     """The server's handle on one `AdaptWorkerCore` actor (interface of `WorkerProcess`)."""
 
     poll_s = 0.5
+    max_starts = 3  # actor processes to try when each dies while loading
 
     def __init__(self, model: str, hub: Path, address: str | None, rule: str = "lorahub",
                  num_cpus: float = 1):
@@ -71,6 +78,7 @@ class RayAdaptWorker:
         self.num_cpus = num_cpus
         self.actor = None
         self.load_seconds: float | None = None
+        self.starts = 0  # actors started by the last `start()` (replacements included)
         self._ready = None
         self._dead = False
 
@@ -84,22 +92,47 @@ class RayAdaptWorker:
         if not ray.is_initialized():
             await asyncio.to_thread(ray.init, address=self.address, logging_level="WARNING",
                                     include_dashboard=False)
+        self.starts = 0
+        self._launch()
+
+    def _launch(self) -> None:
+        import ray
+
         # Threaded actor: progress/cancel are answered while `adapt` runs.
         actor_cls = ray.remote(max_concurrency=4)(AdaptWorkerCore)
         self.actor = actor_cls.options(num_cpus=self.num_cpus).remote(self.model, self.hub, self.rule)
         self._ready = asyncio.wrap_future(self.actor.ready.remote().future())
         self._dead = False
+        self.starts += 1
 
     async def wait_ready(self, timeout_s: float = 600.0) -> None:
+        """Wait until the actor has loaded; replace it if its process dies on the way."""
+        import ray
+
+        from lorahub_serve.cluster.actors import init_error
         from lorahub_serve.serving.worker import WorkerError
 
-        try:
-            self.load_seconds = await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
-        except asyncio.TimeoutError:
-            raise WorkerError(f"the adaptation actor did not load within {timeout_s:.0f} s") from None
-        except Exception as e:  # noqa: BLE001 - Ray's errors: the actor could not start
-            self._dead = True
-            raise WorkerError(f"the adaptation actor cannot start: {e}") from None
+        while True:
+            ready = self._ready
+            try:
+                self.load_seconds = await asyncio.wait_for(asyncio.shield(ready), timeout_s)
+                return
+            except asyncio.TimeoutError:
+                raise WorkerError(f"the adaptation actor did not load within {timeout_s:.0f} s") from None
+            except Exception as e:  # noqa: BLE001 - Ray's errors: the actor could not start
+                if ready is not self._ready:  # another waiter has started a replacement
+                    continue
+                if getattr(e, "actor_init_failed", False):  # its constructor raised: fatal
+                    self._dead = True
+                    raise WorkerError(f"the adaptation actor cannot start: {init_error(e)}") from None
+                if self.starts >= self.max_starts:
+                    self._dead = True
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    raise WorkerError(f"the adaptation actor died while loading, {self.starts} "
+                                      f"times; last: {type(e).__name__}: {first}") from None
+                with contextlib.suppress(Exception):
+                    ray.kill(self.actor)
+                self._launch()
 
     async def run(self, job_id: str, payload: dict[str, Any],
                   on_progress: Callable[[dict], Awaitable[None] | None]) -> dict:

@@ -238,7 +238,8 @@ class _Loop:
     def _export(self, name: str, factors: dict) -> None:
         run = self.sched.runs[name]
         result = self._result(run)
-        result.extra.setdefault("dtype", self.info.get("dtype"))  # as `Engine.adapt` records it
+        result.extra.setdefault("dtype", self.info.get("dtype"))  # as `Engine.adapt` records them
+        result.extra.setdefault("select", self.config.select)
         try:
             write_adapter(self.store / name, factors, self.info["model_name"],
                           result.metadata(self.info["model_name"], self.info["fingerprint"]))

@@ -1,7 +1,13 @@
-"""Shared by the cluster tests: four small tasks, one search config, result comparisons."""
+"""Shared by the cluster tests: four small tasks, one search config, result comparisons, and a
+killer of actor processes that are still starting."""
 
 import contextlib
 import json
+import os
+import re
+import signal
+import threading
+import time
 
 import numpy as np
 
@@ -87,3 +93,41 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class StartupKiller:
+    """SIGKILL the first Ray actor process of class `cls` seen inside its constructor, as the
+    OOM killer (or a lost node) would while the actor loads. Only descendants of this process
+    are looked at (the local cluster's workers), never another test's Ray.
+
+    A thread polls the process titles Ray sets (`ray::[<actor name>:]<cls>.__init__` until the
+    constructor returns). `killed`: that process's pid, None if none was seen within `deadline_s`.
+    """
+
+    def __init__(self, cls: str, deadline_s: float = 120.0, poll_s: float = 0.02):
+        self.title = re.compile(rf"ray::(?:[^:\s]+:)?{re.escape(cls)}\.__init__\b")
+        self.deadline_s, self.poll_s = deadline_s, poll_s
+        self.killed: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._hunt, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _hunt(self) -> None:
+        import psutil
+
+        me, deadline = psutil.Process(), time.monotonic() + self.deadline_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            for proc in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if self.title.match((proc.cmdline() or [""])[0]):
+                        os.kill(proc.pid, signal.SIGKILL)
+                        self.killed = proc.pid
+                        return
+            time.sleep(self.poll_s)

@@ -11,6 +11,7 @@ from _cluster_common import (
     CONFIG,
     TASKS,
     TOO_LONG,
+    StartupKiller,
     assert_same_results,
     assert_store_like_reference,
     resume_and_check,
@@ -65,19 +66,28 @@ def test_killed_actor_job_completes_with_same_results(ray_address, tiny_llama_di
     assert_store_like_reference(tmp_path / "store", reference)
 
 
-def test_crashed_actor_process_is_restarted(ray_address, tiny_llama_dir, tiny_llama_hub, reference, tmp_path):
-    pids, killed = [], []
+def test_actor_killed_while_starting_and_after_is_replaced(ray_address, tiny_llama_dir, tiny_llama_hub,
+                                                           reference, tmp_path):
+    """SIGKILL (as the OOM killer would) one actor while it loads, then one that works: the pool
+    replaces both and the job ends as the single-process run does."""
+    events, pids, killed = [], [], []
 
     def crash_one(event, data):
+        events.append(event)
         if event == "actors":
             pids.extend(data["pids"])
         elif event == "generation" and not killed:
-            os.kill(pids[0], signal.SIGKILL)  # as the OOM killer would: Ray restarts the actor
+            os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
-    report = _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "store", max_batch=4, callback=crash_one)
-    assert killed and report["done"] == 4
+    with StartupKiller("EvaluatorActor") as at_start:
+        report = _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "store", max_batch=4, callback=crash_one)
+    assert at_start.killed is not None, "no actor was seen loading"
+    assert "actor_lost" in events[:events.index("actors")], events  # lost during start-up
+    assert killed and killed[0] != at_start.killed
+    assert report["actor_failures"] >= 2 and report["done"] == 4 and report["failed"] == 0
     assert_same_results(report["results"], reference)
+    assert_store_like_reference(tmp_path / "store", reference)
 
 
 _DRIVER = """
@@ -129,8 +139,14 @@ def test_bad_task_fails_alone(ray_address, tiny_llama_dir, tiny_llama_hub, refer
 
 
 def test_actor_that_cannot_start_stops_the_job_clearly(ray_address, tiny_llama_hub, tmp_path):
+    """A constructor that raises (here: no such model) is not retried: the error names why."""
     from lorahub_serve.cluster.actors import ClusterError
 
-    with pytest.raises(ClusterError, match="failed to start"):  # the driver skips the model check
+    events = []
+    with pytest.raises(ClusterError) as err:  # the driver skips the model check: a cluster's nodes may have it
         _run(tmp_path / "no-such-model", tiny_llama_hub, tmp_path / "store", actors=1,
-             ray_address=ray_address, tasks=task_pairs(["alpha"]))
+             ray_address=ray_address, tasks=task_pairs(["alpha"]), callback=lambda e, d: events.append(e))
+    message = str(err.value)
+    assert message.startswith("an evaluator actor failed to start: ModelNotFoundError: "), message
+    assert str(tmp_path / "no-such-model") in message and "\n" not in message
+    assert "actor_lost" not in events and "actor_started" not in events  # no replacement tried
