@@ -36,9 +36,10 @@ from ray.exceptions import RayError, RayTaskError
 from lorahub_serve.cluster.pools import WorkerLostError, run_work
 from lorahub_serve.cluster.scheduler import Work
 from lorahub_serve.cluster.worker import BatchWorker
+from lorahub_serve.errors import LorahubError
 
 
-class ClusterError(RuntimeError):
+class ClusterError(LorahubError, RuntimeError):
     """The Ray side cannot run the job (no actor starts, all died, too few resources)."""
 
 

@@ -5,7 +5,6 @@ Importing this module imports neither torch nor Ray; the command does, when it r
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from lorahub_serve.cli_args import (
@@ -45,26 +44,15 @@ def register(sub) -> None:
 
 
 def _cmd_adapt_batch(a) -> int:
-    from lorahub_serve.cluster.jobstate import JobLockedError
-    from lorahub_serve.cluster.tasks import TasksFileError, read_tasks_file
-    from lorahub_serve.engine.hub import HubError
-    from lorahub_serve.models import ModelNotFoundError
+    from lorahub_serve.cluster.driver import run_adapt_batch
+    from lorahub_serve.cluster.tasks import read_tasks_file
 
-    try:
-        config = search_config(a)
-        specs = read_tasks_file(a.tasks)
-        from lorahub_serve.cluster.driver import run_adapt_batch
-
-        report = run_adapt_batch(
-            a.model, a.hub, specs, a.out, a.actors, a.ray_address, config, a.modules, a.rule,
-            a.backend, a.token_budget, a.job_dir, progress=not a.no_progress,
-            cpus_per_actor=a.cpus_per_actor, max_batch=a.max_batch, truncate=a.truncate,
-            allow_pickle=a.allow_pickle, dtype=a.dtype)
-    except (TasksFileError, HubError, ModelNotFoundError, JobLockedError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # ClusterError and other Ray-side failures
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = search_config(a)
+    specs = read_tasks_file(a.tasks)
+    report = run_adapt_batch(
+        a.model, a.hub, specs, a.out, a.actors, a.ray_address, config, a.modules, a.rule,
+        a.backend, a.token_budget, a.job_dir, progress=not a.no_progress,
+        cpus_per_actor=a.cpus_per_actor, max_batch=a.max_batch, truncate=a.truncate,
+        allow_pickle=a.allow_pickle, dtype=a.dtype)
     print_report(report)
     return 1 if report["failed"] else 0

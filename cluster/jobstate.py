@@ -29,12 +29,13 @@ import numpy as np
 from lorahub_serve.atomic import write_json_atomic
 from lorahub_serve.cluster.scheduler import TaskRun
 from lorahub_serve.engine.search import SearchConfig, SearchState
+from lorahub_serve.errors import LorahubError
 from lorahub_serve.formats import HUB_FILE
 
 FORMAT = 1
 
 
-class JobLockedError(RuntimeError):
+class JobLockedError(LorahubError, RuntimeError):
     """Another live run of the same job holds its lock."""
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from lorahub_serve import work_pool
 from lorahub_serve.cluster.scheduler import Work
 from lorahub_serve.cluster.worker import BatchWorker
+from lorahub_serve.errors import LorahubError
 
 
-class WorkerLostError(RuntimeError):
+class WorkerLostError(LorahubError, RuntimeError):
     """Workers kept dying while running one Work (e.g. it needs more memory than they have)."""
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from lorahub_serve.data.examples import Example, ExampleError, from_records, load_examples
+from lorahub_serve.errors import LorahubError
 from lorahub_serve.formats import NAME_RULE, valid_name
 
 
-class TasksFileError(ValueError):
+class TasksFileError(LorahubError, ValueError):
     """The task list cannot be used at all; the message names the line and the problem."""
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from lorahub_serve.data.examples import Example
+from lorahub_serve.errors import LorahubError
 
 
-class BadTaskError(ValueError):
+class BadTaskError(LorahubError, ValueError):
     """A task's examples cannot be evaluated (e.g. longer than the model's context)."""
 
     def __init__(self, task: str, message: str):

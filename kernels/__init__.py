@@ -1,6 +1,6 @@
 """Triton kernels for batched LoRA composition, each with a plain-torch `*_ref` twin.
 
-Layout and maths: docs/kernels_api.md. The engine calls `lora_delta`; the four ops are its
+Layout and maths: docs/kernels_api.md. The engine calls `lora_delta`; the five ops are its
 building blocks (lorahub rule: compose_shrink → compose_expand, or both fused in compose_delta;
 linear rule: stacked_shrink → stacked_expand).
 """

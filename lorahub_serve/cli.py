@@ -7,6 +7,8 @@ import gc
 import sys
 from pathlib import Path
 
+from lorahub_serve.errors import LorahubError
+
 
 def _cmd_model_fetch(a) -> int:
     from .models import fetch_model
@@ -49,12 +51,8 @@ def _cmd_hub_build(a) -> int:
         from .cluster.hub_trainers import trainer_pool
 
         trainers = functools.partial(trainer_pool, a.model, a.actors, a.ray_address)
-    try:
-        manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg,
-                             retrain_stale=a.retrain_stale, trainers=trainers)
-    except ValueError as e:
-        print(f"lorahub-serve hub build: {e}", file=sys.stderr)
-        return 2
+    manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg,
+                         retrain_stale=a.retrain_stale, trainers=trainers)
     print(f"hub {a.out}: {len(manifest['modules'])} modules")
     return 0
 
@@ -158,13 +156,32 @@ def _extensions():
         yield m.register
 
 
+# What a user's input can raise: the project's errors, and the built-in ones that name a bad
+# value or a missing file. One line each, exit 2; LORAHUB_DEBUG=1 shows the traceback instead.
+USER_ERRORS = (LorahubError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def error_line(command: str, e: BaseException) -> str:
+    """`lorahub-serve <command>: error: <first line of the message>`."""
+    text = str(e).strip().splitlines()
+    return f"lorahub-serve {command}: error: {text[0] if text else type(e).__name__}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
+    command = " ".join(x for x in (args.command, getattr(args, "action", None)) if x)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except USER_ERRORS as e:
+        if os.environ.get("LORAHUB_DEBUG"):
+            raise
+        print(error_line(command, e), file=sys.stderr)
+        return 2
 
 
 def run() -> None:

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from .cli_args import add_cluster_arguments, add_search_arguments, print_report, search_config
 
 
 def _cmd_adapt(a) -> int:
-    from .data.examples import ExampleError, load_jsonl
-    from .engine.hub import HubError
+    from .data.examples import load_jsonl
 
-    try:
-        examples = load_jsonl(a.examples)
-        config = search_config(a)
-    except (ExampleError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    examples = load_jsonl(a.examples)
+    config = search_config(a)
     out = Path(a.out)
     if a.actors:
-        from .cluster import run_adapt_batch
+        from lorahub_serve.cluster import run_adapt_batch
 
         if a.merge:
-            print("error: --merge is not supported with --actors", file=sys.stderr)
-            return 2
+            raise ValueError("--merge is not supported with --actors")
         report = run_adapt_batch(a.model, a.hub, [(out.name, examples)], out.parent, a.actors,
                                  a.ray_address, config, a.modules, a.rule, a.backend, a.token_budget,
                                  truncate=a.truncate, allow_pickle=a.allow_pickle, dtype=a.dtype,
@@ -33,14 +26,10 @@ def _cmd_adapt(a) -> int:
         return 0 if not report.get("failed") else 1
     from .engine.adapt import Engine
 
-    try:
-        engine = Engine(a.model, a.hub, a.rule, a.backend, a.token_budget, a.allow_pickle, a.truncate,
-                        dtype=a.dtype)
-        result = engine.adapt(examples, task=out.name, modules=a.modules, config=config, out=out,
-                              merge=a.merge)
-    except (HubError, ExampleError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    engine = Engine(a.model, a.hub, a.rule, a.backend, a.token_budget, a.allow_pickle, a.truncate,
+                    dtype=a.dtype)
+    result = engine.adapt(examples, task=out.name, modules=a.modules, config=config, out=out,
+                          merge=a.merge)
     print(f"best loss {result.best_loss:.4f} (objective {result.best_objective:.4f}) after "
           f"{result.evaluations} evaluations in {result.seconds:.1f} s "
           f"({result.evals_per_second:.2f} evals/s, {result.optimizer}); engine start-up "

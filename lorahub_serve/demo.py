@@ -1,8 +1,9 @@
-"""The main job (`make demo`): adapt SmolLM2-135M to a held-out BBH task from 5 examples, serve it
-with vLLM, ask it through the OpenAI client, and compare zero-shot, 5-shot ICL and adapted
-accuracy (exact match, one answer extractor for all) with the input tokens each one needs.
+"""The main job (`make demo`): adapt SmolLM2-135M to a held-out task of the headroom suite (a task
+this model can learn; `suites/`) from 5 examples, serve it with vLLM, ask it through the OpenAI
+client, and compare zero-shot, 5-shot ICL and adapted accuracy (exact match, one answer extractor
+for all) with their 95 % CIs and the input tokens each one needs.
 
-    python -m lorahub_serve.demo [--task navigate] [--eval 50] [--budget 40]
+    python -m lorahub_serve.demo [--task TASK] [--eval 100] [--budget 40]
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from . import paths
 
+DEMO_TASK = "unnatural_in_context_learning/identity"
+
 
 def _say(msg: str) -> None:
     print(f"\n=== {msg}", flush=True)
@@ -24,36 +27,48 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--hub", default=str(paths.repo_root() / "hubs" / "smollm2-135m"))
-    ap.add_argument("--task", default="navigate", help="a held-out BBH task")
+    ap.add_argument("--task", default=DEMO_TASK, help="a task of the headroom suite (or a BBH task)")
+    ap.add_argument("--suite", default=str(paths.repo_root() / "suites" / "headroom-smollm2-135m.json"))
+    ap.add_argument("--select", default="loss", choices=["random", "loss", "retrieve"])
     ap.add_argument("--shots", type=int, default=5)
-    ap.add_argument("--eval", type=int, default=50, help="held-out examples to score")
+    ap.add_argument("--eval", type=int, default=100, help="held-out examples to score")
     ap.add_argument("--budget", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--store", default=None, help="adapter store (default: a temporary folder)")
     a = ap.parse_args(argv)
     t_start = time.time()
 
+    import json
+
     from .data import bigbench, is_bbh
     from .models import fetch_model
 
-    if not is_bbh(a.task):
-        print(f"--task {a.task!r} is not a held-out BBH task", file=sys.stderr)
+    suite = json.loads(Path(a.suite).read_text()) if Path(a.suite).exists() else {"tasks": []}
+    if a.task not in suite["tasks"] and not is_bbh(a.task):
+        print(f"--task {a.task!r} is neither a task of the suite {a.suite} nor a held-out BBH task",
+              file=sys.stderr)
         return 2
     _say(f"1/5 base model {a.model}")
     fetch_model(a.model)
 
-    _say(f"2/5 data: {a.shots} few-shot examples of the held-out BBH task {a.task!r}")
+    _say(f"2/5 data: {a.shots} few-shot examples of the held-out task {a.task!r}")
     shots, evalset = bigbench.split(bigbench.load_task(a.task), a.shots, a.eval, a.seed)
     for ex in shots[:3]:
         question = next((ln for ln in ex.input.splitlines() if ln.startswith("Q: ")), ex.input)
         print(f"  {question[:80]!r:85} -> {ex.output.strip()!r}")
 
-    _say(f"3/5 LoraHub search over the hub {a.hub} (budget {a.budget}, batched CMA-ES)")
-    from .engine.adapt import adapt
+    _say(f"3/5 LoraHub search over the hub {a.hub} (--select {a.select}, budget {a.budget}, batched CMA-ES)")
+    from .engine.adapt import Engine
+    from .engine.search import SearchConfig
 
     store = Path(a.store or tempfile.mkdtemp(prefix="lorahub-store-"))
     name = a.task.replace("/", "-") + "-lorahub"
-    res = adapt(a.model, a.hub, shots, out=store / name, budget=a.budget, seed=a.seed)
+    engine = Engine(a.model, a.hub)
+    try:
+        res = engine.adapt(shots, task=name, out=store / name,
+                           config=SearchConfig(budget=a.budget, seed=a.seed, select=a.select))
+    finally:
+        engine.close()
     print(f"  best few-shot loss {res.best_loss:.4f} ({res.evaluations} evaluations, "
           f"{res.evals_per_second:.2f}/s, {res.optimizer}); adapter -> {store / name}")
     top = sorted(zip(res.weights, res.modules), key=lambda t: -abs(t[0]))[:4]
@@ -75,11 +90,15 @@ def main(argv: list[str] | None = None) -> int:
 
         _say(f"5/5 accuracy on {len(evalset)} held-out examples (exact match), through the server")
         rows = compare(client, a.model, name, shots, evalset)
+    from .headroom_report import binomial_ci
+
     chance = 100 * bigbench.task_info(a.task).chance
-    print(f"\n  task {a.task} (chance {chance:.0f}%), {len(evalset)} held-out examples:")
-    print(f"  {'method':<22}{'accuracy':>10}{'input tokens/example':>24}")
+    print(f"\n  task {a.task} (chance {chance:.0f}%), {len(evalset)} held-out examples "
+          "(the same for every method):")
+    print(f"  {'method':<22}{'accuracy':>10}{'95 % CI':>16}{'input tokens/example':>24}")
     for method, (acc, tokens) in rows.items():
-        print(f"  {method:<22}{acc:>9.0f}%{tokens:>24.0f}")
+        lo, hi = binomial_ci(round(acc * len(evalset) / 100), len(evalset))
+        print(f"  {method:<22}{acc:>9.0f}%{f'[{lo:.0f}, {hi:.0f}]':>16}{tokens:>24.0f}")
     print(f"  done in {time.time() - t_start:.0f} s")
     return 0
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .data import bigbench
 from .evaluation import METHODS, rc_key
+from .run_metadata import metadata
 
 LABELS = {"zero_shot": "zero-shot", "icl": "ICL", "lorahub": "LoraHub", "lorahub_ngopt": "LoraHub (NGOpt)",
           "best_single": "best single", "soup": "soup"}
@@ -44,7 +45,6 @@ def summarise(rows: list[dict]) -> list[dict]:
         for m in METHODS:
             line[m] = _mean([r.get(m) for r in rs])
             line[rc_key(m)] = _mean([r.get(rc_key(m)) for r in rs])
-            line[f"{m}_strict"] = _mean([r.get(f"{m}_strict") for r in rs])
         line["lorahub_best"] = max(r["lorahub"] for r in rs)
         line["objective_le_ngopt"], line["objective_pairs"] = objective_counts(rs)
         line["n_eval"], line["n_rc"] = rs[0].get("n_eval"), rs[0].get("n_rc", rs[0].get("n_eval"))
@@ -74,11 +74,6 @@ def markdown_table(summary: list[dict]) -> str:
     lines.append("| **average** | " + " | ".join("-" if avg[c] is None else str(avg[c]) for c in keys[1:]) + " |")
     sizes = sorted({(s.get("n_eval"), s.get("n_rc")) for s in summary})
     lines.append("\nEvaluation examples per task (EM, RC): " + ", ".join(f"{a}, {b}" for a, b in sizes) + ".")
-    strict = {m: _mean([s.get(f"{m}_strict") for s in summary]) for m in METHODS}
-    if any(v is not None for v in strict.values()):
-        lines.append("Average EM under the previous, strict scoring (the whole answer must equal the "
-                     "gold output): " + ", ".join(f"{LABELS[m]} {v}" for m, v in strict.items() if v is not None)
-                     + ".")
     n_le = sum(s.get("objective_le_ngopt", 0) for s in summary)
     n = sum(s.get("objective_pairs", 0) for s in summary)
     if n:
@@ -114,27 +109,10 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run_metadata() -> dict:
-    """Machine, date and git commit, recorded with every report."""
-    import datetime
-    import os
-    import platform
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": commit, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "cpus": os.cpu_count(), "platform": platform.platform()}
-
-
 def write_report(rows: list[dict], out_dir: Path, name: str, command: str) -> dict[str, Path]:
     """`name`.json (rows, summary, metadata), `name`.md (table) and `name`.png in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = run_metadata()
+    meta = metadata()
     summary = summarise(rows)
     paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "png": out_dir / f"{name}.png"}
     paths["json"].write_text(json.dumps({"command": command, "meta": meta, "rows": rows,
@@ -143,12 +121,3 @@ def write_report(rows: list[dict], out_dir: Path, name: str, command: str) -> di
     header = "\n".join(f"- {k}: {v}" for k, v in meta.items())
     paths["md"].write_text(f"# {name}\n\nCommand: `{command}`\n\n{header}\n\n{markdown_table(summary)}\n")
     return paths
-
-
-def merge_reports(parts: list[Path], out_dir: Path, name: str) -> dict[str, Path]:
-    """One report from several runs' JSON (e.g. a stopped run and one over the remaining tasks):
-    rows concatenated in order, commands kept, one per run."""
-    docs = [json.loads(Path(p).read_text()) for p in parts]
-    rows = [r for d in docs for r in d["rows"]]
-    command = " ; ".join(d["command"] for d in docs)
-    return write_report(rows, out_dir, name, command)

@@ -159,9 +159,8 @@ def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalCon
     rc = rank_classification(engine.evaluator, s.idx, methods, evalset[:n_rc], tag=f"rc:{key}")
     t_rc = time.perf_counter() - t1
     scores = ({m: accuracy(p, evalset) for m, p in preds.items()} | {rc_key(m): v for m, v in rc.items()}
-              | {f"{m}_strict": strict_accuracy(p, evalset) for m, p in preds.items()})
-    scores |= cache.setdefault(task, {m: scores.get(m) for m in ("zero_shot", rc_key("zero_shot"),
-                                                                    "zero_shot_strict")})
+)
+    scores |= cache.setdefault(task, {m: scores.get(m) for m in ("zero_shot", rc_key("zero_shot"))})
     examples = [{"gold": e.output, **{m: p[i] for m, p in preds.items()}} for i, e in enumerate(evalset[:5])]
     return {"task": task, "seed": seed, **scores, **_search_fields(engine, s, cfg.soup_k),
             "generator": generator.name, "examples": examples,
@@ -169,13 +168,6 @@ def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalCon
             "generate_seconds": round(t_generate, 1), "rc_seconds": round(t_rc, 1),
             "server_start_seconds": round(t_start, 1), "total_seconds": round(time.perf_counter() - t0, 1),
             **_token_counts(engine, shots, evalset), "n_eval": len(evalset), "n_rc": n_rc}
-
-
-def strict_accuracy(preds: Sequence[str], evalset: Sequence[Example]) -> float:
-    """The previous scoring, kept for the ablation: the whole answer (up to the blank line) must
-    equal the gold output after the reference normalisation, so "(B) plausible" is wrong for (B)."""
-    norm = bigbench.normalize_answer
-    return 100.0 * sum(norm(p) == norm(e.output) for p, e in zip(preds, evalset)) / max(len(evalset), 1)
 
 
 def _answers(generator, tag: str, idx: list[int], comps: dict, plan: dict,

@@ -17,6 +17,8 @@ import json
 import re
 from pathlib import Path
 
+from lorahub_serve.errors import LorahubError
+
 from .atomic import write_json_atomic
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -37,7 +39,7 @@ NAME_RULE = f"1-{MAX_NAME_LENGTH} letters, digits, '.', '_' or '-', not starting
 _NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}")
 
 
-class HubError(ValueError):
+class HubError(LorahubError, ValueError):
     """A hub or adapter is unusable with this base model; the message says which and why."""
 
 

@@ -28,6 +28,16 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> tup
     return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def binomial_ci(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson interval, in percent, of an accuracy of `hits` out of `n` examples."""
+    if n < 1:
+        raise ValueError("an accuracy interval needs at least one example")
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
 def present(rows: list[dict]) -> list[str]:
     return [m for m in METHODS if all(r.get(m) is not None for r in rows)]
 
@@ -100,13 +110,13 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def write_report(rows: list[dict], out_dir: Path, name: str, command: str) -> dict[str, Path]:
-    from .eval_report import run_metadata
+    from .run_metadata import metadata
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
     paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "png": out_dir / f"{name}.png"}
-    meta = run_metadata() | {"command": command}
+    meta = metadata() | {"command": command}
     paths["json"].write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
     head = (f"# {name}\n\n`{command}`\n\n{meta.get('machine', '')} · {meta.get('date', '')} · "
             f"commit {meta.get('commit', '')}\n\n")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from lorahub_serve.errors import LorahubError
+
 from . import paths
 from .atomic import atomic_dir
 
@@ -37,7 +39,7 @@ REGISTRY: dict[str, RegistryModel] = {
 }
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(LorahubError, ValueError):
     pass
 
 

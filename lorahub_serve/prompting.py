@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lorahub_serve.errors import LorahubError
+
 from .data.examples import Example
 
 IGNORE = -100  # the label of a position that takes no loss (PyTorch's and HF's ignore_index)
 
 
-class ExampleTooLongError(ValueError):
+class ExampleTooLongError(LorahubError, ValueError):
     pass
 
 

@@ -45,3 +45,9 @@ def test_gap_closed_is_the_share_of_zero_shot_to_oracle():
     rows = [{"task": "a", "seed": 1, "zero_shot": 20.0, "oracle": 60.0, "lorahub": 30.0, "icl": 60.0}]
     g = hr.summarise(rows)["gap_closed"]
     assert g["lorahub"] == pytest.approx(0.25) and g["icl"] == pytest.approx(1.0)
+
+
+def test_binomial_ci_matches_the_wilson_interval():
+    lo, hi = hr.binomial_ci(50, 100)
+    assert lo == pytest.approx(40.4, abs=0.1) and hi == pytest.approx(59.6, abs=0.1)
+    assert hr.binomial_ci(0, 20)[0] == 0.0 and hr.binomial_ci(20, 20)[1] == 100.0

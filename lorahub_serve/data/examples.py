@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from lorahub_serve.errors import LorahubError
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-class ExampleError(ValueError):
+class ExampleError(LorahubError, ValueError):
     """An example file or list is unusable; the message says where and why."""
 
 

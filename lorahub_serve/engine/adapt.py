@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.examples import Example, load_examples
+from ..formats import LORAHUB_FORMAT
 from .evaluator import Evaluator
 from .export import check_rule, compose_factors, merge_adapter, write_adapter
 from .hub import ModuleInfo, default_k, read_manifest, resolve_modules, stack_modules
@@ -58,7 +59,7 @@ class AdaptResult:
 
     def metadata(self, base_model: str, base_fingerprint: str) -> dict:
         return {
-            "format": 1, "task": self.task, "base_model": base_model,
+            "format": LORAHUB_FORMAT, "task": self.task, "base_model": base_model,
             "base_model_sha256": base_fingerprint, "rule": self.rule,
             "modules": [{"name": m.name, "source_task": m.source_task, "sha256": m.sha256,
                          "rank": m.rank, "alpha": m.alpha, "weight": float(w)}

@@ -49,25 +49,16 @@ def _cmd_serve(a) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     elif extra:
-        print(f"lorahub-serve serve: unrecognized arguments {extra}; put vLLM's after `--`",
-              file=sys.stderr)
-        return 2
-    try:
-        cfg = ServeConfig(model=a.model, store=a.store, hub=a.hub, host=a.host, port=a.port,
-                          api_key=a.api_key, max_loras=a.max_loras, max_lora_rank=a.max_lora_rank,
-                          adapt_timeout_s=a.adapt_timeout, adapt_workers=a.adapt_workers,
-                          adapt_queue=a.adapt_queue, ray_address=a.ray_address,
-                          vllm_args=tuple(extra))
-    except ValueError as e:
-        print(f"lorahub-serve serve: {e}", file=sys.stderr)
-        return 2
-    from ..models import ModelNotFoundError
-
+        raise ValueError(f"unrecognized arguments {extra}; put vLLM's after `--`")
+    cfg = ServeConfig(model=a.model, store=a.store, hub=a.hub, host=a.host, port=a.port,
+                      api_key=a.api_key, max_loras=a.max_loras, max_lora_rank=a.max_lora_rank,
+                      adapt_timeout_s=a.adapt_timeout, adapt_workers=a.adapt_workers,
+                      adapt_queue=a.adapt_queue, ray_address=a.ray_address,
+                      vllm_args=tuple(extra))
     try:
         return serve(cfg)
-    except (ModelNotFoundError, FileNotFoundError) as e:
-        print(f"lorahub-serve serve: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        raise  # cli.main: one line, exit 2
     except OSError as e:  # typically: the port is taken
-        print(f"lorahub-serve serve: cannot serve on {cfg.url}: {e}", file=sys.stderr)
+        print(f"lorahub-serve serve: error: cannot serve on {cfg.url}: {e}", file=sys.stderr)
         return 1

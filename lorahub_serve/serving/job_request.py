@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorahub_serve.errors import LorahubError
+
 from ..data.examples import Example, ExampleError, from_records
 from .names import AdapterNameError, check_name
 
@@ -21,7 +23,7 @@ _INT_LIMITS = {"budget": (1, 100_000), "modules": (1, 10_000), "seed": (0, 2**32
 _MODULE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
-class RequestError(ValueError):
+class RequestError(LorahubError, ValueError):
     """A bad adaptation request; `code` is the HTTP status, `param` the offending field."""
 
     def __init__(self, message: str, code: int = 400, param: str | None = None):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorahub_serve.errors import LorahubError
+
 from ..formats import NAME_RULE, valid_name
 
 
-class AdapterNameError(ValueError):
+class AdapterNameError(LorahubError, ValueError):
     """A requested adapter name is not allowed; the message says why."""
 
 

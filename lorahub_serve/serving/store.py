@@ -21,6 +21,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorahub_serve.errors import LorahubError
+
 from ..formats import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -34,7 +36,7 @@ from .names import AdapterNameError, adapter_dir, check_name, inside
 _MAX_HEADER = 64 << 20  # a safetensors header larger than this is not an adapter's
 
 
-class AdapterRefused(ValueError):
+class AdapterRefused(LorahubError, ValueError):
     """An adapter exists in the store but cannot be served; the message says why and what to do."""
 
 

@@ -36,10 +36,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
+from lorahub_serve.errors import LorahubError
+
 READY_TIMEOUT_S = 600.0  # loading a model and hub on a busy CPU can take minutes
 
 
-class WorkerError(RuntimeError):
+class WorkerError(LorahubError, RuntimeError):
     """The worker process failed to start, died, or broke the protocol."""
 
 
