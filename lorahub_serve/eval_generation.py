@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine.adapt import Engine
-from .engine.export import compose_factors, write_adapter
+from .engine.export import compose_factors, composed_rank, write_adapter
 from .engine.generate import generate
 from .prompting import prompt_ids
 
@@ -118,6 +118,7 @@ class VllmGenerator:
         self.log = Path(log_dir) / "eval-serve.log" if log_dir else self.store / "eval-serve.log"
         self.max_loras = max_loras
         self.server = None
+        self.served_rank = 0  # the running server's --max-lora-rank
         self.client = None
         self.startup_seconds = 0.0  # server start-up, reported apart from answering time
 
@@ -128,19 +129,27 @@ class VllmGenerator:
 
         t0 = time.perf_counter()
         opts = ["--model", self.engine.model_name, "--store", self.store, "--port", free_port(),
-                "--max-loras", self.max_loras, "--max-lora-rank", _served_rank(rank)]
+                "--max-loras", self.max_loras, "--max-lora-rank", rank]
         self.server = ServeProcess(opts, self.log).start()
+        self.served_rank = rank
         self.client = OpenAI(base_url=f"{self.server.url}/v1", api_key="unused", timeout=3600)
-        self.startup_seconds = time.perf_counter() - t0
+        self.startup_seconds += time.perf_counter() - t0
 
-    def _needed_rank(self, module_idx: Sequence[int]) -> int:
-        ranks = [self.engine.hub_modules[i].rank for i in module_idx]
-        return max(ranks) if self.engine.rule == "lorahub" else sum(ranks)
+    def max_lora_rank(self, k: int) -> int:
+        """The server's `--max-lora-rank` for compositions of `k` modules: vLLM's rank at or
+        above the `composed_rank` of the hub's k largest-rank modules, so that in a hub of mixed
+        ranks every task-seed's choice of k modules fits one server."""
+        ranks = sorted(m.rank for m in self.engine.hub_modules)[-k:]
+        return _served_rank(composed_rank(ranks, self.engine.rule))
 
     def answers(self, tag: str, module_idx: Sequence[int], comps: Mapping[str, np.ndarray | None],
                 jobs: Sequence[Job], max_new_tokens: int) -> dict[str, list[str]]:
+        rank = self.max_lora_rank(len(module_idx))
+        if self.server is not None and rank > self.served_rank:  # more modules than before
+            self.server.stop()
+            self.server = None
         if self.server is None:
-            self._start(self._needed_rank(module_idx))
+            self._start(rank)
         served = {}
         for comp, w in comps.items():
             if w is None:

@@ -126,11 +126,15 @@ def test_unknown_generator_is_refused(tiny_llama_dir, tiny_llama_hub):
                                                                       budget=2), generator="gpu", progress=False)
 
 
+MIXED_RANKS = (4, 4, 16, 16, 4, 16)  # the world's hub: task0..task5
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     model, _ = testing.tiny_llama_for_vllm(root / "model")
-    hub = testing.random_hub(model, root / "hub", n=4, scale=3.0)
+    # Mixed ranks: seed 1 draws task0, task1, task4 (rank 4 only), seed 2 a rank-16 module too.
+    hub = testing.random_hub(model, root / "hub", n=6, ranks=MIXED_RANKS, scale=3.0)
     return root, root / "model", hub
 
 
@@ -174,9 +178,36 @@ def test_vllm_answers_equal_the_engine(world, engine_rows):
     _, model, hub = world
     rows = run_eval(str(model), str(hub), CFG, progress=False, generator="vllm")
     assert [r["generator"] for r in rows] == ["vllm", "vllm"]
+    rank = {m.name: m.rank for m in read_manifest(hub)}
+    assert [max(rank[n] for n in r["modules"]) for r in rows] == [4, 16]  # one server serves both
     for mine, theirs in zip(engine_rows, rows):
         assert mine["lorahub_loss"] == pytest.approx(theirs["lorahub_loss"])  # same search
         assert theirs["examples"] == mine["examples"]
         for m in METHODS:
             assert theirs[m] == mine[m], m
             assert theirs[rc_key(m)] == pytest.approx(mine[rc_key(m)]), m
+
+
+@pytest.mark.parametrize("rule", ["lorahub", "linear"])
+def test_vllm_generator_rank_fits_every_choice_of_modules(world, rule):
+    """The evaluation's server is started once with `max_lora_rank(K)`: every composition of K
+    modules of a mixed-rank hub it is then given (exported by `compose_factors`) must fit."""
+    from itertools import combinations
+
+    from lorahub_serve.engine.export import compose_factors
+    from lorahub_serve.eval_generation import VllmGenerator
+    from lorahub_serve.formats import LORA_RANKS
+
+    _, model, hub = world
+    engine = Engine(str(model), str(hub), rule=rule, warmup=False)
+    gen = VllmGenerator(engine)
+    try:
+        served = gen.max_lora_rank(3)
+        assert served == (16 if rule == "lorahub" else 64) and served in LORA_RANKS
+        exported = {idx: next(iter(compose_factors(engine.stack, list(idx), [1.0] * 3, rule).values()))[0].shape[0]
+                    for idx in combinations(range(len(MIXED_RANKS)), 3)}
+        assert max(exported.values()) <= served
+        assert exported[(0, 1, 4)] == (4 if rule == "lorahub" else 12)  # trimmed, not padded to 16
+    finally:
+        gen.close()
+        engine.close()

@@ -1,12 +1,15 @@
 """Export a composition as a standard PEFT LoRA adapter folder (+ `lorahub.json`).
 
-rule "lorahub": A = Σ wₖAₖ, B = Σ wₖsₖBₖ — an ordinary rank-r LoRA (scaling folded, alpha = r).
-rule "linear":  A = [A₁; …; A_K], B = [w₁s₁B₁ … w_Ks_KB_K] — a rank K·r LoRA with ΔW = Σ wₖsₖBₖAₖ.
+rule "lorahub": A = Σ wₖAₖ, B = Σ wₖsₖBₖ — an ordinary LoRA of rank max rₖ (scaling folded, alpha = r).
+rule "linear":  A = [A₁; …; A_K], B = [w₁s₁B₁ … w_Ks_KB_K] — a LoRA of rank Σ rₖ with ΔW = Σ wₖsₖBₖAₖ.
+`composed_rank` is that rank, the one definition export, evaluation and serving use: in a hub of
+mixed ranks the stack is zero-padded to the largest, and the factors are trimmed back to it here.
 Folders are written atomically (temporary sibling, then rename).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,18 +29,30 @@ def check_rule(rule: str) -> str:
     return rule
 
 
-def compose_factors(stack: HubStack, module_idx: list[int], weights, rule: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """layer -> (A [r', d_in], B [d_out, r']) of the composed adapter (scaling folded into B)."""
+def composed_rank(ranks: Sequence[int], rule: str) -> int:
+    """Rank of the adapter composing modules of ranks `ranks` under `rule` (see the module
+    docstring): the largest for "lorahub", their sum for "linear"."""
     check_rule(rule)
-    w = torch.as_tensor(weights, dtype=torch.float32)
+    if not ranks:
+        raise ValueError("composed_rank: no modules (ranks is empty)")
+    return max(ranks) if rule == "lorahub" else sum(ranks)
+
+
+def compose_factors(stack: HubStack, module_idx: list[int], weights, rule: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """layer -> (A [r', d_in], B [d_out, r']) of the composed adapter (scaling folded into B),
+    r' = `composed_rank` of the modules `module_idx` [K] of `stack`, weighted by `weights` [K]."""
+    ranks = [stack.modules[i].rank for i in module_idx]
+    r = composed_rank(ranks, rule)
     idx = torch.as_tensor(module_idx, dtype=torch.long)
     out = {}
     for layer in stack.layers:
-        a, b = stack.lora_a[layer][idx].float(), stack.lora_b[layer][idx].float()  # [K,r,d_in], [K,d_out,r]
-        if rule == "lorahub":
-            out[layer] = (torch.einsum("k,krd->rd", w, a), torch.einsum("k,kor->or", w, b))
-        else:  # linear
-            out[layer] = (a.reshape(-1, a.shape[-1]), (w[:, None, None] * b).permute(1, 0, 2).reshape(b.shape[1], -1))
+        a, b = stack.lora_a[layer][idx].float(), stack.lora_b[layer][idx].float()  # [K,r_max,d_in], [K,d_out,r_max]
+        w = torch.as_tensor(weights, dtype=torch.float32, device=a.device)
+        if rule == "lorahub":  # rows past the largest chosen rank are zero padding in every module
+            out[layer] = (torch.einsum("k,krd->rd", w, a[:, :r]), torch.einsum("k,kor->or", w, b[:, :, :r]))
+        else:  # linear: each module's own rows, without its padding
+            out[layer] = (torch.cat([a[k, :rk] for k, rk in enumerate(ranks)]),
+                          torch.cat([w[k] * b[k, :, :rk] for k, rk in enumerate(ranks)], dim=1))
     return out
 
 

@@ -5,8 +5,9 @@ client sends it with `extra_body`), a composition of hub modules instead of a st
 `model` is then the base model's name. `CompositionMiddleware` (ASGI, before vLLM's routes):
 
 1. checks the specification: known hub modules, at most `MAX_MODULES`, finite weights with
-   |w| <= `MAX_WEIGHT`, rule `lorahub` (A = Σ wA, B = Σ w·s·B, rank r) or `linear` (rank K·r),
-   a rank within `--max-lora-rank`; else a 400 in OpenAI's error format naming the problem;
+   |w| <= `MAX_WEIGHT`, rule `lorahub` (A = Σ wA, B = Σ w·s·B) or `linear` (A, B stacked), a
+   rank (the engine's `composed_rank`: max rₖ, or Σ rₖ for `linear`) within `--max-lora-rank`;
+   else a 400 in OpenAI's error format naming the problem;
 2. names the composition by a hash of its content (rule, module names, their sha256, weights):
    `lh-<24 hex>`;
 3. writes it into the store with the engine's export (`compose_factors` + `write_adapter`,
@@ -32,6 +33,8 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
+from lorahub_serve.errors import LorahubError
+
 from .errors import error_body
 from .job_request import COMPOSITION_PREFIX
 from .store import AdapterStore
@@ -42,7 +45,7 @@ MAX_WEIGHT = 10.0
 ROUTES = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 
-class CompositionError(ValueError):
+class CompositionError(LorahubError, ValueError):
     """A bad `lorahub` specification (-> 400, param `lorahub`)."""
 
 
@@ -93,8 +96,10 @@ class Compositions:
                 raise CompositionError(f"weight of module {n!r} must be a finite number in "
                                        f"[-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}], got {w!r}")
             weights.append(float(w))
-        r = max(self.modules[n].rank for n in names)
-        rank = r * len(names) if rule == "linear" else r
+        from ..engine.export import composed_rank
+
+        ranks = [self.modules[n].rank for n in names]
+        r, rank = max(ranks), composed_rank(ranks, rule)
         if rank > self.max_rank:
             raise CompositionError(f"this composition has rank {rank} (rule {rule!r}, {len(names)} "
                                    f"module(s) of rank up to {r}), above this server's "

@@ -31,8 +31,8 @@ def comps(tmp_path_factory):
     ({"modules": {"task0": 11}}, "base", "finite number"),
     ({"modules": {"task0": True}}, "base", "finite number"),
     ({"modules": {"task0": 1}, "rule": "mean"}, "base", "'lorahub' or 'linear'"),
-    ({"modules": {"task0": 1, "task1": 1, "task2": 1}, "rule": "linear"}, "base",
-     r"rank 12 \(rule 'linear', 3 module\(s\) of rank up to 4\), above .*--max-lora-rank 8"),
+    ({"modules": {"task0": 1, "task1": 1, "task2": 1}, "rule": "linear"}, "base",  # 4 + 2 + 4
+     r"rank 10 \(rule 'linear', 3 module\(s\) of rank up to 4\), above .*--max-lora-rank 8"),
 ])
 def test_bad_specifications_name_the_problem(comps, spec, model, message):
     with pytest.raises(CompositionError, match=message):
@@ -50,7 +50,29 @@ def test_content_names_cache_and_eviction(comps):
     a, same, b, c, evicted = asyncio.run(scenario())
     assert a == same and a.startswith("lh-") and len({a, b, c}) == 3
     assert evicted == [a] and not comps.store.exists(a)  # at most 2 cached, least recent first
-    assert comps.store.inspect(b).rank == 8 and comps.store.inspect(c).rank == 4
+    assert comps.store.inspect(b).rank == 6 and comps.store.inspect(c).rank == 4  # linear: 4 + 2
+
+
+def test_linear_rank_is_the_sum_of_the_module_ranks(comps):
+    """Mixed ranks 4 + 2 + 2 fit --max-lora-rank 8 (not 3 x 4, the padded rank)."""
+    spec = {"modules": {"task0": 1.0, "task1": 0.5, "task3": -0.5}, "rule": "linear"}
+    assert comps.check(spec, "base") == ("linear", ["task0", "task1", "task3"], [1.0, 0.5, -0.5])
+
+
+def test_linear_rule_is_the_dense_sum_of_the_modules(comps):
+    weights = {"task0": 0.6, "task1": -0.9}  # ranks 4 and 2
+    name, _ = asyncio.run(comps.ensure({"modules": weights, "rule": "linear"}, "base"))
+    got = load_file(comps.store.folder(name) / "adapter_model.safetensors")
+    for layer in ("layers.0.self_attn.q_proj", "layers.1.self_attn.v_proj"):
+        key = f"base_model.model.model.{layer}.lora_{{}}.weight"
+        assert got[key.format("A")].shape[0] == 6
+        want = 0
+        for mod, w in weights.items():
+            info = comps.modules[mod]
+            t = load_file(info.path / "adapter_model.safetensors")
+            want = want + w * info.alpha / info.rank * t[key.format("B")].double() @ t[key.format("A")].double()
+        got_delta = got[key.format("B")].double() @ got[key.format("A")].double()
+        torch.testing.assert_close(got_delta, want, rtol=1e-5, atol=1e-6)  # fp32 factors
 
 
 def test_lorahub_rule_is_the_weighted_sum_of_factors(comps):

@@ -21,6 +21,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed here")
 pytestmark = pytest.mark.vllm
 
 KEY = "test-key-123"
+HUB_RANKS = (4, 4, 8, 16)  # task0..task3: a hub of mixed ranks
 NEW_TOKENS = 24
 PROMPT = "Q: what is the capital of France?\nA:"
 EXAMPLES = [{"input": "Q: is the cat blue?\nA:", "output": " no"},
@@ -29,7 +30,7 @@ EXAMPLES = [{"input": "Q: is the cat blue?\nA:", "output": " no"},
 
 
 def _composed_adapter(model, hub, out):
-    """A LoraHub composition of three hub modules with fixed weights (the `lorahub` rule)."""
+    """A LoraHub composition of three hub modules with fixed weights (the `lorahub` rule, rank 8)."""
     from lorahub_serve.engine.export import compose_factors, write_adapter
     from lorahub_serve.engine.hub import read_manifest, stack_modules
 
@@ -42,7 +43,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     model_dir, store = root / "model", root / "store"
     model, tok = testing.tiny_llama_for_vllm(model_dir)
-    hub = testing.random_hub(model, root / "hub", n=4, scale=3.0)
+    hub = testing.random_hub(model, root / "hub", n=4, ranks=HUB_RANKS, scale=3.0)
     _composed_adapter(model, hub, store / "composed")
     testing.random_adapter(model, store / "big", rank=32, seed=5)
     other, _ = testing.tiny_llama(root / "other", hidden=64)
@@ -89,6 +90,60 @@ def test_greedy_matches_transformers_peft(world):
     got = _served_ids(client, "composed", ids)
     assert got == want, f"first mismatch at token {next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)}"
     assert _served_ids(client, str(world["model_dir"]), ids) == base
+
+
+def _peft_composition(hub, weights: dict[str, float], rule: str, out):
+    """The composition as a PEFT folder (alpha = r) written from the module files alone:
+    "lorahub": A = Σ wA, B = Σ w·(alpha/r)·B, zero-padded to the largest rank;
+    "linear": A = [A₁; …], B = [w₁(alpha/r)₁B₁ …], stacked."""
+    from peft import LoraConfig
+    from safetensors.torch import load_file, save_file
+
+    parts: dict[str, list[torch.Tensor]] = {}
+    for name, w in weights.items():
+        folder = hub / "modules" / name
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        for key, t in load_file(folder / "adapter_model.safetensors").items():
+            is_a = ".lora_A." in key
+            factor = (1.0 if rule == "linear" else w) if is_a else w * cfg["lora_alpha"] / cfg["r"]
+            t = factor * t.float()
+            parts.setdefault(key, []).append(t if is_a else t.T)  # each [r_k, d]
+    tensors = {}
+    for key, ts in parts.items():
+        if rule == "linear":
+            stacked = torch.cat(ts)
+        else:
+            r = max(t.shape[0] for t in ts)
+            stacked = sum(torch.nn.functional.pad(t, (0, 0, 0, r - t.shape[0])) for t in ts)
+        tensors[key] = stacked if ".lora_A." in key else stacked.T.contiguous()
+    rank = next(t.shape[0] for k, t in tensors.items() if ".lora_A." in k)
+    LoraConfig(r=rank, lora_alpha=rank, target_modules=["q_proj", "v_proj"],
+               lora_dropout=0.0).save_pretrained(out)
+    save_file(tensors, out / "adapter_model.safetensors")
+    return out
+
+
+def test_mixed_rank_compositions_named_in_the_request(world):
+    """Compositions of a mixed-rank hub, served at their own rank (`composed_rank`) under
+    --max-lora-rank 16: linear 4 + 4 + 8 = 16 fits (not 3 x 8), and lorahub over ranks 4 and 16
+    is rank 16; their greedy output is PEFT's on the same composition built independently."""
+    client, model, tok = world["client"], world["model"], world["tok"]
+    base, ids = str(world["model_dir"]), tok(PROMPT, add_special_tokens=False)["input_ids"]
+    hub = world["root"] / "hub"
+    for rule, weights in (("linear", {"task0": 0.9, "task1": -0.6, "task2": 0.7}),
+                          ("lorahub", {"task1": 0.8, "task3": -0.5})):
+        want = _greedy_reference(model, ids, _peft_composition(hub, weights, rule,
+                                                               world["root"] / f"peft-{rule}"))
+        out = client.completions.create(model=base, prompt=ids, max_tokens=NEW_TOKENS, temperature=0,
+                                        extra_body={"ignore_eos": True, "return_token_ids": True,
+                                                    "lorahub": {"modules": weights, "rule": rule}})
+        assert list(out.choices[0].token_ids) == want, rule
+        served = json.loads((world["store"] / out.model / "adapter_config.json").read_text())
+        assert served["r"] == 16, rule
+    with pytest.raises(openai.BadRequestError, match=r"rank 20 \(rule 'linear', 2 module\(s\) of rank "
+                                                      r"up to 16\), above this server's --max-lora-rank 16"):
+        client.completions.create(model=base, prompt="the", max_tokens=2, extra_body={
+            "lorahub": {"modules": {"task0": 1.0, "task3": 1.0}, "rule": "linear"}})
 
 
 def test_adapter_written_after_start_is_served(world):
