@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 def adapt(*args, **kwargs):
     """See `lorahub_serve.engine.adapt.adapt` (imported lazily: torch is heavy)."""
-    from .engine.adapt import adapt as _adapt
+    from lorahub_serve.engine.adapt import adapt as _adapt
 
     return _adapt(*args, **kwargs)

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .data.examples import Example
-from .prompting import IGNORE, encode_example, pad_id, pad_rows, prompt_ids
-from .scoring import accuracy as em_accuracy
+from lorahub_serve.data.examples import Example
+from lorahub_serve.prompting import IGNORE, encode_example, pad_id, pad_rows, prompt_ids
+from lorahub_serve.scoring import accuracy as em_accuracy
 
 STOP = "\n\n"  # answers end at a blank line, as in eval_generation
 

@@ -11,14 +11,14 @@ from lorahub_serve.errors import LorahubError
 
 
 def _cmd_model_fetch(a) -> int:
-    from .models import fetch_model
+    from lorahub_serve.models import fetch_model
 
     fetch_model(a.name)
     return 0
 
 
 def _cmd_data_list(a) -> int:
-    from .data import bigbench, is_bbh
+    from lorahub_serve.data import bigbench, is_bbh
 
     tasks = bigbench.list_tasks()
     if a.bbh:
@@ -30,15 +30,15 @@ def _cmd_data_list(a) -> int:
 
 
 def _cmd_data_fetch(a) -> int:
-    from .data import bigbench
+    from lorahub_serve.data import bigbench
 
     print(f"{len(bigbench.list_tasks())} BIG-bench tasks in {bigbench.sdist_path()}")
     return 0
 
 
 def _cmd_hub_build(a) -> int:
-    from .hub_build import BROAD_HUB_TASKS, build_hub
-    from .training import TrainConfig
+    from lorahub_serve.hub_build import BROAD_HUB_TASKS, build_hub
+    from lorahub_serve.training import TrainConfig
 
     cfg = TrainConfig(rank=a.rank, alpha=2 * a.rank, steps=a.steps, lr=a.lr, max_length=a.max_length,
                       target_modules=tuple(a.target_modules.split(",")), dtype=a.dtype)
@@ -48,7 +48,7 @@ def _cmd_hub_build(a) -> int:
     if a.actors > 1 or a.ray_address:
         import functools
 
-        from .cluster.hub_trainers import trainer_pool
+        from lorahub_serve.cluster.hub_trainers import trainer_pool
 
         trainers = functools.partial(trainer_pool, a.model, a.actors, a.ray_address)
     manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg,
@@ -58,7 +58,7 @@ def _cmd_hub_build(a) -> int:
 
 
 def _cmd_hub_centroids(a) -> int:
-    from .hub_centroids import compute_centroids
+    from lorahub_serve.hub_centroids import compute_centroids
 
     n = compute_centroids(a.model, Path(a.hub), a.inputs)
     print(f"hub {a.hub}: {n} centroids computed")
@@ -66,8 +66,8 @@ def _cmd_hub_centroids(a) -> int:
 
 
 def _cmd_suite_build(a) -> int:
-    from .suite_build import SUITE_CANDIDATES, build_suite
-    from .training import TrainConfig
+    from lorahub_serve.suite_build import SUITE_CANDIDATES, build_suite
+    from lorahub_serve.training import TrainConfig
 
     cfg = TrainConfig(steps=a.steps, lr=a.lr, max_length=a.max_length, dtype=a.dtype)
     m = build_suite(a.model, Path(a.hub), Path(a.oracles), Path(a.out),

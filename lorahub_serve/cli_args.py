@@ -44,7 +44,7 @@ def add_contrast_argument(p) -> None:
 
 def search_config(a):
     """The `SearchConfig` the parsed arguments describe (raises ValueError naming a bad value)."""
-    from .engine.search import SearchConfig
+    from lorahub_serve.engine.search import SearchConfig
 
     extra = {} if a.sigma is None else {"sigma": a.sigma}
     return SearchConfig(budget=a.budget, seed=a.seed, optimizer=a.optimizer, popsize=a.popsize,

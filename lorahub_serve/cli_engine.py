@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_args import add_cluster_arguments, add_search_arguments, print_report, search_config
+from lorahub_serve.cli_args import (
+    add_cluster_arguments,
+    add_search_arguments,
+    print_report,
+    search_config,
+)
 
 
 def _cmd_adapt(a) -> int:
-    from .data.examples import load_jsonl
+    from lorahub_serve.data.examples import load_jsonl
 
     examples = load_jsonl(a.examples)
     config = search_config(a)
@@ -24,7 +29,7 @@ def _cmd_adapt(a) -> int:
                                  cpus_per_actor=a.cpus_per_actor)
         print_report(report)
         return 0 if not report.get("failed") else 1
-    from .engine.adapt import Engine
+    from lorahub_serve.engine.adapt import Engine
 
     engine = Engine(a.model, a.hub, a.rule, a.backend, a.token_budget, a.allow_pickle, a.truncate,
                     dtype=a.dtype)

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cli_args import add_contrast_argument
+from lorahub_serve.cli_args import add_contrast_argument
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -28,8 +28,8 @@ def _seeds(text: str) -> tuple[int, ...]:
 def _cmd_eval_headroom(a) -> int:
     import json
 
-    from .headroom_eval import HeadroomConfig, run_headroom_eval
-    from .headroom_report import markdown, summarise, write_report
+    from lorahub_serve.headroom_eval import HeadroomConfig, run_headroom_eval
+    from lorahub_serve.headroom_report import markdown, summarise, write_report
 
     cfg = HeadroomConfig(suite=Path(a.suite_file), tasks=tuple(a.tasks) if a.tasks else None,
                          seeds=a.seeds, shots=a.shots, limit=a.limit or 100, budget=a.budget,
@@ -50,9 +50,9 @@ def _cmd_eval_headroom(a) -> int:
 def _cmd_eval(a) -> int:
     if a.suite == "headroom":
         return _cmd_eval_headroom(a)
-    from .data.bbh import BBH_TASKS
-    from .eval_report import markdown_table, summarise, write_report
-    from .evaluation import EvalConfig, run_eval
+    from lorahub_serve.data.bbh import BBH_TASKS
+    from lorahub_serve.eval_report import markdown_table, summarise, write_report
+    from lorahub_serve.evaluation import EvalConfig, run_eval
 
     a.name = a.name or "bbh_smollm2"
     cfg = EvalConfig(tasks=tuple(a.tasks or BBH_TASKS), seeds=a.seeds, shots=a.shots,

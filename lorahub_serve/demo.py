@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import paths
+from lorahub_serve import paths
 
 DEMO_TASK = "unnatural_in_context_learning/identity"
 
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import json
 
-    from .data import bigbench, is_bbh
-    from .models import fetch_model
+    from lorahub_serve.data import bigbench, is_bbh
+    from lorahub_serve.models import fetch_model
 
     suite = json.loads(Path(a.suite).read_text()) if Path(a.suite).exists() else {"tasks": []}
     if a.task not in suite["tasks"] and not is_bbh(a.task):
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {question[:80]!r:85} -> {ex.output.strip()!r}")
 
     _say(f"3/5 LoraHub search over the hub {a.hub} (--select {a.select}, budget {a.budget}, batched CMA-ES)")
-    from .engine.adapt import Engine
-    from .engine.search import SearchConfig
+    from lorahub_serve.engine.adapt import Engine
+    from lorahub_serve.engine.search import SearchConfig
 
     store = Path(a.store or tempfile.mkdtemp(prefix="lorahub-store-"))
     name = a.task.replace("/", "-") + "-lorahub"
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     _say("4/5 serving base model + adapter store with vLLM (OpenAI-compatible)")
     from openai import OpenAI
 
-    from .serving.process import ServeProcess, free_port
+    from lorahub_serve.serving.process import ServeProcess, free_port
 
     port = free_port()
     log = store / "serve.log"
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _say(f"5/5 accuracy on {len(evalset)} held-out examples (exact match), through the server")
         rows = compare(client, a.model, name, shots, evalset)
-    from .headroom_report import binomial_ci
+    from lorahub_serve.headroom_report import binomial_ci
 
     chance = 100 * bigbench.task_info(a.task).chance
     print(f"\n  task {a.task} (chance {chance:.0f}%), {len(evalset)} held-out examples "
@@ -108,11 +108,11 @@ def compare(client, base: str, adapter: str, shots, evalset) -> dict[str, tuple[
     on the base model, and the adapter, all answered by the server from the same token ids."""
     from transformers import AutoTokenizer
 
-    from .eval_generation import complete
-    from .evaluation import icl_prompt
-    from .models import resolve_model
-    from .prompting import prompt_ids
-    from .scoring import accuracy
+    from lorahub_serve.eval_generation import complete
+    from lorahub_serve.evaluation import icl_prompt
+    from lorahub_serve.models import resolve_model
+    from lorahub_serve.prompting import prompt_ids
+    from lorahub_serve.scoring import accuracy
 
     tok = AutoTokenizer.from_pretrained(resolve_model(base))
     plain = [prompt_ids(tok, e.input) for e in evalset]

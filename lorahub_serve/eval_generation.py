@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine.adapt import Engine
-from .engine.export import compose_factors, composed_rank, write_adapter
-from .engine.generate import generate
-from .prompting import prompt_ids
+from lorahub_serve.engine.adapt import Engine
+from lorahub_serve.engine.export import compose_factors, composed_rank, write_adapter
+from lorahub_serve.engine.generate import generate
+from lorahub_serve.prompting import prompt_ids
 
 # A method's request: (method name, composition name, prompts).
 Job = tuple[str, str, Sequence[str]]
@@ -99,7 +99,7 @@ class EngineGenerator:
 
 
 def _served_rank(needed: int) -> int:
-    from .formats import LORA_RANKS
+    from lorahub_serve.formats import LORA_RANKS
 
     for r in LORA_RANKS:
         if r >= needed:
@@ -125,7 +125,7 @@ class VllmGenerator:
     def _start(self, rank: int) -> None:
         from openai import OpenAI
 
-        from .serving.process import ServeProcess, free_port
+        from lorahub_serve.serving.process import ServeProcess, free_port
 
         t0 = time.perf_counter()
         opts = ["--model", self.engine.model_name, "--store", self.store, "--port", free_port(),

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import bigbench
-from .evaluation import METHODS, rc_key
-from .run_metadata import metadata
+from lorahub_serve.data import bigbench
+from lorahub_serve.evaluation import METHODS, rc_key
+from lorahub_serve.run_metadata import metadata
 
 LABELS = {"zero_shot": "zero-shot", "icl": "ICL", "lorahub": "LoraHub", "lorahub_ngopt": "LoraHub (NGOpt)",
           "best_single": "best single", "soup": "soup"}

@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import bigbench
-from .data.bbh import BBH_TASKS
-from .data.examples import Example
-from .engine.adapt import AdaptResult, Engine
-from .engine.search import SearchConfig
-from .eval_generation import STOP  # the few-shot separator is also where answers end
-from .rank_classification import Method, rank_classification
-from .scoring import accuracy
+from lorahub_serve.data import bigbench
+from lorahub_serve.data.bbh import BBH_TASKS
+from lorahub_serve.data.examples import Example
+from lorahub_serve.engine.adapt import AdaptResult, Engine
+from lorahub_serve.engine.search import SearchConfig
+from lorahub_serve.eval_generation import STOP  # the few-shot separator is also where answers end
+from lorahub_serve.rank_classification import Method, rank_classification
+from lorahub_serve.scoring import accuracy
 
 METHODS = ("zero_shot", "icl", "lorahub", "lorahub_ngopt", "best_single", "soup")
 
@@ -215,7 +215,7 @@ def run_eval(model: str, hub: str, cfg: EvalConfig, progress: bool = True, on_ro
     a long run that is stopped keeps what it measured). `generator`: see `eval_generation`."""
     from tqdm.auto import tqdm
 
-    from .eval_generation import choose_generator
+    from lorahub_serve.eval_generation import choose_generator
 
     engine = Engine(model, hub)
     gen = None

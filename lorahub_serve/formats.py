@@ -17,9 +17,8 @@ import json
 import re
 from pathlib import Path
 
+from lorahub_serve.atomic import write_json_atomic
 from lorahub_serve.errors import LorahubError
-
-from .atomic import write_json_atomic
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

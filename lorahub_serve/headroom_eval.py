@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import bigbench
-from .data.examples import Example
-from .engine.adapt import Engine
-from .engine.search import SearchConfig
-from .evaluation import icl_prompt, soup_weights
-from .rank_classification import Method, rank_classification
-from .scoring import accuracy as em_accuracy
+from lorahub_serve.data import bigbench
+from lorahub_serve.data.examples import Example
+from lorahub_serve.engine.adapt import Engine
+from lorahub_serve.engine.search import SearchConfig
+from lorahub_serve.evaluation import icl_prompt, soup_weights
+from lorahub_serve.rank_classification import Method, rank_classification
+from lorahub_serve.scoring import accuracy as em_accuracy
 
 ENGINE_METHODS = ("zero_shot", "icl", "lorahub", "lorahub_random", "lorahub_ngopt", "best_single", "soup")
 PEFT_METHODS = ("lora_ft", "oracle")
@@ -69,7 +69,7 @@ def _engine_scores(engine: Engine, idx: list[int], comps: dict, prompts: dict, e
     if metric == "rc":
         methods = {m: Method(prompts[m], comps[m]) for m in comps}
         return rank_classification(engine.evaluator, idx, methods, evalset, tag=tag)
-    from .engine.generate import generate
+    from lorahub_serve.engine.generate import generate
 
     names = list(comps)
     k = len(idx)
@@ -90,7 +90,7 @@ def _engine_scores(engine: Engine, idx: list[int], comps: dict, prompts: dict, e
 
 
 def _peft_score(net, tok, adapter: Path | None, evalset, dtype: str) -> float:
-    from .adapter_scoring import accuracy
+    from lorahub_serve.adapter_scoring import accuracy
 
     if adapter is None:
         return accuracy(net, tok, evalset, dtype=dtype)[1]
@@ -105,7 +105,7 @@ def _peft_score(net, tok, adapter: Path | None, evalset, dtype: str) -> float:
 
 def fewshot_lora(net, tok, shots: list[Example], cfg: HeadroomConfig, seed: int, out: Path) -> Path:
     """The LoRA-tuning baseline: rank 8 on q,v, one batch of all shots per epoch."""
-    from .training import TrainConfig, train_lora
+    from lorahub_serve.training import TrainConfig, train_lora
 
     tc = TrainConfig(steps=cfg.ft_epochs, batch_size=len(shots), lr=cfg.ft_lr, max_length=512,
                      seed=seed, heldout=0, dtype=cfg.ft_dtype)
@@ -172,7 +172,7 @@ def run_headroom_eval(model: str, hub: str, cfg: HeadroomConfig, on_row=None, pr
 
     from tqdm.auto import tqdm
 
-    from .models import load_base, resolve_model
+    from lorahub_serve.models import load_base, resolve_model
 
     suite = read_suite(cfg.suite)
     by_task = {c["task"]: c for c in suite["candidates"]}
@@ -182,7 +182,7 @@ def run_headroom_eval(model: str, hub: str, cfg: HeadroomConfig, on_row=None, pr
         raise ValueError(f"{unknown} are not tasks the suite {cfg.suite} keeps; it has {suite['tasks']}")
     oracle_root = Path(suite["oracle_hub"])
     if not oracle_root.exists():  # the manifest names it relative to the repo it was built in
-        from .paths import repo_root
+        from lorahub_serve.paths import repo_root
 
         oracle_root = repo_root() / "hubs" / oracle_root.name
     rows = list(done or [])

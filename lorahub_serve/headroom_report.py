@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .headroom_eval import METHODS
+from lorahub_serve.headroom_eval import METHODS
 
 N_BOOT = 10_000
 
@@ -110,7 +110,7 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def write_report(rows: list[dict], out_dir: Path, name: str, command: str) -> dict[str, Path]:
-    from .run_metadata import metadata
+    from lorahub_serve.run_metadata import metadata
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

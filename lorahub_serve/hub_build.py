@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_dir
-from .data import bigbench, is_bbh, refuse_bbh
-from .formats import ADAPTER_WEIGHTS, HUB_FORMAT, read_hub_json, write_hub_json
-from .training import TrainConfig, train_lora
-from .work_pool import InlinePool
+from lorahub_serve.atomic import atomic_dir
+from lorahub_serve.data import bigbench, is_bbh, refuse_bbh
+from lorahub_serve.formats import ADAPTER_WEIGHTS, HUB_FORMAT, read_hub_json, write_hub_json
+from lorahub_serve.training import TrainConfig, train_lora
+from lorahub_serve.work_pool import InlinePool
 
 
 def module_name(task: str) -> str:
@@ -347,7 +347,7 @@ class LocalTrainers(InlinePool):
 
     def _train(self, work: TrainWork) -> TrainedModule:
         if self.net is None:
-            from .models import load_base, resolve_model
+            from lorahub_serve.models import load_base, resolve_model
 
             torch.set_num_threads(max(1, torch.get_num_threads()))
             self.net, self.tok = load_base(resolve_model(self.model))
@@ -361,9 +361,9 @@ def backfill_heldout(model: str, hub_dir: Path, manifest: dict, log=print, limit
     sampler never drew (`rows_never_drawn`); None where it drew them all. Returns modules measured."""
     from peft import PeftModel
 
-    from .models import load_base, resolve_model
-    from .prompting import pad_id
-    from .training import TrainConfig, encode_rows, mean_loss, rows_never_drawn
+    from lorahub_serve.models import load_base, resolve_model
+    from lorahub_serve.prompting import pad_id
+    from lorahub_serve.training import TrainConfig, encode_rows, mean_loss, rows_never_drawn
 
     todo = [m for m in manifest["modules"] if "heldout_loss" not in m]
     if not todo:

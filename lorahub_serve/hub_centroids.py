@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def bigbench_inputs(task: str, n: int) -> list[str]:
-    from .data import bigbench
+    from lorahub_serve.data import bigbench
 
     return [e.input for e in bigbench.load_task(task)[:n]]
 
@@ -25,9 +25,9 @@ def compute_centroids(model: str, hub_dir: Path, n_inputs: int = 32,
     from safetensors.numpy import load_file
     from tqdm.auto import tqdm
 
-    from .engine.selection import CENTROIDS_FILE, input_centroid, write_centroids
-    from .formats import read_hub_json
-    from .models import load_base, resolve_model
+    from lorahub_serve.engine.selection import CENTROIDS_FILE, input_centroid, write_centroids
+    from lorahub_serve.formats import read_hub_json
+    from lorahub_serve.models import load_base, resolve_model
 
     hub_dir = Path(hub_dir)
     manifest = read_hub_json(hub_dir)

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from lorahub_serve import paths
+from lorahub_serve.atomic import atomic_dir
 from lorahub_serve.errors import LorahubError
-
-from . import paths
-from .atomic import atomic_dir
 
 
 @dataclass(frozen=True)
@@ -170,7 +169,7 @@ def load_base(model: str | Path, dtype: str = "float32"):
     ("float32" | "bfloat16" | "float16"; resolve "auto" with `resolve_dtype` first)."""
     import torch
 
-    from .light_imports import load_transformers
+    from lorahub_serve.light_imports import load_transformers
 
     load_transformers()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lorahub_serve.data.examples import Example
 from lorahub_serve.errors import LorahubError
-
-from .data.examples import Example
 
 IGNORE = -100  # the label of a position that takes no loss (PyTorch's and HF's ignore_index)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data.examples import Example
-from .engine.evaluator import Evaluator
+from lorahub_serve.data.examples import Example
+from lorahub_serve.engine.evaluator import Evaluator
 
 
 @dataclass(frozen=True)

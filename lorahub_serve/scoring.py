@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .data.bigbench import normalize_answer
-from .data.examples import LETTERS, Example
+from lorahub_serve.data.bigbench import normalize_answer
+from lorahub_serve.data.examples import LETTERS, Example
 
 # "(B)", "(b)", "B", "B)", "B." at the start; a bare letter must be upper case (not the word "a").
 _LETTER = re.compile(r"\(([A-Za-z])\)|([A-Z])[).]?")

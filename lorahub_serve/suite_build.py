@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .atomic import write_json_atomic
-from .data import bigbench, is_bbh
+from lorahub_serve.atomic import write_json_atomic
+from lorahub_serve.data import bigbench, is_bbh
 
 # Kept for an independent check: their four hub modules stay, nothing else of theirs is used.
 RESERVED_FAMILIES = ("color", "arithmetic", "bbq_lite_json", "unit_conversion")
@@ -110,11 +110,11 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
 
     from tqdm import tqdm
 
-    from .adapter_scoring import accuracy, majority_rate
-    from .formats import read_hub_json
-    from .hub_build import TrainedModule, module_name, record_module, train_module
-    from .models import load_base, resolve_model
-    from .training import TrainConfig
+    from lorahub_serve.adapter_scoring import accuracy, majority_rate
+    from lorahub_serve.formats import read_hub_json
+    from lorahub_serve.hub_build import TrainedModule, module_name, record_module, train_module
+    from lorahub_serve.models import load_base, resolve_model
+    from lorahub_serve.training import TrainConfig
 
     cfg = cfg or TrainConfig(steps=24, lr=2e-3, max_length=128)
     hub_tasks = {m["source_task"] for m in read_hub_json(Path(hub_dir))["modules"]}

@@ -124,8 +124,8 @@ def random_adapter(base_model, out_dir: Path, rank: int = 4, alpha: int | None =
 def random_hub(base_model, hub_dir: Path, n: int = 4, ranks=(4,), target_modules=("q_proj", "v_proj"),
                base_name: str = "tiny", scale: float = 0.5) -> Path:
     """A hub folder (`hub.json` + modules/) of `n` random adapters; ranks cycle through `ranks`."""
-    from .formats import ADAPTER_WEIGHTS, HUB_FORMAT, write_hub_json
-    from .hub_build import sha256_file
+    from lorahub_serve.formats import ADAPTER_WEIGHTS, HUB_FORMAT, write_hub_json
+    from lorahub_serve.hub_build import sha256_file
 
     hub_dir = Path(hub_dir)
     modules = []
@@ -144,8 +144,15 @@ def random_hub(base_model, hub_dir: Path, n: int = 4, ranks=(4,), target_modules
 def reference_loss(model, tokenizer, examples) -> float:
     """HF's own loss (token mean over the outputs) for `examples` in one padded batch: the oracle
     that the engine's batched losses are checked against."""
-    from .data.examples import from_records
-    from .prompting import IGNORE, causal_batch, encode_example, encode_seq2seq, pad_id, pad_rows
+    from lorahub_serve.data.examples import from_records
+    from lorahub_serve.prompting import (
+        IGNORE,
+        causal_batch,
+        encode_example,
+        encode_seq2seq,
+        pad_id,
+        pad_rows,
+    )
 
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     enc = [(encode_seq2seq if seq2seq else encode_example)(tokenizer, e) for e in from_records(examples)]

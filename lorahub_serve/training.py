@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from .adapter_scoring import accuracy, autocast
-from .atomic import atomic_dir
-from .data.examples import Example
-from .prompting import causal_batch, encode_example, pad_id
+from lorahub_serve.adapter_scoring import accuracy, autocast
+from lorahub_serve.atomic import atomic_dir
+from lorahub_serve.data.examples import Example
+from lorahub_serve.prompting import causal_batch, encode_example, pad_id
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import paths
-from .examples import LETTERS, Example
+from lorahub_serve import paths
+from lorahub_serve.data.examples import LETTERS, Example
 
 SDIST_FILE = "bigbench-1.0.0.tar.gz"
 PYPI_SIMPLE = "https://pypi.org/simple/bigbench/"  # PyPI's JSON simple API (PEP 691)

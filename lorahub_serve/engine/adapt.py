@@ -17,12 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.examples import Example, load_examples
-from ..formats import LORAHUB_FORMAT
-from .evaluator import Evaluator
-from .export import check_rule, compose_factors, merge_adapter, write_adapter
-from .hub import ModuleInfo, default_k, read_manifest, resolve_modules, stack_modules
-from .search import SearchConfig, SearchState, run_search
+from lorahub_serve.data.examples import Example, load_examples
+from lorahub_serve.engine.evaluator import Evaluator
+from lorahub_serve.engine.export import check_rule, compose_factors, merge_adapter, write_adapter
+from lorahub_serve.engine.hub import (
+    ModuleInfo,
+    default_k,
+    read_manifest,
+    resolve_modules,
+    stack_modules,
+)
+from lorahub_serve.engine.search import SearchConfig, SearchState, run_search
+from lorahub_serve.formats import LORAHUB_FORMAT
 
 
 @dataclass
@@ -88,8 +94,8 @@ class Engine:
                  device: str | None = None, dtype: str = "auto", warmup: bool = True):
         import torch
 
-        from ..light_imports import load_optimizers
-        from ..models import folder_fingerprint, load_base, resolve_dtype, resolve_model
+        from lorahub_serve.light_imports import load_optimizers
+        from lorahub_serve.models import folder_fingerprint, load_base, resolve_dtype, resolve_model
 
         t0 = time.perf_counter()
         load_optimizers()  # start-up, not the first search, pays nevergrad's and pycma's imports
@@ -124,7 +130,7 @@ class Engine:
                        config: SearchConfig) -> tuple[list[int], dict]:
         """[K] hub positions for a task already added to the evaluator, and what to record of
         the choice (`engine/selection.py`); names in `modules` are taken as given."""
-        from . import selection
+        from lorahub_serve.engine import selection
 
         if config.select == "random" or isinstance(modules, (list, tuple)):
             return self.module_indices(modules, config.seed), {}

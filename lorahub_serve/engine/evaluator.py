@@ -25,13 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.examples import Example, ExampleError
-from ..prompting import EncodedExample, encode_example, encode_seq2seq, pad_id
-from .block_attention import Blocks, supports_blocks, using_blocks
-from .hub import HubStack
-from .multilora import attach
-from .objective import OptionTerm, option_examples
-from .packing import (
+from lorahub_serve.data.examples import Example, ExampleError
+from lorahub_serve.engine.block_attention import Blocks, supports_blocks, using_blocks
+from lorahub_serve.engine.hub import HubStack
+from lorahub_serve.engine.multilora import attach
+from lorahub_serve.engine.objective import OptionTerm, option_examples
+from lorahub_serve.engine.packing import (
     MAX_ROW,
     PackedRow,
     Segment,
@@ -40,6 +39,7 @@ from .packing import (
     pack_segments,
     shared_prefix,
 )
+from lorahub_serve.prompting import EncodedExample, encode_example, encode_seq2seq, pad_id
 
 WARMUP_ROWS = (4, 24, 64)  # tokens: one row per Triton token-block size (16, 32, 64)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..atomic import atomic_dir
-from ..formats import ADAPTER_WEIGHTS, peft_key, write_lorahub_json
-from .hub import HubStack
+from lorahub_serve.atomic import atomic_dir
+from lorahub_serve.engine.hub import HubStack
+from lorahub_serve.formats import ADAPTER_WEIGHTS, peft_key, write_lorahub_json
 
 RULES = ("lorahub", "linear")
 

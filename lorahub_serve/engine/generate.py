@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..prompting import pad_id, pad_rows, prompt_ids
-from .evaluator import Evaluator
+from lorahub_serve.engine.evaluator import Evaluator
+from lorahub_serve.prompting import pad_id, pad_rows, prompt_ids
 
 
 @torch.inference_mode()

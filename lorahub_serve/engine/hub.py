@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..formats import (
+from lorahub_serve.formats import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     PICKLED_WEIGHTS,

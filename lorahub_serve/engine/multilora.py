@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lorahub_serve.engine.hub import HubStack
 from lorahub_serve.kernels import lora_delta
-
-from .hub import HubStack
 
 
 @dataclass

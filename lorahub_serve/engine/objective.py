@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.examples import Example
+from lorahub_serve.data.examples import Example
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..prompting import EncodedExample
+from lorahub_serve.prompting import EncodedExample
 
 MIN_SHARED_PREFIX = 8  # shorter prefixes save less than they complicate
 MAX_ROW = 512  # tokens per packed row: beyond this, masked-out attention costs more than it saves

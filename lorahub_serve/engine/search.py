@@ -57,7 +57,7 @@ class SearchConfig:
     def __post_init__(self):
         if not isinstance(self.budget, int) or self.budget < 1:
             raise ValueError(f"budget must be an integer >= 1 (candidate evaluations), got {self.budget!r}")
-        from .selection import check_select
+        from lorahub_serve.engine.selection import check_select
 
         check_select(self.select)
         if self.optimizer not in OPTIMIZERS:

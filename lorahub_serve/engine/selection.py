@@ -66,7 +66,7 @@ def single_losses(evaluator, task: str, n_modules: int, chunk: int = 64) -> np.n
 def input_centroid(net, tokenizer, texts: Sequence[str], max_length: int = 256,
                    batch_size: int = 16) -> np.ndarray:
     """[hidden]: the mean over `texts` of the mean final hidden state over each text's tokens."""
-    from ..prompting import pad_id, pad_rows, prompt_ids
+    from lorahub_serve.prompting import pad_id, pad_rows, prompt_ids
 
     if not texts:
         raise ValueError("a centroid needs at least one input text")

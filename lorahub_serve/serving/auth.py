@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import json
 
-from .errors import error_body
+from lorahub_serve.serving.errors import error_body
 
 
 def _digest(key: str) -> bytes:

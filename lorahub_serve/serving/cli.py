@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 
 
 def _cmd_serve(a) -> int:
-    from .server import ServeConfig, serve
+    from lorahub_serve.serving.server import ServeConfig, serve
 
     extra = list(a.vllm_args)
     if extra and extra[0] == "--":

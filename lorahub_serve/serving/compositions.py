@@ -34,10 +34,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 from lorahub_serve.errors import LorahubError
-
-from .errors import error_body
-from .job_request import COMPOSITION_PREFIX
-from .store import AdapterStore
+from lorahub_serve.serving.errors import error_body
+from lorahub_serve.serving.job_request import COMPOSITION_PREFIX
+from lorahub_serve.serving.store import AdapterStore
 
 PREFIX = COMPOSITION_PREFIX
 MAX_MODULES = 32
@@ -54,7 +53,7 @@ class Compositions:
 
     def __init__(self, store: AdapterStore, hub: Path, model_folder: Path, base_name: str,
                  max_rank: int, max_cached: int = 64):
-        from ..engine.hub import read_manifest
+        from lorahub_serve.engine.hub import read_manifest
 
         self.store, self.hub, self.model_folder = store, Path(hub), Path(model_folder)
         self.base_name, self.max_rank, self.max_cached = base_name, max_rank, max_cached
@@ -96,7 +95,7 @@ class Compositions:
                 raise CompositionError(f"weight of module {n!r} must be a finite number in "
                                        f"[-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}], got {w!r}")
             weights.append(float(w))
-        from ..engine.export import composed_rank
+        from lorahub_serve.engine.export import composed_rank
 
         ranks = [self.modules[n].rank for n in names]
         r, rank = max(ranks), composed_rank(ranks, rule)
@@ -131,8 +130,8 @@ class Compositions:
         return name, evicted
 
     def _build(self, name: str, rule: str, names: list[str], weights: list[float]) -> None:
-        from ..engine.export import compose_factors, write_adapter
-        from ..engine.hub import stack_modules
+        from lorahub_serve.engine.export import compose_factors, write_adapter
+        from lorahub_serve.engine.hub import stack_modules
 
         stack = stack_modules(self._meta(), [self.modules[n] for n in names])
         meta = {"format": 1, "composition": True, "base_model": self.base_name,

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorahub_serve.data.examples import Example, ExampleError, from_records
 from lorahub_serve.errors import LorahubError
-
-from ..data.examples import Example, ExampleError, from_records
-from .names import AdapterNameError, check_name
+from lorahub_serve.serving.names import AdapterNameError, check_name
 
 MAX_EXAMPLES = 1000
 COMPOSITION_PREFIX = "lh-"  # see compositions.py
@@ -119,7 +118,7 @@ class ContextCheck:
         return self
 
     def __call__(self, examples: tuple[Example, ...]) -> None:
-        from ..prompting import ExampleTooLongError, encode_example
+        from lorahub_serve.prompting import ExampleTooLongError, encode_example
 
         self.load()
         for i, ex in enumerate(examples):

@@ -30,15 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..atomic import write_json_atomic
-from .job_request import (  # noqa: F401 - re-exported: the jobs API in one import
-    MAX_EXAMPLES,
+from lorahub_serve.atomic import write_json_atomic
+from lorahub_serve.serving.job_request import (
     AdaptRequest,
     RequestError,
     parse_request,
 )
-from .store import LORAHUB_FILE, AdapterRefused, AdapterStore
-from .worker import WorkerError, WorkerProcess
+from lorahub_serve.serving.store import LORAHUB_FILE, AdapterRefused, AdapterStore
+from lorahub_serve.serving.worker import WorkerError, WorkerProcess
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE: tuple[JobState, ...] = ("queued", "running")

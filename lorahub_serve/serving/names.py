@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorahub_serve.errors import LorahubError
-
-from ..formats import NAME_RULE, valid_name
+from lorahub_serve.formats import NAME_RULE, valid_name
 
 
 class AdapterNameError(LorahubError, ValueError):

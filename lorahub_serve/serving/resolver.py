@@ -18,8 +18,8 @@ from vllm.logger import init_logger
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver
 
-from .names import AdapterNameError
-from .store import AdapterRefused, AdapterStore
+from lorahub_serve.serving.names import AdapterNameError
+from lorahub_serve.serving.store import AdapterRefused, AdapterStore
 
 logger = init_logger(__name__)
 

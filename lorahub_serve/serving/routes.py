@@ -27,10 +27,10 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from .errors import error_response
-from .jobs import AdaptJobs, RequestError, final_loss, parse_request
-from .names import AdapterNameError, check_name
-from .store import LORAHUB_FILE, AdapterRefused, AdapterStore
+from lorahub_serve.serving.errors import error_response
+from lorahub_serve.serving.jobs import AdaptJobs, RequestError, final_loss, parse_request
+from lorahub_serve.serving.names import AdapterNameError, check_name
+from lorahub_serve.serving.store import LORAHUB_FILE, AdapterRefused, AdapterStore
 
 MAX_BODY_BYTES = 8 << 20
 

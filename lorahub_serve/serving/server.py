@@ -38,12 +38,12 @@ from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..formats import LORA_RANKS  # vLLM's accepted --max-lora-rank values
-from .auth import ApiKeyMiddleware
-from .jobs import AdaptJobs
-from .reaper import start_reaper, stop_reaper
-from .startup_signals import StartupSignals
-from .store import AdapterStore, BaseModelShapes
+from lorahub_serve.formats import LORA_RANKS  # vLLM's accepted --max-lora-rank values
+from lorahub_serve.serving.auth import ApiKeyMiddleware
+from lorahub_serve.serving.jobs import AdaptJobs
+from lorahub_serve.serving.reaper import start_reaper, stop_reaper
+from lorahub_serve.serving.startup_signals import StartupSignals
+from lorahub_serve.serving.store import AdapterStore, BaseModelShapes
 
 # Routes vLLM adds under VLLM_ALLOW_RUNTIME_LORA_UPDATING that load adapters from any path.
 _PATH_LOADING_ROUTES = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter",
@@ -137,7 +137,7 @@ def parse_vllm_args(argv: list[str]) -> Namespace:
 
 def serve(cfg: ServeConfig) -> int:
     """Run the server until Ctrl-C or SIGTERM; returns the exit status."""
-    from ..models import resolve_model
+    from lorahub_serve.models import resolve_model
 
     folder = resolve_model(cfg.model)
     Path(cfg.store).mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ async def _serve(cfg: ServeConfig, args: Namespace, store: AdapterStore, folder:
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.launcher import setup_server
 
-    from .job_request import ContextCheck
+    from lorahub_serve.serving.job_request import ContextCheck
 
     signals = StartupSignals()  # until serve_http installs vLLM's graceful-shutdown handlers
     signals.install()
@@ -185,7 +185,7 @@ async def _serve(cfg: ServeConfig, args: Namespace, store: AdapterStore, folder:
             jobs.start()  # warm workers load the model and hub while the server starts
             compositions = None
             if cfg.hub is not None:
-                from .compositions import Compositions
+                from lorahub_serve.serving.compositions import Compositions
 
                 compositions = Compositions(store, cfg.hub, folder, cfg.model, args.max_lora_rank)
             app = await _build_app(engine, args, store, jobs, cfg.api_key, compositions)
@@ -208,7 +208,7 @@ def _ray_workers(cfg: ServeConfig):
     """With --ray-address, a factory of Ray actor workers (cluster/adapt_worker.py); else None."""
     if cfg.ray_address is None:
         return None
-    from ..cluster.adapt_worker import RayAdaptWorker
+    from lorahub_serve.cluster.adapt_worker import RayAdaptWorker
 
     address = None if cfg.ray_address == "local" else cfg.ray_address
     return lambda slot: RayAdaptWorker(cfg.model, cfg.hub, address)
@@ -221,8 +221,8 @@ async def _build_app(engine, args: Namespace, store: AdapterStore, jobs: AdaptJo
     from vllm.logger import init_logger
     from vllm.lora.resolver import LoRAResolverRegistry
 
-    from .resolver import RESOLVER_NAME, StoreResolver
-    from .routes import build_router
+    from lorahub_serve.serving.resolver import RESOLVER_NAME, StoreResolver
+    from lorahub_serve.serving.routes import build_router
 
     resolver = StoreResolver(store)
     LoRAResolverRegistry.register_resolver(RESOLVER_NAME, resolver)
@@ -236,7 +236,7 @@ async def _build_app(engine, args: Namespace, store: AdapterStore, jobs: AdaptJo
     from starlette.middleware import Middleware
 
     if compositions is not None:  # `"lorahub": {...}` in a completions body -> a stored adapter
-        from .compositions import CompositionMiddleware
+        from lorahub_serve.serving.compositions import CompositionMiddleware
 
         app.user_middleware.insert(0, Middleware(CompositionMiddleware, compositions=compositions))
     if api_key:  # first in user_middleware = outermost

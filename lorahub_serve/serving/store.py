@@ -22,16 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorahub_serve.errors import LorahubError
-
-from ..formats import (
+from lorahub_serve.formats import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
-    LORAHUB_FILE,  # noqa: F401 - jobs.py and routes.py import it from here
     PICKLED_WEIGHTS,
     peft_layer,
     read_lorahub_json,
 )
-from .names import AdapterNameError, adapter_dir, check_name, inside
+from lorahub_serve.serving.names import AdapterNameError, adapter_dir, check_name, inside
 
 _MAX_HEADER = 64 << 20  # a safetensors header larger than this is not an adapter's
 
@@ -72,7 +70,7 @@ class BaseModelShapes:
 
     @classmethod
     def from_folder(cls, folder: Path) -> BaseModelShapes:
-        from ..models import folder_fingerprint
+        from lorahub_serve.models import folder_fingerprint
 
         folder = Path(folder)
         files = sorted(folder.glob("*.safetensors"))

@@ -75,7 +75,7 @@ def _read_commands(jobs: queue.Queue, cancelled: set[str]) -> None:
 
 
 def _run_job(engine, msg: dict, cancelled: set[str], emit: Callable[[dict], None]) -> None:
-    from ..engine.search import SearchConfig
+    from lorahub_serve.engine.search import SearchConfig
 
     job_id = str(msg["id"])
     config = SearchConfig(**{k: msg[k] for k in ("budget", "seed") if msg.get(k) is not None})
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_read_commands, args=(jobs, cancelled), daemon=True).start()
     t0 = time.perf_counter()
     try:
-        from ..engine.adapt import Engine
+        from lorahub_serve.engine.adapt import Engine
 
         engine = Engine(a.model, a.hub, a.rule)
         import peft  # noqa: F401 - the export's first import, paid here rather than in a job
