@@ -76,10 +76,19 @@ def test_letter_labels_name_the_options_in_the_input(task):
 
 
 def test_generative_format_uses_target_and_task_prefix():
+    """word_sorting's file sets a task prefix and its own input/output prefixes; the answer is the
+    target. A target given as a list answers with its first entry."""
+    spec = bigbench.read_task_json("word_sorting")
+    raw = spec["examples"][0]
+    assert isinstance(raw["target"], str)  # this file's targets are strings: the list case is below
     ex = bigbench.load_task("word_sorting")[0]
-    raw = bigbench.read_task_json("word_sorting")["examples"][0]
-    assert ex.output == " " + raw["target"].strip() if isinstance(raw["target"], str) else raw["target"][0]
-    assert "Options:" not in ex.input
+    assert ex.input == f"Sort the following words alphabetically:\nList: {raw['input'].strip()}\nSorted:"
+    assert ex.output == " " + raw["target"].strip()
+    assert "Options:" not in ex.input and ex.answer_style == "" and ex.options == ()
+
+    listed = bigbench.format_example({"input": " 2 + 2 ", "target": ["four", "4"]},
+                                     {"task_prefix": "Add."}, "made_up_task", 0)
+    assert (listed.input, listed.output) == ("Add.\nQ: 2 + 2\nA:", " four")
 
 
 @pytest.mark.parametrize("task", ["date_understanding", "temporal_sequences"])

@@ -1,6 +1,7 @@
 """`--dtype` through the engine, and the start-up warm-up batch."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,10 @@ from lorahub_serve.engine.evaluator import warmup_examples
 from lorahub_serve.models import load_base, resolve_dtype
 from lorahub_serve.prompting import encode_example
 
-BF16_LOSS_TOL = 5e-2  # bf16 keeps 8 mantissa bits: ~1e-2 relative per op, summed over 2 layers
+# |bf16 - fp32| of a candidate's loss (losses here are about 4.6), absolute. Measured on this CPU
+# (AMD EPYC, AVX512-BF16, torch backend): at most 1.0e-3 (2.2e-4 relative) for the 5 candidates
+# below; over 20 draws of 5 candidates like them, at most 4.6e-3. The bound sits just above that.
+BF16_LOSS_ATOL = 5e-3
 
 
 def test_auto_dtype_is_bf16_on_cuda_fp32_on_cpu():
@@ -42,8 +46,11 @@ def test_bf16_engine_losses_match_fp32(tiny_llama_dir, tiny_llama_hub, few_shot)
         finally:
             eng.close()
     assert np.isfinite(got["bfloat16"]).all()
-    np.testing.assert_allclose(got["bfloat16"], got["float32"], rtol=BF16_LOSS_TOL, atol=BF16_LOSS_TOL)
+    assert not np.array_equal(got["bfloat16"], got["float32"])  # bf16 really ran
+    np.testing.assert_allclose(got["bfloat16"], got["float32"], rtol=0, atol=BF16_LOSS_ATOL)
     # the candidates' order by loss is what the search uses; bf16 must keep clear gaps ordered
+    best, second = np.sort(got["float32"])[:2]
+    assert second - best > 2 * BF16_LOSS_ATOL  # a clear gap (0.021 here)
     assert np.argmin(got["bfloat16"]) == np.argmin(got["float32"])
 
 
@@ -63,16 +70,19 @@ def test_warmup_runs_every_layer_once_and_leaves_no_trace(tiny_llama_dir, tiny_l
 
         if "triton" not in available_backends():
             pytest.skip("triton needs CUDA or TRITON_INTERPRET=1")
-    calls = []
+    calls = []  # perf_counter() at each adapted layer's forward
     eng = Engine(tiny_llama_dir, tiny_llama_hub, backend=backend, warmup=False)
     try:
-        hooks = [m.register_forward_hook(lambda *_: calls.append(1))
+        hooks = [m.register_forward_hook(lambda *_: calls.append(time.perf_counter()))
                  for m in eng.net.modules() if type(m).__name__ == "MultiLoraLinear"]
+        t0 = time.perf_counter()
         seconds = eng.evaluator.warmup()
+        wall = time.perf_counter() - t0
         for h in hooks:
             h.remove()
         ev = eng.evaluator
-        assert seconds > 0 and ev.warmup_seconds == seconds
+        # the time reported spans the warm-up's passes and no more than the call itself
+        assert calls[-1] - calls[0] <= seconds <= wall and ev.warmup_seconds == seconds
         passes = len(warmup_examples(eng.tokenizer, ev.jit))  # Triton: one per token-block size
         assert passes == (3 if backend == "triton" else 1)
         assert len(calls) == passes * len(eng.stack.layers)  # through every adapted layer
@@ -82,9 +92,11 @@ def test_warmup_runs_every_layer_once_and_leaves_no_trace(tiny_llama_dir, tiny_l
         assert r.row_cand is None and r.module_idx is None and r.weights is None
     finally:
         eng.close()
+    t0 = time.perf_counter()
     eng = Engine(tiny_llama_dir, tiny_llama_hub, backend=backend)  # warmup=True is the default
+    wall = time.perf_counter() - t0
     try:
-        assert eng.evaluator.warmup_seconds > 0 and eng.startup_seconds >= eng.evaluator.warmup_seconds
+        assert 0 < eng.evaluator.warmup_seconds <= eng.startup_seconds <= wall
     finally:
         eng.close()
 
