@@ -57,7 +57,7 @@ def memo_loss(engine, key: str, idx: list[int], cache: dict, seen: list):
 
 def rc_of(engine, idx, weights: list[np.ndarray], evalset) -> list[float | None]:
     """Rank-classification accuracy (percent) of each weight vector on `evalset`."""
-    from lorahub_serve.rank_classification import Method, rank_classification
+    from lorahub_serve.eval.rank_classification import Method, rank_classification
 
     methods = {str(i): Method([e.input for e in evalset], w) for i, w in enumerate(weights)}
     got = rank_classification(engine.evaluator, idx, methods, evalset, tag="cmp")

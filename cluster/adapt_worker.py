@@ -42,7 +42,7 @@ class AdaptWorkerCore:
         return self.load_seconds
 
     def adapt(self, msg: dict) -> dict:
-        from lorahub_serve.serving.worker import _run_job
+        from lorahub_serve.engine.job import run_job
 
         job_id, final = str(msg["id"]), []
 
@@ -53,7 +53,7 @@ class AdaptWorkerCore:
                 final.append(event)
 
         try:
-            _run_job(self.engine, msg, self.cancelled, emit)
+            run_job(self.engine, msg, self.cancelled, emit)
         finally:
             self.latest.pop(job_id, None)
             self.cancelled.discard(job_id)
@@ -110,7 +110,7 @@ class RayAdaptWorker:
         import ray
 
         from lorahub_serve.cluster.actors import init_error
-        from lorahub_serve.serving.worker import WorkerError
+        from lorahub_serve.engine.job import WorkerError
 
         while True:
             ready = self._ready
@@ -136,7 +136,7 @@ class RayAdaptWorker:
 
     async def run(self, job_id: str, payload: dict[str, Any],
                   on_progress: Callable[[dict], Awaitable[None] | None]) -> dict:
-        from lorahub_serve.serving.worker import WorkerError
+        from lorahub_serve.engine.job import WorkerError
 
         await self.wait_ready()
         result = asyncio.wrap_future(self.actor.adapt.remote({"op": "adapt", "id": job_id,

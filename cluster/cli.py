@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorahub_serve.cli_args import (
+from lorahub_serve.engine.arguments import (
     add_cluster_arguments,
     add_search_arguments,
     print_report,
@@ -16,6 +16,55 @@ from lorahub_serve.cli_args import (
 
 
 def register(sub) -> None:
+    """`adapt-batch`, and Ray for the commands of other subsystems (registered before this one):
+    `adapt --actors N` and `hub build --actors N`. Their modules never import the cluster, so
+    the import arrows run one way (cluster -> engine, hub)."""
+    _add_adapt_batch(sub)
+    if "adapt" in sub.choices:
+        adapt = sub.choices["adapt"]
+        add_cluster_arguments(adapt, default_actors=0)
+        adapt.set_defaults(run_on_cluster=_adapt_on_cluster)
+    build = _subcommand(sub, "hub", "build")
+    if build is not None:
+        build.add_argument("--actors", type=int, default=1, help="train this many modules at once on Ray actors")
+        build.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one)")
+        build.set_defaults(trainer_pool=_hub_trainer_pool)
+
+
+def _subcommand(sub, *names):
+    """The parser of `lorahub-serve NAME SUB`, or None when it is not registered."""
+    import argparse
+
+    parser = sub.choices.get(names[0])
+    for name in names[1:]:
+        if parser is None:
+            return None
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parser = actions[0].choices.get(name) if actions else None
+    return parser
+
+
+def _adapt_on_cluster(a, examples, config, out: Path) -> int:
+    from lorahub_serve.cluster import run_adapt_batch
+
+    report = run_adapt_batch(a.model, a.hub, [(out.name, examples)], out.parent, a.actors,
+                             a.ray_address, config, a.modules, a.rule, a.backend, a.token_budget,
+                             truncate=a.truncate, allow_pickle=a.allow_pickle, dtype=a.dtype,
+                             cpus_per_actor=a.cpus_per_actor)
+    print_report(report)
+    return 0 if not report.get("failed") else 1
+
+
+def _hub_trainer_pool(a):
+    """`hub build --actors N`: the trainer pool factory `build_hub(trainers=...)` takes."""
+    import functools
+
+    from lorahub_serve.cluster.hub_trainers import trainer_pool
+
+    return functools.partial(trainer_pool, a.model, a.actors, a.ray_address)
+
+
+def _add_adapt_batch(sub) -> None:
     p = sub.add_parser(
         "adapt-batch", help="adapt many tasks at once on Ray actors (resumable)",
         description="Search composition weights for every task of TASKS (JSONL: one "

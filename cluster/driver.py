@@ -27,6 +27,7 @@ from lorahub_serve.cluster.worker import BadTaskError, BatchWorker, examples_dig
 from lorahub_serve.engine.adapt import AdaptResult
 from lorahub_serve.engine.export import check_rule, write_adapter
 from lorahub_serve.engine.hub import ModuleInfo, default_k, read_manifest, resolve_modules
+from lorahub_serve.engine.job import finite
 from lorahub_serve.engine.search import SearchConfig, SearchState
 from lorahub_serve.formats import is_adapter, read_lorahub_json
 
@@ -147,7 +148,7 @@ def _prepare(specs: list[TaskSpec], journal: JobJournal | None, idx: np.ndarray,
 def _entry(status: str, name: str, state: SearchState, store: Path | None, seconds: float,
            resumed_at: int = 0, error: str | None = None) -> dict:
     entry = {"status": status, "out_dir": str(store / name) if store is not None else None,
-             "best_loss": _finite(state.best_loss), "best_objective": _finite(state.best_objective),
+             "best_loss": finite(state.best_loss), "best_objective": finite(state.best_objective),
              "weights": None if state.best_weights is None else [float(w) for w in state.best_weights],
              "evaluations": state.evaluations, "seconds": round(seconds, 3)}
     if resumed_at:
@@ -155,10 +156,6 @@ def _entry(status: str, name: str, state: SearchState, store: Path | None, secon
     if error is not None:
         entry.update(status="failed", error=error, out_dir=None)
     return entry
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None  # JSON has no infinity
 
 
 class _Loop:

@@ -41,7 +41,7 @@ class HubTrainer:
 
     def run(self, work):
         """Train `work.task` with `work.cfg` (a `hub_build.TrainWork`); returns a TrainedModule."""
-        from lorahub_serve.hub_build import train_module
+        from lorahub_serve.hub.build import train_module
 
         return train_module(self.net, self.tok, work.task, work.cfg)
 

@@ -1,11 +1,12 @@
-"""The `lorahub-serve` command line."""
+"""The `lorahub-serve` command line: `model` and `data` here; every other command lives beside its
+subsystem (`hub/cli.py`, `engine/cli.py`, `serving/cli.py`, `cluster/cli.py`, `eval/cli.py`) and
+is assembled by `build_parser`. Errors: one line, exit 2 (`main`)."""
 
 from __future__ import annotations
 
 import argparse
 import gc
 import sys
-from pathlib import Path
 
 from lorahub_serve.errors import LorahubError
 
@@ -36,46 +37,6 @@ def _cmd_data_fetch(a) -> int:
     return 0
 
 
-def _cmd_hub_build(a) -> int:
-    from lorahub_serve.hub_build import BROAD_HUB_TASKS, build_hub
-    from lorahub_serve.training import TrainConfig
-
-    cfg = TrainConfig(rank=a.rank, alpha=2 * a.rank, steps=a.steps, lr=a.lr, max_length=a.max_length,
-                      target_modules=tuple(a.target_modules.split(",")), dtype=a.dtype)
-    if a.broad:
-        a.tasks = list(a.tasks or []) + [t for t in BROAD_HUB_TASKS if t not in (a.tasks or [])]
-    trainers = None
-    if a.actors > 1 or a.ray_address:
-        import functools
-
-        from lorahub_serve.cluster.hub_trainers import trainer_pool
-
-        trainers = functools.partial(trainer_pool, a.model, a.actors, a.ray_address)
-    manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg,
-                         retrain_stale=a.retrain_stale, trainers=trainers)
-    print(f"hub {a.out}: {len(manifest['modules'])} modules")
-    return 0
-
-
-def _cmd_hub_centroids(a) -> int:
-    from lorahub_serve.hub_centroids import compute_centroids
-
-    n = compute_centroids(a.model, Path(a.hub), a.inputs)
-    print(f"hub {a.hub}: {n} centroids computed")
-    return 0
-
-
-def _cmd_suite_build(a) -> int:
-    from lorahub_serve.suite_build import SUITE_CANDIDATES, build_suite
-    from lorahub_serve.training import TrainConfig
-
-    cfg = TrainConfig(steps=a.steps, lr=a.lr, max_length=a.max_length, dtype=a.dtype)
-    m = build_suite(a.model, Path(a.hub), Path(a.oracles), Path(a.out),
-                    tuple(a.tasks or SUITE_CANDIDATES), cfg, a.gate_n, a.min_gain)
-    print(f"suite {a.out}: {len(m['tasks'])} of {len(m['candidates'])} candidates kept")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lorahub-serve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -92,61 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     df = data.add_parser("fetch", help="download the BIG-bench sdist into the cache")
     df.set_defaults(func=_cmd_data_fetch)
 
-    hub = sub.add_parser("hub", help="LoRA hubs").add_subparsers(dest="action", required=True)
-    hb = hub.add_parser("build", help="train one LoRA per upstream BIG-bench task (resumable)")
-    hb.add_argument("--model", default="smollm2-135m")
-    hb.add_argument("--out", required=True)
-    hb.add_argument("--tasks", nargs="*", default=None, help="task names (default: curated list)")
-    hb.add_argument("--modules", type=int, default=32,
-                    help="modules the hub should hold, from the curated task list (default 32)")
-    hb.add_argument("--actors", type=int, default=1, help="train this many modules at once on Ray actors")
-    hb.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one)")
-    hb.add_argument("--rank", type=int, default=8)
-    hb.add_argument("--steps", type=int, default=60)
-    hb.add_argument("--lr", type=float, default=1e-3)
-    hb.add_argument("--target-modules", default="q_proj,v_proj")
-    hb.add_argument("--max-length", type=int, default=256, help="skip training examples longer than this")
-    hb.add_argument("--retrain-stale", action="store_true",
-                    help="retrain modules trained in an answer format the data no longer uses")
-    hb.add_argument("--broad", action="store_true",
-                    help="also train the broader hub's task list (hub_build.BROAD_HUB_TASKS)")
-    hb.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="training precision: bfloat16 autocast is ~1.5x faster on CPUs with AVX512-BF16")
-    hb.set_defaults(func=_cmd_hub_build)
-
-    hc = hub.add_parser("centroids", help="each module's input centroid (for adapt --select retrieve)")
-    hc.add_argument("--model", default="smollm2-135m")
-    hc.add_argument("--hub", required=True)
-    hc.add_argument("--inputs", type=int, default=32, help="training inputs per module")
-    hc.set_defaults(func=_cmd_hub_centroids)
-
-    suite = sub.add_parser("suite", help="the headroom suite").add_subparsers(dest="action", required=True)
-    sb = suite.add_parser("build", help="train an oracle per candidate task and keep the tasks it "
-                          "can learn (resumable)")
-    sb.add_argument("--model", default="smollm2-135m")
-    sb.add_argument("--hub", required=True, help="the hub the suite is held out from")
-    sb.add_argument("--oracles", required=True, help="folder for the oracle modules (a hub of its own)")
-    sb.add_argument("--out", required=True, help="the suite manifest (JSON)")
-    sb.add_argument("--tasks", nargs="*", default=None, help="candidates (default: SUITE_CANDIDATES)")
-    sb.add_argument("--steps", type=int, default=24)
-    sb.add_argument("--lr", type=float, default=2e-3)
-    sb.add_argument("--max-length", type=int, default=128)
-    sb.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
-    sb.add_argument("--gate-n", type=int, default=100, help="evaluation examples the gate scores")
-    sb.add_argument("--min-gain", type=float, default=20.0)
-    sb.set_defaults(func=_cmd_suite_build)
-
     for register in _extensions():
         register(sub)
     return p
 
 
 def _extensions():
-    """Sub-commands that live beside their subsystem (adapt, serve, cluster, eval)."""
+    """Sub-commands that live beside their subsystem (hub, adapt, serve, adapt-batch, eval, suite)."""
     import importlib
 
-    for mod in ("lorahub_serve.cli_engine", "lorahub_serve.serving.cli", "lorahub_serve.cluster.cli",
-                "lorahub_serve.cli_eval"):
+    for mod in ("lorahub_serve.hub.cli", "lorahub_serve.engine.cli", "lorahub_serve.serving.cli",
+                "lorahub_serve.cluster.cli", "lorahub_serve.eval.cli"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

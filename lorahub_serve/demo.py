@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _say(f"5/5 accuracy on {len(evalset)} held-out examples (exact match), through the server")
         rows = compare(client, a.model, name, shots, evalset)
-    from lorahub_serve.headroom_report import binomial_ci
+    from lorahub_serve.eval.headroom_report import binomial_ci
 
     chance = 100 * bigbench.task_info(a.task).chance
     print(f"\n  task {a.task} (chance {chance:.0f}%), {len(evalset)} held-out examples "
@@ -108,8 +108,8 @@ def compare(client, base: str, adapter: str, shots, evalset) -> dict[str, tuple[
     on the base model, and the adapter, all answered by the server from the same token ids."""
     from transformers import AutoTokenizer
 
-    from lorahub_serve.eval_generation import complete
-    from lorahub_serve.evaluation import icl_prompt
+    from lorahub_serve.eval.generation import complete
+    from lorahub_serve.eval.run import icl_prompt
     from lorahub_serve.models import resolve_model
     from lorahub_serve.prompting import prompt_ids
     from lorahub_serve.scoring import accuracy

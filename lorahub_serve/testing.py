@@ -125,7 +125,7 @@ def random_hub(base_model, hub_dir: Path, n: int = 4, ranks=(4,), target_modules
                base_name: str = "tiny", scale: float = 0.5) -> Path:
     """A hub folder (`hub.json` + modules/) of `n` random adapters; ranks cycle through `ranks`."""
     from lorahub_serve.formats import ADAPTER_WEIGHTS, HUB_FORMAT, write_hub_json
-    from lorahub_serve.hub_build import sha256_file
+    from lorahub_serve.hub.build import sha256_file
 
     hub_dir = Path(hub_dir)
     modules = []

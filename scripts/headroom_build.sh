@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 19's training, resumable, committed as it goes: the headroom suite (an oracle per
-# candidate, gated) and the broader hub (hub_build.BROAD_HUB_TASKS), side by side, one CPU
+# candidate, gated) and the broader hub (hub.build.BROAD_HUB_TASKS), side by side, one CPU
 # thread each (two spinning OpenMP threads in one process collapse on a shared 2-core machine).
 # Safe to kill and start again: both skip what is done.
 #   bash scripts/headroom_build.sh            # PY=... to use another interpreter

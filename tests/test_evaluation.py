@@ -18,8 +18,9 @@ from lorahub_serve import testing
 from lorahub_serve.data.examples import Example
 from lorahub_serve.engine.adapt import Engine
 from lorahub_serve.engine.hub import read_manifest
-from lorahub_serve.eval_report import markdown_table, summarise, write_report
-from lorahub_serve.evaluation import (
+from lorahub_serve.eval.rank_classification import Method, option_losses, picks, rank_classification
+from lorahub_serve.eval.report import markdown_table, summarise, write_report
+from lorahub_serve.eval.run import (
     METHODS,
     EvalConfig,
     rc_key,
@@ -29,7 +30,6 @@ from lorahub_serve.evaluation import (
 )
 from lorahub_serve.models import load_base
 from lorahub_serve.prompting import prompt_ids
-from lorahub_serve.rank_classification import Method, option_losses, picks, rank_classification
 from lorahub_serve.scoring import accuracy, extract_option, score
 
 TASK = "sports_understanding"
@@ -195,7 +195,7 @@ def test_vllm_generator_rank_fits_every_choice_of_modules(world, rule):
     from itertools import combinations
 
     from lorahub_serve.engine.export import compose_factors
-    from lorahub_serve.eval_generation import VllmGenerator
+    from lorahub_serve.eval.generation import VllmGenerator
     from lorahub_serve.formats import LORA_RANKS
 
     _, model, hub = world

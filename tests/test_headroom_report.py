@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lorahub_serve import headroom_report as hr
+from lorahub_serve.eval import headroom_report as hr
 
 
 def _rows(diff, n=40, noise=5.0, seed=0):

@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from lorahub_serve import hub_build
 from lorahub_serve.engine.hub import read_manifest, stack_modules
+from lorahub_serve.hub import build as hub_build
+from lorahub_serve.hub.train import TrainConfig
 from lorahub_serve.models import load_base
-from lorahub_serve.training import TrainConfig
 
 CFG = TrainConfig(rank=4, alpha=8, steps=2, batch_size=2, max_length=100)
 
@@ -108,7 +108,7 @@ def test_modules_record_answer_format_and_held_out_loss(built):
 def test_rows_never_drawn_replays_the_old_sampler():
     import random
 
-    from lorahub_serve.training import rows_never_drawn
+    from lorahub_serve.hub.train import rows_never_drawn
 
     order = list(range(50))
     random.Random(0).shuffle(order)

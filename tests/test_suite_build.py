@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from lorahub_serve import suite_build
-from lorahub_serve.training import TrainConfig
+from lorahub_serve.eval import suite as suite_build
+from lorahub_serve.hub.train import TrainConfig
 
 CFG = TrainConfig(rank=4, alpha=8, steps=2, batch_size=2, max_length=100, heldout=4)
 TASKS = ("linguistic_mappings/plural_json", "fact_checker/politifact")
@@ -76,7 +76,7 @@ def test_reserved_families_are_refused(task, tiny_llama_dir, tiny_llama_hub, tmp
 
 def test_committed_lists_keep_the_rules():
     from lorahub_serve.data import is_bbh
-    from lorahub_serve.hub_build import BROAD_HUB_TASKS, DEFAULT_HUB_TASKS
+    from lorahub_serve.hub.build import BROAD_HUB_TASKS, DEFAULT_HUB_TASKS
 
     hub = set(BROAD_HUB_TASKS) | set(DEFAULT_HUB_TASKS)
     assert not hub & set(suite_build.SUITE_CANDIDATES)

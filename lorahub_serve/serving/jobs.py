@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Literal
 
 from lorahub_serve.atomic import write_json_atomic
+from lorahub_serve.formats import LORAHUB_FILE
 from lorahub_serve.serving.job_request import (
     AdaptRequest,
     RequestError,
     parse_request,
 )
-from lorahub_serve.serving.store import LORAHUB_FILE, AdapterRefused, AdapterStore
+from lorahub_serve.serving.store import AdapterRefused, AdapterStore
 from lorahub_serve.serving.worker import WorkerError, WorkerProcess
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]

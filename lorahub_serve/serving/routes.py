@@ -27,10 +27,11 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from lorahub_serve.formats import LORAHUB_FILE
 from lorahub_serve.serving.errors import error_response
 from lorahub_serve.serving.jobs import AdaptJobs, RequestError, final_loss, parse_request
 from lorahub_serve.serving.names import AdapterNameError, check_name
-from lorahub_serve.serving.store import LORAHUB_FILE, AdapterRefused, AdapterStore
+from lorahub_serve.serving.store import AdapterRefused, AdapterStore
 
 MAX_BODY_BYTES = 8 << 20
 

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import queue
 import signal
@@ -36,20 +35,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
-from lorahub_serve.errors import LorahubError
+from lorahub_serve.engine.job import WorkerError, run_job
 
 READY_TIMEOUT_S = 600.0  # loading a model and hub on a busy CPU can take minutes
 
 
-class WorkerError(LorahubError, RuntimeError):
-    """The worker process failed to start, died, or broke the protocol."""
-
-
 # ----------------------------------------------------------------------------- worker side
-
-
-class _Cancelled(Exception):
-    pass
 
 
 def _die_with_parent() -> None:
@@ -72,42 +63,6 @@ def _read_commands(jobs: queue.Queue, cancelled: set[str]) -> None:
         elif msg.get("op") == "adapt":
             jobs.put(msg)
     os._exit(0)  # the parent is gone: stop now, mid-search or not
-
-
-def _run_job(engine, msg: dict, cancelled: set[str], emit: Callable[[dict], None]) -> None:
-    from lorahub_serve.engine.search import SearchConfig
-
-    job_id = str(msg["id"])
-    config = SearchConfig(**{k: msg[k] for k in ("budget", "seed") if msg.get(k) is not None})
-
-    def on_generation(state) -> None:
-        if job_id in cancelled:
-            raise _Cancelled
-        emit({"event": "progress", "id": job_id, "evaluations": state.evaluations,
-              "budget": config.budget, "best_loss": _finite(state.best_loss)})
-
-    if job_id in cancelled:
-        emit({"event": "cancelled", "id": job_id})
-        return
-    modules = msg.get("modules")
-    try:
-        result = engine.adapt(msg["examples"], task=job_id, config=config, out=Path(msg["out"]),
-                              modules=tuple(modules) if isinstance(modules, list) else modules,
-                              progress=False, on_generation=on_generation)
-    except _Cancelled:
-        emit({"event": "cancelled", "id": job_id})
-        return
-    except Exception as e:  # noqa: BLE001 - reported to the parent as the job's error
-        emit({"event": "failed", "id": job_id, "error": f"{type(e).__name__}: {e}"})
-        return
-    finally:
-        engine.evaluator.remove_task(job_id)
-    emit({"event": "done", "id": job_id, "loss": _finite(result.best_loss),
-          "evaluations": result.evaluations, "seconds": round(result.seconds, 3)})
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     emit({"event": "ready", "seconds": round(time.perf_counter() - t0, 3)})
     while True:
-        _run_job(engine, jobs.get(), cancelled, emit)
+        run_job(engine, jobs.get(), cancelled, emit)
 
 
 # ----------------------------------------------------------------------------- parent side

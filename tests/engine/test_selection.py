@@ -13,9 +13,9 @@ from lorahub_serve.engine import selection
 from lorahub_serve.engine.adapt import Engine
 from lorahub_serve.engine.search import SearchConfig
 from lorahub_serve.formats import ADAPTER_WEIGHTS, read_hub_json, write_hub_json
-from lorahub_serve.hub_build import sha256_file
+from lorahub_serve.hub.build import sha256_file
+from lorahub_serve.hub.train import TrainConfig, train_lora
 from lorahub_serve.models import load_base
-from lorahub_serve.training import TrainConfig, train_lora
 
 
 def test_lowest_k_picks_the_planted_minima_best_first():
@@ -83,7 +83,7 @@ def test_loss_selection_chooses_the_module_trained_on_the_task(tiny_llama_dir, h
 
 
 def test_retrieve_chooses_the_module_whose_inputs_look_like_the_task(tiny_llama_dir, hub_with_task_module, tmp_path):
-    from lorahub_serve.hub_centroids import compute_centroids
+    from lorahub_serve.hub.centroids import compute_centroids
 
     def inputs_of(task, n):  # the task's inputs for `trained`, unrelated words for the rest
         if task == "trained":

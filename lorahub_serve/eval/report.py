@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lorahub_serve.data import bigbench
-from lorahub_serve.evaluation import METHODS, rc_key
+from lorahub_serve.eval.run import METHODS, rc_key
 from lorahub_serve.run_metadata import metadata
 
 LABELS = {"zero_shot": "zero-shot", "icl": "ICL", "lorahub": "LoraHub", "lorahub_ngopt": "LoraHub (NGOpt)",

@@ -29,8 +29,8 @@ from lorahub_serve.data import bigbench
 from lorahub_serve.data.examples import Example
 from lorahub_serve.engine.adapt import Engine
 from lorahub_serve.engine.search import SearchConfig
-from lorahub_serve.evaluation import icl_prompt, soup_weights
-from lorahub_serve.rank_classification import Method, rank_classification
+from lorahub_serve.eval.rank_classification import Method, rank_classification
+from lorahub_serve.eval.run import icl_prompt, soup_weights
 from lorahub_serve.scoring import accuracy as em_accuracy
 
 ENGINE_METHODS = ("zero_shot", "icl", "lorahub", "lorahub_random", "lorahub_ngopt", "best_single", "soup")
@@ -105,7 +105,7 @@ def _peft_score(net, tok, adapter: Path | None, evalset, dtype: str) -> float:
 
 def fewshot_lora(net, tok, shots: list[Example], cfg: HeadroomConfig, seed: int, out: Path) -> Path:
     """The LoRA-tuning baseline: rank 8 on q,v, one batch of all shots per epoch."""
-    from lorahub_serve.training import TrainConfig, train_lora
+    from lorahub_serve.hub.train import TrainConfig, train_lora
 
     tc = TrainConfig(steps=cfg.ft_epochs, batch_size=len(shots), lr=cfg.ft_lr, max_length=512,
                      seed=seed, heldout=0, dtype=cfg.ft_dtype)

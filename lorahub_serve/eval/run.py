@@ -12,11 +12,11 @@ one batched evaluation when the search had none.
 
 Every method is scored twice (see `scoring` and `rank_classification`):
 - EM (row key `m`): exact match of the greedy answer, read by one extractor for all methods;
-  answers end at the first blank line (the few-shot separator, `eval_generation.STOP`);
+  answers end at the first blank line (the few-shot separator, `eval.generation.STOP`);
 - RC (row key `m_rc`): rank classification, the option whose answer string has the lowest mean
   cross-entropy given the method's prompt; None for generative tasks.
 The evaluation set is fixed per task (split seed 0); the few-shot examples and the module
-selection change with the seed. Tables and plots: `eval_report`.
+selection change with the seed. Tables and plots: `eval.report`.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from lorahub_serve.data.bbh import BBH_TASKS
 from lorahub_serve.data.examples import Example
 from lorahub_serve.engine.adapt import AdaptResult, Engine
 from lorahub_serve.engine.search import SearchConfig
-from lorahub_serve.eval_generation import STOP  # the few-shot separator is also where answers end
-from lorahub_serve.rank_classification import Method, rank_classification
+from lorahub_serve.eval.generation import STOP  # the few-shot separator is also where answers end
+from lorahub_serve.eval.rank_classification import Method, rank_classification
 from lorahub_serve.scoring import accuracy
 
 METHODS = ("zero_shot", "icl", "lorahub", "lorahub_ngopt", "best_single", "soup")
@@ -212,10 +212,10 @@ def _token_counts(engine: Engine, shots: list[Example], evalset: list[Example]) 
 def run_eval(model: str, hub: str, cfg: EvalConfig, progress: bool = True, on_row=None,
              generator: str = "auto", log_dir: Path | None = None) -> list[dict]:
     """All (task, seed) rows; `on_row(rows)` after each one (the CLI rewrites its report then, so
-    a long run that is stopped keeps what it measured). `generator`: see `eval_generation`."""
+    a long run that is stopped keeps what it measured). `generator`: see `eval.generation`."""
     from tqdm.auto import tqdm
 
-    from lorahub_serve.eval_generation import choose_generator
+    from lorahub_serve.eval.generation import choose_generator
 
     engine = Engine(model, hub)
     gen = None

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from lorahub_serve.atomic import atomic_dir
 from lorahub_serve.data import bigbench, is_bbh, refuse_bbh
 from lorahub_serve.formats import ADAPTER_WEIGHTS, HUB_FORMAT, read_hub_json, write_hub_json
-from lorahub_serve.training import TrainConfig, train_lora
+from lorahub_serve.hub.train import TrainConfig, train_lora
 from lorahub_serve.work_pool import InlinePool
 
 
@@ -68,7 +68,7 @@ DEFAULT_HUB_TASKS: tuple[str, ...] = (
 # The broader hub (issue 19): every other usable upstream task (>= 20 examples that fit 128
 # tokens, outputs <= 160 characters), round-robin over families so a partial build is diverse,
 # at most 3 subtasks a family (10 for multiemo, one per language). Left out: the headroom suite's
-# candidates (`suite_build.SUITE_CANDIDATES`) and their twins (the same data in another form:
+# candidates (`eval.suite.SUITE_CANDIDATES`) and their twins (the same data in another form:
 # `plural_regular_json` beside `plural_json`), BBH, and the reserved families (and look-alikes of
 # them: simple_arithmetic_json, unit_interpretation). Seven tasks moved to the suite's candidates
 # once the first gates showed which kinds this model learns (their twins left with them).
@@ -361,9 +361,9 @@ def backfill_heldout(model: str, hub_dir: Path, manifest: dict, log=print, limit
     sampler never drew (`rows_never_drawn`); None where it drew them all. Returns modules measured."""
     from peft import PeftModel
 
+    from lorahub_serve.hub.train import TrainConfig, encode_rows, mean_loss, rows_never_drawn
     from lorahub_serve.models import load_base, resolve_model
     from lorahub_serve.prompting import pad_id
-    from lorahub_serve.training import TrainConfig, encode_rows, mean_loss, rows_never_drawn
 
     todo = [m for m in manifest["modules"] if "heldout_loss" not in m]
     if not todo:

@@ -112,9 +112,9 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
 
     from lorahub_serve.adapter_scoring import accuracy, majority_rate
     from lorahub_serve.formats import read_hub_json
-    from lorahub_serve.hub_build import TrainedModule, module_name, record_module, train_module
+    from lorahub_serve.hub.build import TrainedModule, module_name, record_module, train_module
+    from lorahub_serve.hub.train import TrainConfig
     from lorahub_serve.models import load_base, resolve_model
-    from lorahub_serve.training import TrainConfig
 
     cfg = cfg or TrainConfig(steps=24, lr=2e-3, max_length=128)
     hub_tasks = {m["source_task"] for m in read_hub_json(Path(hub_dir))["modules"]}

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from lorahub_serve.cli_args import add_contrast_argument
+from lorahub_serve.engine.arguments import add_contrast_argument
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -28,8 +28,8 @@ def _seeds(text: str) -> tuple[int, ...]:
 def _cmd_eval_headroom(a) -> int:
     import json
 
-    from lorahub_serve.headroom_eval import HeadroomConfig, run_headroom_eval
-    from lorahub_serve.headroom_report import markdown, summarise, write_report
+    from lorahub_serve.eval.headroom import HeadroomConfig, run_headroom_eval
+    from lorahub_serve.eval.headroom_report import markdown, summarise, write_report
 
     cfg = HeadroomConfig(suite=Path(a.suite_file), tasks=tuple(a.tasks) if a.tasks else None,
                          seeds=a.seeds, shots=a.shots, limit=a.limit or 100, budget=a.budget,
@@ -51,8 +51,8 @@ def _cmd_eval(a) -> int:
     if a.suite == "headroom":
         return _cmd_eval_headroom(a)
     from lorahub_serve.data.bbh import BBH_TASKS
-    from lorahub_serve.eval_report import markdown_table, summarise, write_report
-    from lorahub_serve.evaluation import EvalConfig, run_eval
+    from lorahub_serve.eval.report import markdown_table, summarise, write_report
+    from lorahub_serve.eval.run import EvalConfig, run_eval
 
     a.name = a.name or "bbh_smollm2"
     cfg = EvalConfig(tasks=tuple(a.tasks or BBH_TASKS), seeds=a.seeds, shots=a.shots,
@@ -67,7 +67,35 @@ def _cmd_eval(a) -> int:
     return 0
 
 
+def _cmd_suite_build(a) -> int:
+    from lorahub_serve.eval.suite import SUITE_CANDIDATES, build_suite
+    from lorahub_serve.hub.train import TrainConfig
+
+    cfg = TrainConfig(steps=a.steps, lr=a.lr, max_length=a.max_length, dtype=a.dtype)
+    m = build_suite(a.model, Path(a.hub), Path(a.oracles), Path(a.out),
+                    tuple(a.tasks or SUITE_CANDIDATES), cfg, a.gate_n, a.min_gain)
+    print(f"suite {a.out}: {len(m['tasks'])} of {len(m['candidates'])} candidates kept")
+    return 0
+
+
 def register(sub) -> None:
+    suite = sub.add_parser("suite", help="the headroom suite").add_subparsers(dest="action", required=True)
+    sb = suite.add_parser("build", help="train an oracle per candidate task and keep the tasks it "
+                          "can learn (resumable)")
+    sb.add_argument("--model", default="smollm2-135m")
+    sb.add_argument("--hub", required=True, help="the hub the suite is held out from")
+    sb.add_argument("--oracles", required=True, help="folder for the oracle modules (a hub of its own)")
+    sb.add_argument("--out", required=True, help="the suite manifest (JSON)")
+    sb.add_argument("--tasks", nargs="*", default=None, help="candidates (default: SUITE_CANDIDATES)")
+    sb.add_argument("--steps", type=int, default=24)
+    sb.add_argument("--lr", type=float, default=2e-3)
+    sb.add_argument("--max-length", type=int, default=128)
+    sb.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    sb.add_argument("--gate-n", type=int, default=100, help="evaluation examples the gate scores")
+    sb.add_argument("--min-gain", type=float, default=20.0)
+    sb.set_defaults(func=_cmd_suite_build)
+
+
     p = sub.add_parser("eval", help="compare zero-shot, ICL, LoraHub, single modules and a soup on BBH "
                        "(exact match and rank classification)")
     p.add_argument("--suite", choices=["bbh", "headroom"], default="bbh",

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorahub_serve.cli_args import (
-    add_cluster_arguments,
-    add_search_arguments,
-    print_report,
-    search_config,
-)
+from lorahub_serve.engine.arguments import add_search_arguments, search_config
 
 
 def _cmd_adapt(a) -> int:
@@ -18,17 +13,10 @@ def _cmd_adapt(a) -> int:
     examples = load_jsonl(a.examples)
     config = search_config(a)
     out = Path(a.out)
-    if a.actors:
-        from lorahub_serve.cluster import run_adapt_batch
-
+    if getattr(a, "actors", 0):  # --actors is added, with its runner, by cluster/cli.py
         if a.merge:
             raise ValueError("--merge is not supported with --actors")
-        report = run_adapt_batch(a.model, a.hub, [(out.name, examples)], out.parent, a.actors,
-                                 a.ray_address, config, a.modules, a.rule, a.backend, a.token_budget,
-                                 truncate=a.truncate, allow_pickle=a.allow_pickle, dtype=a.dtype,
-                                 cpus_per_actor=a.cpus_per_actor)
-        print_report(report)
-        return 0 if not report.get("failed") else 1
+        return a.run_on_cluster(a, examples, config, out)
     from lorahub_serve.engine.adapt import Engine
 
     engine = Engine(a.model, a.hub, a.rule, a.backend, a.token_budget, a.allow_pickle, a.truncate,
@@ -59,5 +47,4 @@ def register(sub) -> None:
     p.add_argument("--merge", action="store_true", help="also write OUT-merged, a full merged model")
     p.add_argument("--truncate", action="store_true", help="truncate over-long examples instead of failing")
     p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) adapters you trust")
-    add_cluster_arguments(p, default_actors=0)
     p.set_defaults(func=_cmd_adapt)

@@ -1,6 +1,6 @@
 """The headroom suite's report: means with 95 % CIs, paired differences, share of the gap closed.
 
-Rows are (task, seed) pairs (`headroom_eval`). A cell is the mean over rows, with a 95 %
+Rows are (task, seed) pairs (`eval.headroom`). A cell is the mean over rows, with a 95 %
 bootstrap CI that resamples rows (10,000 draws, seeded). A paired difference resamples the same
 rows for both methods, so per-task difficulty cancels. "Gap closed" is (method - zero-shot) /
 (oracle - zero-shot) per row, averaged. A difference whose CI holds 0 is no difference.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lorahub_serve.headroom_eval import METHODS
+from lorahub_serve.eval.headroom import METHODS
 
 N_BOOT = 10_000
 

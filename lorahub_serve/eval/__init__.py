@@ -1,0 +1,1 @@
+"""Evaluation: the BBH and headroom suites, their methods, answer generation and reports."""

@@ -1,0 +1,1 @@
+"""Hubs: training modules on BIG-bench tasks (build, train) and their centroids."""
