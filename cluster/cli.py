@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorahub_serve.choices import BACKENDS, DTYPES, RULES
 from lorahub_serve.engine.arguments import (
     add_cluster_arguments,
     add_search_arguments,
@@ -78,9 +79,9 @@ def _add_adapt_batch(sub) -> None:
     p.add_argument("--model", default="smollm2-135m", help="registry name or Hugging Face folder")
     add_cluster_arguments(p)
     add_search_arguments(p, "candidate evaluations per task, the start batch included")
-    p.add_argument("--rule", choices=["lorahub", "linear"], default="lorahub")
-    p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    p.add_argument("--rule", choices=RULES, default="lorahub")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="model and hub dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--token-budget", type=int, default=None,
                    help="padded tokens per micro-batch (default: 2048 on CPU, 8192 on CUDA)")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from lorahub_serve import paths
+from lorahub_serve.choices import SELECT_MODES
 
 DEMO_TASK = "unnatural_in_context_learning/identity"
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hub", default=str(paths.repo_root() / "hubs" / "smollm2-135m"))
     ap.add_argument("--task", default=DEMO_TASK, help="a task of the headroom suite (or a BBH task)")
     ap.add_argument("--suite", default=str(paths.repo_root() / "suites" / "headroom-smollm2-135m.json"))
-    ap.add_argument("--select", default="loss", choices=["random", "loss", "retrieve"])
+    ap.add_argument("--select", default="loss", choices=SELECT_MODES)
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--eval", type=int, default=100, help="held-out examples to score")
     ap.add_argument("--budget", type=int, default=40)

@@ -13,10 +13,11 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 from lorahub_serve import paths
 from lorahub_serve.atomic import atomic_dir
+from lorahub_serve.choices import Dtype
 from lorahub_serve.errors import LorahubError
 
 
@@ -150,7 +151,6 @@ def folder_fingerprint(folder: str | Path) -> str:
     return h.hexdigest()
 
 
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 def resolve_dtype(dtype: str, device: str | None) -> str:

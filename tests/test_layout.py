@@ -59,3 +59,13 @@ def test_the_layers_are_where_the_readme_says():
     assert "cluster" not in graph.get("engine", set()) and "serving" not in graph.get("cluster", set())
     for foundation in ("formats", "paths", "atomic", "models", "prompting", "errors"):
         assert not graph.get(foundation, set()) & {"engine", "eval", "hub", "serving", "cluster"}
+
+
+def test_the_kernel_layer_states_the_same_choices():
+    from typing import get_args
+
+    from lorahub_serve import choices
+    from lorahub_serve.kernels import dispatch
+
+    assert get_args(dispatch.Rule) == choices.RULES
+    assert get_args(dispatch.Backend) == choices.BACKENDS

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from lorahub_serve.choices import OPTIMIZERS, SELECT_MODES
+
 
 def modules_arg(value: str):
     """`--modules 20` (K seeded-random modules) or `--modules a,b,c` (named modules)."""
@@ -20,7 +22,7 @@ def add_search_arguments(p, budget_help: str = "candidate evaluations, the start
                    help="K (seeded-random modules, default min(20, hub size)) or comma-separated names")
     p.add_argument("--budget", type=int, default=40, help=budget_help)
     p.add_argument("--seed", type=int, default=0, help="search seed")
-    p.add_argument("--optimizer", choices=["cma", "de", "ngopt"], default="cma",
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="cma",
                    help="cma (default): w = 0 and each module alone in one batch, then batched CMA-ES "
                         "from the best of them; de: the same with differential evolution; ngopt: the "
                         "reference's sequential NGOpt loop (its state does not pickle: a resumed "
@@ -28,7 +30,7 @@ def add_search_arguments(p, budget_help: str = "candidate evaluations, the start
     p.add_argument("--popsize", type=int, default=None,
                    help="population (default: leaves at least four updates after the start batch)")
     p.add_argument("--sigma", type=float, default=None, help="CMA-ES initial step in weight units (default 0.1)")
-    p.add_argument("--select", choices=["random", "loss", "retrieve"], default="random",
+    p.add_argument("--select", choices=SELECT_MODES, default="random",
                    help="which K modules: seeded random (the paper's), the K lowest few-shot losses "
                    "alone, or the K nearest by input centroid")
     p.add_argument("--no-onehot-start", action="store_true", help="start the population search at w = 0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorahub_serve.choices import BACKENDS, DTYPES, RULES
 from lorahub_serve.engine.arguments import add_search_arguments, search_config
 
 
@@ -38,9 +39,9 @@ def register(sub) -> None:
     p.add_argument("--examples", required=True, help="JSONL of {\"input\", \"output\"}")
     p.add_argument("--out", required=True, help="adapter folder to write (e.g. STORE/NAME)")
     add_search_arguments(p)
-    p.add_argument("--rule", choices=["lorahub", "linear"], default="lorahub")
-    p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    p.add_argument("--rule", choices=RULES, default="lorahub")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="model and hub dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--token-budget", type=int, default=None,
                    help="padded tokens per micro-batch (default: 2048 on CPU, 8192 on CUDA)")

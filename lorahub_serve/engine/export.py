@@ -16,16 +16,15 @@ import torch
 from safetensors.torch import save_file
 
 from lorahub_serve.atomic import atomic_dir
+from lorahub_serve.choices import RULES
 from lorahub_serve.engine.hub import HubStack
 from lorahub_serve.formats import ADAPTER_WEIGHTS, peft_key, write_lorahub_json
-
-RULES = ("lorahub", "linear")
 
 
 def check_rule(rule: str) -> str:
     """`rule` if it is a composition rule (see the module docstring), else a ValueError."""
     if rule not in RULES:
-        raise ValueError(f"rule must be 'lorahub' or 'linear', got {rule!r}")
+        raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
     return rule
 
 

@@ -30,12 +30,12 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import numpy as np
 
-OptimizerName = Literal["cma", "de", "ngopt"]
-OPTIMIZERS: tuple[str, ...] = ("cma", "de", "ngopt")
+from lorahub_serve.choices import OPTIMIZERS, Optimizer
+
+OptimizerName = Optimizer  # the name search.py has always used
 
 
 @dataclass(frozen=True)

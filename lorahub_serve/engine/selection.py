@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-Select = Literal["random", "loss", "retrieve"]
-SELECT_MODES: tuple[str, ...] = get_args(Select)
+from lorahub_serve.choices import SELECT_MODES
+
 CENTROIDS_FILE = "centroids.safetensors"
 
 

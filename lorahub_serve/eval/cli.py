@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from lorahub_serve.choices import GENERATORS, SELECT_MODES, SUITES, TRAIN_DTYPES
 from lorahub_serve.engine.arguments import add_contrast_argument
 
 
@@ -90,7 +91,7 @@ def register(sub) -> None:
     sb.add_argument("--steps", type=int, default=24)
     sb.add_argument("--lr", type=float, default=2e-3)
     sb.add_argument("--max-length", type=int, default=128)
-    sb.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    sb.add_argument("--dtype", choices=TRAIN_DTYPES, default="bfloat16")
     sb.add_argument("--gate-n", type=int, default=100, help="evaluation examples the gate scores")
     sb.add_argument("--min-gain", type=float, default=20.0)
     sb.set_defaults(func=_cmd_suite_build)
@@ -98,11 +99,11 @@ def register(sub) -> None:
 
     p = sub.add_parser("eval", help="compare zero-shot, ICL, LoraHub, single modules and a soup on BBH "
                        "(exact match and rank classification)")
-    p.add_argument("--suite", choices=["bbh", "headroom"], default="bbh",
+    p.add_argument("--suite", choices=SUITES, default="bbh",
                    help="bbh: the held-out BBH tasks; headroom: the suite's tasks (suite build)")
     p.add_argument("--suite-file", default="suites/headroom-smollm2-135m.json",
                    help="the headroom suite's manifest")
-    p.add_argument("--select", choices=["random", "loss", "retrieve"], default="loss",
+    p.add_argument("--select", choices=SELECT_MODES, default="loss",
                    help="headroom: how lorahub picks its K modules (lorahub_random is always random)")
     p.add_argument("--resume", action="store_true", help="headroom: keep the rows of OUT/NAME.json")
     p.add_argument("--model", default="smollm2-135m")
@@ -120,7 +121,7 @@ def register(sub) -> None:
                    help="rank classification on the first N evaluation examples only (default: all)")
     p.add_argument("--soup-k", type=int, default=3,
                    help="soup baseline: average (weight 1/k) of the k modules with the lowest few-shot loss")
-    p.add_argument("--generator", choices=["auto", "vllm", "engine"], default="auto",
+    p.add_argument("--generator", choices=GENERATORS, default="auto",
                    help="greedy answers from vLLM (our server + OpenAI client) or the engine's batched "
                    "generate; auto = vLLM when installed and the model is decoder-only")
     p.add_argument("--out", default="bench/results")

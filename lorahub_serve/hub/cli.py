@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorahub_serve.choices import TRAIN_DTYPES
+
 
 def _cmd_hub_build(a) -> int:
     from lorahub_serve.hub.build import BROAD_HUB_TASKS, build_hub
@@ -47,7 +49,7 @@ def register(sub) -> None:
                     help="retrain modules trained in an answer format the data no longer uses")
     hb.add_argument("--broad", action="store_true",
                     help="also train the broader hub's task list (hub.build.BROAD_HUB_TASKS)")
-    hb.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+    hb.add_argument("--dtype", choices=TRAIN_DTYPES, default="float32",
                     help="training precision: bfloat16 autocast is ~1.5x faster on CPUs with AVX512-BF16")
     hb.set_defaults(func=_cmd_hub_build)
 

@@ -33,6 +33,7 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
+from lorahub_serve.choices import RULES
 from lorahub_serve.errors import LorahubError
 from lorahub_serve.serving.errors import error_body
 from lorahub_serve.serving.job_request import COMPOSITION_PREFIX
@@ -76,7 +77,7 @@ class Compositions:
         if unknown:
             raise CompositionError(f"unknown field(s) {unknown} in 'lorahub'; allowed: modules, rule")
         rule = spec.get("rule", "lorahub")
-        if rule not in ("lorahub", "linear"):
+        if rule not in RULES:
             raise CompositionError(f"'lorahub.rule' must be 'lorahub' or 'linear', got {rule!r}")
         mods = spec["modules"]
         if not 1 <= len(mods) <= MAX_MODULES:

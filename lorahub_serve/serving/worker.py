@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
+from lorahub_serve.choices import RULES
 from lorahub_serve.engine.job import WorkerError, run_job
 
 READY_TIMEOUT_S = 600.0  # loading a model and hub on a busy CPU can take minutes
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lorahub_serve.serving.worker")
     p.add_argument("--model", required=True)
     p.add_argument("--hub", required=True)
-    p.add_argument("--rule", default="lorahub", choices=["lorahub", "linear"])
+    p.add_argument("--rule", default="lorahub", choices=RULES)
     a = p.parse_args(argv)
     proto = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol keeps the real stdout...
     os.dup2(2, 1)  # ...and anything else printed goes to stderr
