@@ -13,5 +13,5 @@ trap 'kill $committer 2>/dev/null' EXIT
 # HUB_ACTORS Ray actors train modules side by side, one CPU thread each (on a shared 2-core
 # machine two spinning OpenMP threads in one process collapse under contention).
 OMP_NUM_THREADS=${HUB_THREADS:-1} .venv/bin/lorahub-serve hub build --model smollm2-135m --out "$HUB" \
-    --modules "$MODULES" --actors "${HUB_ACTORS:-2}" --steps 24 --lr 2e-3 --max-length 128 --retrain-stale
+    --modules "$MODULES" --actors "${HUB_ACTORS:-2}" --steps 24 --lr 2e-3 --max-length 128
 git add "$HUB" && git commit -q -m "hub: default SmolLM2-135M hub ($(ls $HUB/modules | wc -l) modules)" -- "$HUB"

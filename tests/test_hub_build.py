@@ -130,37 +130,3 @@ def test_training_lowers_the_held_out_loss_below_the_base_model(built, tiny_llam
         assert m["heldout_loss"] == round(loss, 4) and m["heldout_examples"] == len(rows)  # these rows
         base = hub_train.mean_loss(net, rows, pad_id(tok), CFG.batch_size)
         assert m["heldout_loss"] < base - MIN_HELDOUT_DROP, (m["source_task"], m["heldout_loss"], base)
-
-
-def test_rows_never_drawn_replays_the_old_sampler():
-    import random
-
-    from lorahub_serve.hub.train import rows_never_drawn
-
-    order = list(range(50))
-    random.Random(0).shuffle(order)
-    assert rows_never_drawn(50, 3, 8) == sorted(order[3 * 8:])  # 3 steps of 8 from one shuffle
-    assert rows_never_drawn(16, 3, 8) == []  # two steps draw all 16 rows
-
-
-def test_stale_format_modules_are_retrained_and_old_ones_get_a_held_out_loss(built, tiny_llama_dir, tmp_path):
-    """A hub from before word answers: its Yes/No module is retrained; a module without a
-    held-out loss gets one measured on rows its sampler never drew."""
-    import shutil
-
-    hub = tmp_path / "hub"
-    shutil.copytree(built[0], hub)
-    manifest = json.loads((hub / "hub.json").read_text())
-    old = manifest["modules"][0]
-    for key in ("answer_style", "heldout_loss", "heldout_examples"):
-        old.pop(key)
-    manifest["modules"][1].pop("heldout_loss")
-    (hub / "hub.json").write_text(json.dumps(manifest))
-    assert hub_build.stale_modules(manifest) == [old["source_task"]]
-    logs = []
-    hub_build.build_hub(str(tiny_llama_dir), hub, n_modules=2, cfg=CFG, log=logs.append, retrain_stale=True,
-                        tasks=[old["source_task"]])
-    after = {m["source_task"]: m for m in json.loads((hub / "hub.json").read_text())["modules"]}
-    assert any("retraining 1 modules" in line for line in logs)
-    assert after[old["source_task"]]["answer_style"] == "text"
-    assert "heldout_loss" in after[manifest["modules"][1]["source_task"]]

@@ -5,11 +5,7 @@ it knows nothing of models, kernels or clusters. Objective = loss + l1 · mean|w
 
 Population optimisers ("cma" default, "de") run in phases, each one batch or more:
 1. start: w = 0 and the K one-hot vectors (each module alone at weight 1);
-2. optional line (`line_steps`): steps along the descent direction those K + 1 losses measure
-   (module i weighted by how much it alone lowered the loss), the batched form of the first
-   linear model that COBYLA builds one evaluation at a time; measured on BBH, it found nothing
-   the population search did not, so it is off by default;
-3. the population search, centred on the best point so far, with its step size `sigma` stated
+2. the population search, centred on the best point so far, with its step size `sigma` stated
    in weight units (default 0.1: around a module at weight 1, steps of 0.3 in 20 directions at
    once broke it, steps of 0.1 refined it; bench/search_compare.py), each generation asked at
    once, evaluated as one batch, then told.
@@ -51,8 +47,6 @@ class SearchConfig:
     sigma: float = 0.1  # CMA-ES initial step size, in weight units (bench/search_compare.py)
     onehot_start: bool = True  # population optimisers: first evaluate w = 0 and the one-hots
     select: str = "random"  # which K hub modules: "random" | "loss" | "retrieve" (engine/selection.py)
-    line_steps: tuple[float, ...] = ()  # optional: max-|w| steps along the descent direction the
-    # start batch measured, one batch before the population search (measured: no gain, off)
 
     def __post_init__(self):
         if not isinstance(self.budget, int) or self.budget < 1:
@@ -75,12 +69,6 @@ class SearchConfig:
         """Evaluations of the start batch (w = 0 and the K one-hots), within the budget."""
         return min(self.budget, k + 1) if self.onehot_start and self.optimizer != "ngopt" else 0
 
-    def line_size(self, k: int) -> int:
-        """Evaluations of the line batch, within what the start batch leaves of the budget."""
-        if self.start_size(k) < k + 1:  # no full start batch, no direction
-            return 0
-        return min(len(self.line_steps), self.budget - self.start_size(k))
-
     def population(self, k: int) -> int:
         """Population size: the one given, else small enough to leave at least four updates in
         what the start leaves of the budget, and at most CMA's usual 4 + 3·ln K."""
@@ -88,13 +76,12 @@ class SearchConfig:
             return 1
         if self.popsize:
             return self.popsize
-        rest = self.budget - self.start_size(k) - self.line_size(k)
+        rest = self.budget - self.start_size(k)
         return max(4, min(4 + int(3 * math.log(max(k, 1))), rest // 4))
 
     def describe(self, k: int) -> dict:
         """What ran, for lorahub.json and reports."""
-        return {**asdict(self), "population": self.population(k), "start_evaluations": self.start_size(k),
-                "line_evaluations": self.line_size(k)}
+        return {**asdict(self), "population": self.population(k), "start_evaluations": self.start_size(k)}
 
 
 @dataclass
@@ -140,7 +127,7 @@ class SearchState:
                 "de": f"DE (popsize {cfg.population(self.k)})"}[cfg.optimizer]
         if not cfg.start_size(self.k):
             return name
-        return f"one-hot start + line + {name}" if cfg.line_size(self.k) else f"one-hot start + {name}"
+        return f"one-hot start + {name}"
 
     @property
     def done(self) -> bool:
@@ -150,31 +137,12 @@ class SearchState:
     def in_start(self) -> bool:
         return self.evaluations < self.config.start_size(self.k)
 
-    @property
-    def in_line(self) -> bool:
-        start = self.config.start_size(self.k)
-        return start <= self.evaluations < start + self.config.line_size(self.k)
-
-    def descent_direction(self) -> np.ndarray:
-        """[K] the start batch's finite-difference descent direction, scaled to max |d| = 1:
-        module i gets (loss at w = 0) − (loss with module i alone), so modules that lowered the
-        loss get positive weight and those that raised it negative (COBYLA's first linear model,
-        which the reference's NGOpt follows; here measured in one batch)."""
-        d = self.start_losses[0] - self.start_losses[1:]
-        d = np.where(np.isfinite(d), d, 0.0)
-        scale = np.abs(d).max()
-        return d / scale if scale > 0 else d
-
     def ask(self) -> list[Candidate]:
         """The next generation (fewer at the end of the budget)."""
         left = self.config.budget - self.evaluations
         if self.in_start:
             points = np.vstack([np.zeros((1, self.k)), np.eye(self.k)])[: self.config.start_size(self.k)]
             return [Candidate(w) for w in points]
-        if self.in_line:
-            d, bound = self.descent_direction(), self.config.bound
-            steps = self.config.line_steps[: self.config.line_size(self.k)]
-            return [Candidate(np.clip(a * d, -bound, bound)) for a in steps]
         if self.optimizer is None:
             self.optimizer = self._make_population_optimizer()
         n = min(self.config.population(self.k), left)

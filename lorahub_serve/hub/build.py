@@ -148,19 +148,6 @@ def trained_style(task: str) -> str:
     return "letter" if style == "letter-label" else style
 
 
-def stale_modules(manifest: dict) -> list[str]:
-    """Tasks whose module was trained in an answer format that the data no longer uses. Entries
-    without `answer_style` predate word answers: every multiple-choice task was lettered then."""
-    stale = []
-    for m in manifest["modules"]:
-        old = m.get("answer_style")
-        if old is None:
-            old = "letter" if bigbench.task_info(m["source_task"]).kind == "multiple_choice" else ""
-        if old != trained_style(m["source_task"]):
-            stale.append(m["source_task"])
-    return stale
-
-
 @dataclass
 class TrainedModule:
     """One module's outcome, as plain data (it travels back from a Ray actor on another node):
@@ -239,7 +226,7 @@ class BuildPlan:
 
 
 def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modules: int = 32,
-              cfg: TrainConfig | None = None, log=print, retrain_stale: bool = False,
+              cfg: TrainConfig | None = None, log=print,
               trainers: Callable[[], AbstractContextManager] | None = None) -> dict:
     """Train the missing modules into `hub_dir`, writing each module as soon as it is done.
 
@@ -253,23 +240,11 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
     hub_dir = Path(hub_dir)
     manifest = read_hub_json(hub_dir, missing_ok=True)
     manifest.update({"format": HUB_FORMAT, "base_model": str(model)})
-    stale = stale_modules(manifest)
-    if stale and retrain_stale:  # dropped from the manifest first, so a killed run still retrains them
-        log(f"[hub] retraining {len(stale)} modules whose answer format changed: {', '.join(stale)}")
-        manifest["modules"] = [m for m in manifest["modules"] if m["source_task"] not in stale]
-        write_hub_json(hub_dir, manifest)
-    for m in manifest["modules"]:
-        if m["source_task"] not in stale:
-            m.setdefault("answer_style", trained_style(m["source_task"]))
-    if stale and not retrain_stale:
-        log(f"[hub] {len(stale)} modules were trained in an older answer format ({', '.join(stale)}); "
-            "--retrain-stale retrains them")
     done = {m["source_task"] for m in manifest["modules"] if (hub_dir / m["path"] / ADAPTER_WEIGHTS).exists()}
     plan = BuildPlan.make(tasks, n_modules, done)
     missing = plan.target - len(done)
     if missing <= 0:
         log(f"[hub] {len(done)} modules present, 0 to train into {hub_dir}")
-        backfill_heldout(model, hub_dir, manifest, log)
         return manifest
     bar = tqdm(total=missing, desc="hub build", unit="module")
 
@@ -297,7 +272,6 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
     trained += len(done)
     if trained < plan.target:
         log(f"[hub] {trained} of {plan.target} modules: the task list ran out of usable tasks")
-    backfill_heldout(model, hub_dir, manifest, log)
     return manifest
 
 
@@ -354,32 +328,3 @@ class LocalTrainers(InlinePool):
         step = None if self.on_step is None else (
             lambda s, n, loss: self.on_step(work.task, s, n, loss))
         return train_module(self.net, self.tok, work.task, work.cfg, progress=step)
-
-
-def backfill_heldout(model: str, hub_dir: Path, manifest: dict, log=print, limit: int = 32) -> int:
-    """Held-out loss of modules trained before `train_lora` kept rows out: measured on rows their
-    sampler never drew (`rows_never_drawn`); None where it drew them all. Returns modules measured."""
-    from peft import PeftModel
-
-    from lorahub_serve.hub.train import TrainConfig, encode_rows, mean_loss, rows_never_drawn
-    from lorahub_serve.models import load_base, resolve_model
-    from lorahub_serve.prompting import pad_id
-
-    todo = [m for m in manifest["modules"] if "heldout_loss" not in m]
-    if not todo:
-        return 0
-    log(f"[hub] held-out loss of {len(todo)} modules trained before held-out rows existed")
-    net, tok = load_base(resolve_model(model))
-    pad = pad_id(tok)
-    for m in todo:
-        cfg = TrainConfig(max_length=m.get("max_length", 256))
-        rows = encode_rows(tok, bigbench.load_task(m["source_task"]), cfg.max_length)
-        unseen = rows_never_drawn(len(rows), m["steps"], cfg.batch_size)[:limit]
-        loss = None
-        if len(unseen) >= cfg.batch_size:
-            peft_model = PeftModel.from_pretrained(net, hub_dir / m["path"]).eval()
-            loss = mean_loss(peft_model, [rows[i] for i in unseen], pad, cfg.batch_size)
-            net = peft_model.unload()
-        m["heldout_loss"], m["heldout_examples"] = _round(loss), len(unseen) if loss is not None else 0
-        write_hub_json(hub_dir, manifest)
-    return len(todo)

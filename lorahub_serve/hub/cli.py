@@ -18,8 +18,7 @@ def _cmd_hub_build(a) -> int:
     trainers = None  # --actors / --ray-address and their pool come from cluster/cli.py
     if getattr(a, "actors", 1) > 1 or getattr(a, "ray_address", None):
         trainers = a.trainer_pool(a)
-    manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg,
-                         retrain_stale=a.retrain_stale, trainers=trainers)
+    manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg, trainers=trainers)
     print(f"hub {a.out}: {len(manifest['modules'])} modules")
     return 0
 
@@ -45,8 +44,6 @@ def register(sub) -> None:
     hb.add_argument("--lr", type=float, default=1e-3)
     hb.add_argument("--target-modules", default="q_proj,v_proj")
     hb.add_argument("--max-length", type=int, default=256, help="skip training examples longer than this")
-    hb.add_argument("--retrain-stale", action="store_true",
-                    help="retrain modules trained in an answer format the data no longer uses")
     hb.add_argument("--broad", action="store_true",
                     help="also train the broader hub's task list (hub.build.BROAD_HUB_TASKS)")
     hb.add_argument("--dtype", choices=TRAIN_DTYPES, default="float32",

@@ -53,20 +53,6 @@ def encode_rows(tokenizer, examples: list[Example], max_length: int, keep: list 
     return rows
 
 
-def rows_never_drawn(n_rows: int, steps: int, batch_size: int, seed: int = 0) -> list[int]:
-    """Rows that the sampler of modules trained before held-out rows existed never drew (it
-    drew `batch_size` rows a step from a seeded shuffle of all rows, reshuffling when short).
-    Their loss is a true held-out loss for those modules."""
-    rng, order, drawn = random.Random(seed), [], set()
-    for _ in range(steps):
-        if len(order) < batch_size:
-            order = list(range(n_rows))
-            rng.shuffle(order)
-        drawn.update(order[:batch_size])
-        order = order[batch_size:]
-    return [i for i in range(n_rows) if i not in drawn]
-
-
 def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: TrainConfig,
                progress=None) -> dict:
     """Fit a LoRA on `examples` and save it as a PEFT folder (atomically). Returns stats.

@@ -30,21 +30,6 @@ def test_first_generation_is_zero_and_the_one_hots():
     assert np.abs(first).max() == 1.0
 
 
-def test_optional_line_steps_along_the_measured_descent_direction():
-    cfg = SearchConfig(budget=40, seed=0, line_steps=(0.25, 0.5, 1.0, 1.5))
-    state = SearchState(K, cfg)
-    start = state.ask()
-    losses = np.full(K + 1, 2.0)
-    losses[[4, 9]] = [1.0, 1.5]  # modules 4 and 9 alone lower the loss (w = 0: 2.0) ...
-    losses[12] = 3.0  # ... module 12 raises it
-    state.tell(start, losses)
-    line = np.stack([c.value for c in state.ask()])
-    assert len(line) == len(cfg.line_steps) == cfg.line_size(K)
-    direction = np.zeros(K)
-    direction[[3, 8, 11]] = [1.0, 0.5, -1.0]  # start_losses[0] - start_losses[1:], max |d| = 1
-    np.testing.assert_allclose(line, np.outer(cfg.line_steps, direction))
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_finds_a_one_hot_optimum_within_budget_40(seed):
     optimum = np.eye(K)[7]
