@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lorahub_serve.cluster.jobstate import JobJournal, job_id, restore_state
-from lorahub_serve.cluster.pools import InlinePool
+from lorahub_serve.cluster.pools import InlineBatchPool
 from lorahub_serve.cluster.scheduler import Scheduler, TaskRun, Work
 from lorahub_serve.cluster.tasks import TaskSpec, specs_from_pairs
 from lorahub_serve.cluster.worker import BadTaskError, BatchWorker, examples_digest
@@ -288,7 +288,7 @@ def _pool(actors: int, ray_address, cpus_per_actor, worker_kwargs: dict, engine,
     if actors == 0:
         worker = BatchWorker.from_engine(engine) if engine is not None else BatchWorker(**worker_kwargs)
         try:
-            yield InlinePool(worker)
+            yield InlineBatchPool(worker)
         finally:
             if engine is None:
                 worker.close()

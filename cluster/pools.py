@@ -2,7 +2,7 @@
 without Ray. Work outcomes are the losses [C] (evaluate), the factors dict (compose), or the
 Exception raised; `info()` is a worker's `BatchWorker.info()`.
 
-`InlinePool` runs a `BatchWorker` in this process (no Ray: `--actors 0`, tests, benchmarks);
+`InlineBatchPool` runs a `BatchWorker` in this process (no Ray: `--actors 0`, tests, benchmarks);
 `actors.RayPool` spreads Work over Ray actors and re-runs the Work of an actor that dies.
 """
 
@@ -25,7 +25,7 @@ def run_work(worker: BatchWorker, work: Work):
     return worker.compose(*work.compose)
 
 
-class InlinePool(work_pool.InlinePool):
+class InlineBatchPool(work_pool.InlinePool):
     """One worker in this process; Work runs when `wait()` is called."""
 
     def __init__(self, worker: BatchWorker):

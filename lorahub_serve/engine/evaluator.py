@@ -39,7 +39,7 @@ from lorahub_serve.engine.packing import (
     pack_segments,
     shared_prefix,
 )
-from lorahub_serve.prompting import EncodedExample, encode_example, encode_seq2seq, pad_id
+from lorahub_serve.prompting import IGNORE, EncodedExample, encode_example, encode_seq2seq, pad_id
 
 WARMUP_ROWS = (4, 24, 64)  # tokens: one row per Triton token-block size (16, 32, 64)
 
@@ -324,13 +324,13 @@ class Evaluator:
 
     def _seq2seq_ce(self, mb: list[Segment], row_cand: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Encoder-decoder: encoder rows padded with a mask (attention is bidirectional there),
-        decoder labels padded with -100."""
+        decoder labels padded with IGNORE."""
         b = len(row_cand)
         rows = [self.tasks[s.task].rows[s.row] for s in mb]
         w_in, w_out = max(len(r) for r in rows), max(len(r.labels) for r in rows)
         ids = torch.full((b, w_in), self.pad_id, dtype=torch.long, device=self.device)
         mask = torch.zeros((b, w_in), dtype=torch.long, device=self.device)
-        labels = torch.full((b, w_out), -100, dtype=torch.long, device=self.device)
+        labels = torch.full((b, w_out), IGNORE, dtype=torch.long, device=self.device)
         start = 0
         for s, row in zip(mb, rows):
             n = len(s.cands)
@@ -338,8 +338,8 @@ class Evaluator:
             mask[start:start + n, :len(row)] = 1
             labels[start:start + n, :len(row.labels)] = row.labels
             start += n
-        dec_in = self.model._shift_right(labels.masked_fill(labels == -100, self.pad_id))
+        dec_in = self.model._shift_right(labels.masked_fill(labels == IGNORE, self.pad_id))
         logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_in).logits.float()
-        ce = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none", ignore_index=-100)
+        ce = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none", ignore_index=IGNORE)
         example = torch.cat([row.target_example.expand(len(s.cands)) for s, row in zip(mb, rows)])
         return ce.sum(1), row_cand, example

@@ -13,7 +13,7 @@ import torch
 from lorahub_serve.adapter_scoring import accuracy, autocast
 from lorahub_serve.atomic import atomic_dir
 from lorahub_serve.data.examples import Example
-from lorahub_serve.prompting import causal_batch, encode_example, pad_id
+from lorahub_serve.prompting import IGNORE, causal_batch, encode_example, pad_id
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,6 @@ def mean_loss(model, rows, pad: int, batch_size: int) -> float:
         ids, mask, labels = causal_batch(rows[i:i + batch_size], pad)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         gold = labels[:, 1:]
-        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), gold, ignore_index=-100, reduction="sum")
-        total, count = total + ce.item(), count + int((gold != -100).sum())
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), gold, ignore_index=IGNORE, reduction="sum")
+        total, count = total + ce.item(), count + int((gold != IGNORE).sum())
     return total / max(count, 1)

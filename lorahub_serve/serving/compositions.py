@@ -23,13 +23,9 @@ the `meta` device (layer shapes only, no weights), so the server holds no second
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import math
-import os
-import shutil
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,7 +33,7 @@ from lorahub_serve.choices import RULES
 from lorahub_serve.errors import LorahubError
 from lorahub_serve.serving.errors import error_body
 from lorahub_serve.serving.job_request import COMPOSITION_PREFIX
-from lorahub_serve.serving.store import AdapterStore
+from lorahub_serve.serving.store import AdapterStore, unload_from_vllm
 
 PREFIX = COMPOSITION_PREFIX
 MAX_MODULES = 32
@@ -126,7 +122,7 @@ class Compositions:
         evicted = []
         while len(self._lru) > self.max_cached:
             old, _ = self._lru.popitem(last=False)
-            self._remove(old)
+            self.store.remove(old)
             evicted.append(old)
         return name, evicted
 
@@ -153,13 +149,6 @@ class Compositions:
             with torch.device("meta"):
                 self._meta_model = AutoModelForCausalLM.from_config(config)
         return self._meta_model
-
-    def _remove(self, name: str) -> None:
-        folder = self.store.folder(name)
-        if folder.is_dir():
-            doomed = folder.with_name(f".{name}.deleted-{uuid.uuid4().hex[:8]}")
-            os.rename(folder, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
 
 
 class CompositionMiddleware:
@@ -206,21 +195,10 @@ class CompositionMiddleware:
             return body
         spec = request.pop("lorahub")
         name, evicted = await self.compositions.ensure(spec, request.get("model"))
-        await _unload(scope, evicted)
+        if evicted:
+            await unload_from_vllm(scope["app"], evicted)
         request["model"] = name
         return json.dumps(request).encode()
-
-
-async def _unload(scope, names: list[str]) -> None:
-    if not names:
-        return
-    from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
-
-    models = scope["app"].state.openai_serving_models
-    for name in names:
-        if name in models.lora_requests:
-            with contextlib.suppress(Exception):
-                await models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
 
 
 async def _send_error(send, message: str) -> None:

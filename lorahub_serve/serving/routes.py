@@ -20,9 +20,6 @@ A full job queue gets a 429.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -31,7 +28,7 @@ from lorahub_serve.formats import LORAHUB_FILE
 from lorahub_serve.serving.errors import error_response
 from lorahub_serve.serving.jobs import AdaptJobs, RequestError, final_loss, parse_request
 from lorahub_serve.serving.names import AdapterNameError, check_name
-from lorahub_serve.serving.store import AdapterRefused, AdapterStore
+from lorahub_serve.serving.store import AdapterRefused, AdapterStore, unload_from_vllm
 
 MAX_BODY_BYTES = 8 << 20
 
@@ -112,14 +109,14 @@ def build_router(store: AdapterStore, jobs: AdaptJobs) -> APIRouter:
             job = await jobs.cancel(name)
             if job is not None:
                 return JSONResponse(job.to_json())
-            removed = _remove_stored(store, name)
+            removed = store.remove(name)
         except AdapterNameError as e:
             return error_response(str(e), 400, "name")
         forgotten = jobs.forget(name)
         if not removed and not forgotten:
             return error_response(f"no adapter or adaptation job named {name!r}", 404, "name")
         if removed:
-            await _unload(raw_request, name)
+            await unload_from_vllm(raw_request.app, [name])
         return JSONResponse({"name": name, "object": "adapter", "deleted": True})
 
     return router
@@ -135,23 +132,3 @@ def _stored_status(store: AdapterStore, name: str) -> dict:
         raise LookupError(name)
     return {"name": name, "object": "adapter", "state": "succeeded", "rank": info.rank,
             "loss": final_loss(info.path / LORAHUB_FILE, None), "error": None}
-
-
-def _remove_stored(store: AdapterStore, name: str) -> bool:
-    """Remove adapter `name` from the store: renamed away first (gone in one step), then deleted."""
-    folder = store.folder(name)
-    if not folder.is_dir():
-        return False
-    doomed = folder.with_name(f".{name}.deleted-{uuid.uuid4().hex[:8]}")
-    os.rename(folder, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-    return True
-
-
-async def _unload(raw_request: Request, name: str) -> None:
-    """Forget a removed adapter in vLLM, so that its name is no longer served from memory."""
-    from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
-
-    models = raw_request.app.state.openai_serving_models
-    if name in models.lora_requests:
-        await models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))

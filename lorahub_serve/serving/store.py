@@ -92,6 +92,21 @@ class AdapterStore:
         if not self.root.is_dir():
             raise FileNotFoundError(f"adapter store {self.root} is not a folder; create it first")
 
+    def remove(self, name: str) -> bool:
+        """Remove adapter `name`: renamed away first (gone in one step for readers), then deleted.
+        False when there is none. vLLM's copy is unloaded by the caller (`unload_from_vllm`)."""
+        import os
+        import shutil
+        import uuid
+
+        folder = self.folder(name)
+        if not folder.is_dir():
+            return False
+        doomed = folder.with_name(f".{name}.deleted-{uuid.uuid4().hex[:8]}")
+        os.rename(folder, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
+
     def folder(self, name: str) -> Path:
         """The folder for `name` (raises `AdapterNameError` for a bad name)."""
         return adapter_dir(self.root, name)
@@ -217,3 +232,17 @@ def _config_rank(config: dict) -> int:
     ranks = [config.get("r") or 0]
     ranks += [v for v in (config.get("rank_pattern") or {}).values() if isinstance(v, int)]
     return max(int(r) for r in ranks)
+
+
+async def unload_from_vllm(app, names) -> None:
+    """Forget removed adapters in vLLM (`app`: the server's ASGI app), so their names are no
+    longer served from memory; an adapter vLLM never loaded is skipped."""
+    import contextlib
+
+    from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+    models = app.state.openai_serving_models
+    for name in names:
+        if name in models.lora_requests:
+            with contextlib.suppress(Exception):
+                await models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
