@@ -27,11 +27,11 @@ from typing import Any
 class AdaptWorkerCore:
     """Engine + jobs, without Ray (the actor's body)."""
 
-    def __init__(self, model: str, hub: str, rule: str = "lorahub"):
+    def __init__(self, model: str, hub: str, engine_config=None):
         from lorahub_serve.engine.adapt import Engine
 
         t0 = time.perf_counter()
-        self.engine = Engine(model, hub, rule)
+        self.engine = Engine(model, hub, engine_config)
         import peft  # noqa: F401 - the export's first import, paid here rather than in a job
 
         self.load_seconds = round(time.perf_counter() - t0, 3)
@@ -72,9 +72,9 @@ class RayAdaptWorker:
     poll_s = 0.5
     max_starts = 3  # actor processes to try when each dies while loading
 
-    def __init__(self, model: str, hub: Path, address: str | None, rule: str = "lorahub",
+    def __init__(self, model: str, hub: Path, address: str | None, engine_config=None,
                  num_cpus: float = 1):
-        self.model, self.hub, self.address, self.rule = model, str(hub), address, rule
+        self.model, self.hub, self.address, self.engine_config = model, str(hub), address, engine_config
         self.num_cpus = num_cpus
         self.actor = None
         self.load_seconds: float | None = None
@@ -100,7 +100,7 @@ class RayAdaptWorker:
 
         # Threaded actor: progress/cancel are answered while `adapt` runs.
         actor_cls = ray.remote(max_concurrency=4)(AdaptWorkerCore)
-        self.actor = actor_cls.options(num_cpus=self.num_cpus).remote(self.model, self.hub, self.rule)
+        self.actor = actor_cls.options(num_cpus=self.num_cpus).remote(self.model, self.hub, self.engine_config)
         self._ready = asyncio.wrap_future(self.actor.ready.remote().future())
         self._dead = False
         self.starts += 1

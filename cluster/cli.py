@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorahub_serve.choices import BACKENDS, DTYPES, RULES
 from lorahub_serve.engine.arguments import (
     add_cluster_arguments,
     add_search_arguments,
     print_report,
     search_config,
 )
+from lorahub_serve.engine.config import EngineConfig, add_engine_arguments
 
 
 def register(sub) -> None:
@@ -49,8 +49,7 @@ def _adapt_on_cluster(a, examples, config, out: Path) -> int:
     from lorahub_serve.cluster import run_adapt_batch
 
     report = run_adapt_batch(a.model, a.hub, [(out.name, examples)], out.parent, a.actors,
-                             a.ray_address, config, a.modules, a.rule, a.backend, a.token_budget,
-                             truncate=a.truncate, allow_pickle=a.allow_pickle, dtype=a.dtype,
+                             a.ray_address, config, a.modules, engine_config=EngineConfig.from_args(a),
                              cpus_per_actor=a.cpus_per_actor)
     print_report(report)
     return 0 if not report.get("failed") else 1
@@ -79,16 +78,9 @@ def _add_adapt_batch(sub) -> None:
     p.add_argument("--model", default="smollm2-135m", help="registry name or Hugging Face folder")
     add_cluster_arguments(p)
     add_search_arguments(p, "candidate evaluations per task, the start batch included")
-    p.add_argument("--rule", choices=RULES, default="lorahub")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="model and hub dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--token-budget", type=int, default=None,
-                   help="padded tokens per micro-batch (default: 2048 on CPU, 8192 on CUDA)")
+    add_engine_arguments(p)
     p.add_argument("--max-batch", type=int, default=256, help="most candidates sent to an actor at once")
     p.add_argument("--job-dir", type=Path, default=None, help="job state folder (default OUT/.jobs/<id>)")
-    p.add_argument("--truncate", action="store_true", help="truncate over-long examples instead of failing")
-    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) adapters you trust")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_adapt_batch)
 
@@ -100,9 +92,8 @@ def _cmd_adapt_batch(a) -> int:
     config = search_config(a)
     specs = read_tasks_file(a.tasks)
     report = run_adapt_batch(
-        a.model, a.hub, specs, a.out, a.actors, a.ray_address, config, a.modules, a.rule,
-        a.backend, a.token_budget, a.job_dir, progress=not a.no_progress,
-        cpus_per_actor=a.cpus_per_actor, max_batch=a.max_batch, truncate=a.truncate,
-        allow_pickle=a.allow_pickle, dtype=a.dtype)
+        a.model, a.hub, specs, a.out, a.actors, a.ray_address, config, a.modules,
+        engine_config=EngineConfig.from_args(a), job_dir=a.job_dir, progress=not a.no_progress,
+        cpus_per_actor=a.cpus_per_actor, max_batch=a.max_batch)
     print_report(report)
     return 1 if report["failed"] else 0

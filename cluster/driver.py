@@ -25,7 +25,8 @@ from lorahub_serve.cluster.scheduler import Scheduler, TaskRun, Work
 from lorahub_serve.cluster.tasks import TaskSpec, specs_from_pairs
 from lorahub_serve.cluster.worker import BadTaskError, BatchWorker, examples_digest
 from lorahub_serve.engine.adapt import AdaptResult
-from lorahub_serve.engine.export import check_rule, write_adapter
+from lorahub_serve.engine.config import EngineConfig
+from lorahub_serve.engine.export import write_adapter
 from lorahub_serve.engine.hub import ModuleInfo, default_k, read_manifest, resolve_modules
 from lorahub_serve.engine.job import finite
 from lorahub_serve.engine.search import SearchConfig, SearchState
@@ -37,11 +38,9 @@ Callback = Callable[[str, dict], None]  # (event, data): actors, generation, tas
 def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[str, Any]] | Sequence[TaskSpec],
                     out_store: str | Path | None, actors: int = 1, ray_address: str | None = None,
                     config: SearchConfig | None = None, modules: int | Sequence[str] | None = None,
-                    rule: str = "lorahub", backend: str = "auto", token_budget: int | None = None,
-                    job_dir: str | Path | None = None, progress: bool = True, *,
-                    cpus_per_actor: int | None = None, max_batch: int = 256,
-                    callback: Callback | None = None, engine=None, truncate: bool = False,
-                    allow_pickle: bool = False, dtype: str = "auto") -> dict:
+                    *, engine_config: EngineConfig | None = None, job_dir: str | Path | None = None,
+                    progress: bool = True, cpus_per_actor: int | None = None, max_batch: int = 256,
+                    callback: Callback | None = None, engine=None, **engine_options) -> dict:
     """Adapt every task; write each finished one to `out_store/<name>` (PEFT folder + lorahub.json).
 
     tasks: (name, examples) pairs — examples as records, `Example`s or a JSONL path — or
@@ -49,8 +48,8 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
     ray_address: join that cluster (default: a local one, stopped afterwards). job_dir: where
     the job state lives (default out_store/.jobs/<job id>; None with no store: no resume).
     max_batch: most candidates in one batch. engine: a loaded `Engine` to use when actors=0.
-    truncate, allow_pickle, dtype: as `Engine` (cut over-long prompts; accept .bin hub adapters;
-    "auto" = bf16 on CUDA, fp32 on CPU).
+    engine_config: how the workers' engines compute (`EngineConfig`: rule, backend, dtype, token
+    budget, truncate, allow_pickle); `engine_options` override its fields.
 
     Returns the report (also written to <job dir>/report.json, less "results"): per task its
     status ("done", "done-earlier", "failed"), output folder, best loss, weights, evaluations
@@ -60,7 +59,8 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
         raise ValueError(f"actors must be an integer >= 0 (0 runs in this process), got {actors!r}")
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1 candidate, got {max_batch}")
-    check_rule(rule)
+    engine_config = (engine_config or EngineConfig()).with_options(**engine_options)
+    rule = engine_config.rule
     config = config or SearchConfig()
     if config.select != "random":  # the driver fixes each task's modules before any actor runs
         raise ValueError(f"--select {config.select} is not supported by adapt-batch / --actors yet; "
@@ -77,7 +77,7 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
     store = Path(out_store) if out_store is not None else None
     journal = None
     if job_dir is not None or store is not None:
-        jid, key = job_id(str(model), Path(hub), config, modules, rule, truncate)
+        jid, key = job_id(str(model), Path(hub), config, modules, rule, engine_config.truncate)
         journal = JobJournal(Path(job_dir) if job_dir else store / ".jobs" / jid, key)
     t0 = time.perf_counter()
     try:
@@ -85,9 +85,7 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
         stats: dict = {"evaluations": 0, "actor_failures": 0, "results": {}}
         if runs:
             worker_kwargs = {"model": _local_path(model), "model_name": str(model),
-                             "hub": str(Path(hub).resolve()), "rule": rule, "backend": backend,
-                             "token_budget": token_budget, "truncate": truncate,
-                             "allow_pickle": allow_pickle, "dtype": dtype}
+                             "hub": str(Path(hub).resolve()), "engine_config": engine_config}
             with _pool(actors, ray_address, cpus_per_actor, worker_kwargs, engine, callback) as pool:
                 _check_hub(pool.info(), hub_modules)
                 loop = _Loop(runs, pool, store, journal, hub_modules, config, rule, max_batch,

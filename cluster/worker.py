@@ -68,15 +68,13 @@ class BatchWorker:
     """Holds an `Engine` (base model + all hub modules); evaluates `Batch`es of candidates.
 
     model: registry name or HF folder (`model_name` is what the exported metadata records, as
-    `adapt` records the name it was given); hub: hub folder; rule/backend/token_budget: as
-    `Engine`, and truncate/allow_pickle/dtype too; device: e.g. "cuda" (default: where the model
-    loads); threads: torch CPU threads.
+    `adapt` records the name it was given); hub: hub folder; engine_config: as `Engine` (its
+    fields can also be given as keywords); device: e.g. "cuda" (default: where the model loads);
+    threads: torch CPU threads.
     """
 
-    def __init__(self, model: str | Path, hub: str | Path, rule: str = "lorahub",
-                 backend: str = "auto", token_budget: int | None = None, device: str | None = None,
-                 threads: int | None = None, model_name: str | None = None, truncate: bool = False,
-                 allow_pickle: bool = False, engine=None, dtype: str = "auto"):
+    def __init__(self, model: str | Path, hub: str | Path, engine_config=None, device: str | None = None,
+                 threads: int | None = None, model_name: str | None = None, engine=None, **options):
         import torch
 
         if threads:
@@ -84,8 +82,7 @@ class BatchWorker:
         if engine is None:
             from lorahub_serve.engine.adapt import Engine
 
-            engine = Engine(model, hub, rule, backend, token_budget, allow_pickle=allow_pickle,
-                            truncate=truncate, device=device, dtype=dtype)
+            engine = Engine(model, hub, engine_config, device=device, **options)
         if model_name is not None:
             engine.model_name = model_name
         self.engine = engine

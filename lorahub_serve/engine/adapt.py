@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from lorahub_serve.data.examples import Example, load_examples
+from lorahub_serve.engine.config import EngineConfig
 from lorahub_serve.engine.evaluator import Evaluator
-from lorahub_serve.engine.export import check_rule, compose_factors, merge_adapter, write_adapter
+from lorahub_serve.engine.export import compose_factors, merge_adapter, write_adapter
 from lorahub_serve.engine.hub import (
     ModuleInfo,
     default_k,
@@ -83,15 +84,15 @@ class AdaptResult:
 class Engine:
     """Base model + all hub modules attached once; adapts task after task.
 
-    model: registry name or HF folder; hub: hub folder; rule: "lorahub" | "linear";
-    backend: "auto" | "torch" | "triton"; dtype: "auto" (bf16 on CUDA, fp32 on CPU) | "float32" |
+    model: registry name or HF folder; hub: hub folder;
+    config: an `EngineConfig` (rule, backend, dtype, token budget, truncate, allow_pickle);
+    `options` override its fields. dtype "auto": bf16 on CUDA, fp32 on CPU; "float32" |
     "bfloat16" | "float16"; warmup: run one tiny batch at start so kernel JIT is paid here
     (`startup_seconds` and `evaluator.warmup_seconds` report start-up apart from search time).
     """
 
-    def __init__(self, model: str | Path, hub: str | Path, rule: str = "lorahub", backend: str = "auto",
-                 token_budget: int | None = None, allow_pickle: bool = False, truncate: bool = False,
-                 device: str | None = None, dtype: str = "auto", warmup: bool = True):
+    def __init__(self, model: str | Path, hub: str | Path, config: EngineConfig | None = None, *,
+                 device: str | None = None, warmup: bool = True, **options):
         import torch
 
         from lorahub_serve.light_imports import load_optimizers
@@ -100,7 +101,8 @@ class Engine:
         t0 = time.perf_counter()
         load_optimizers()  # start-up, not the first search, pays nevergrad's and pycma's imports
 
-        check_rule(rule)
+        self.config = config = (config or EngineConfig()).with_options(**options)
+        rule, backend, dtype = config.rule, config.backend, config.dtype
         self.model_name = str(model)
         self.model_folder = resolve_model(model)
         self.fingerprint = folder_fingerprint(self.model_folder)
@@ -113,11 +115,11 @@ class Engine:
         self.net, self.tokenizer = load_base(self.model_folder, self.dtype)
         if device:
             self.net.to(device)
-        self.stack = stack_modules(self.net, self.hub_modules, allow_pickle=allow_pickle,
+        self.stack = stack_modules(self.net, self.hub_modules, allow_pickle=config.allow_pickle,
                                    dtype=getattr(torch, self.dtype))
         self.rule = rule
-        self.evaluator = Evaluator(self.net, self.tokenizer, self.stack, rule, backend, token_budget,
-                                   truncate=truncate)
+        self.evaluator = Evaluator(self.net, self.tokenizer, self.stack, rule, backend, config.token_budget,
+                                   truncate=config.truncate)
         if warmup:
             self.evaluator.warmup()
         self.startup_seconds = time.perf_counter() - t0
@@ -201,15 +203,22 @@ def _progress(enabled: bool, total: int, task: str):
 
 
 def adapt(model: str | Path, hub: str | Path, examples, out: str | Path | None = None,
-          modules: int | Sequence[str] | None = None, budget: int = 40, seed: int = 0,
-          rule: str = "lorahub", optimizer: str = "cma", popsize: int | None = None, sigma: float = 0.1,
-          backend: str = "auto", token_budget: int | None = None, merge: bool = False,
-          progress: bool = True, allow_pickle: bool = False, truncate: bool = False,
-          dtype: str = "auto") -> AdaptResult:
-    """Search composition weights for `examples` and (optionally) export the adapter to `out`."""
-    config = SearchConfig(budget=budget, seed=seed, optimizer=optimizer, popsize=popsize, sigma=sigma)
+          modules: int | Sequence[str] | None = None, config: SearchConfig | None = None,
+          engine_config: EngineConfig | None = None, merge: bool = False, progress: bool = True,
+          **options) -> AdaptResult:
+    """Search composition weights for `examples` and (optionally) export the adapter to `out`.
+
+    config: the search (budget, seed, optimizer, select, ...); engine_config: how the engine
+    computes (rule, backend, dtype, ...). `options`: fields of either, as a shortcut
+    (`adapt(..., budget=40, seed=1, rule="linear")`)."""
+    from dataclasses import fields, replace
+
+    search_names = {f.name for f in fields(SearchConfig)}
+    search_opts = {k: v for k, v in options.items() if k in search_names}
+    config = replace(config or SearchConfig(), **search_opts)
     exs = load_examples(examples)  # validate before loading anything heavy
-    engine = Engine(model, hub, rule, backend, token_budget, allow_pickle, truncate, dtype=dtype)
+    engine_opts = {k: v for k, v in options.items() if k not in search_names}
+    engine = Engine(model, hub, (engine_config or EngineConfig()).with_options(**engine_opts))
     try:
         return engine.adapt(exs, task=Path(out).name if out else "task", modules=modules,
                             config=config, out=out, merge=merge, progress=progress)

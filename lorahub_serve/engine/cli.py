@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorahub_serve.choices import BACKENDS, DTYPES, RULES
 from lorahub_serve.engine.arguments import add_search_arguments, search_config
+from lorahub_serve.engine.config import EngineConfig, add_engine_arguments
 
 
 def _cmd_adapt(a) -> int:
@@ -20,8 +20,7 @@ def _cmd_adapt(a) -> int:
         return a.run_on_cluster(a, examples, config, out)
     from lorahub_serve.engine.adapt import Engine
 
-    engine = Engine(a.model, a.hub, a.rule, a.backend, a.token_budget, a.allow_pickle, a.truncate,
-                    dtype=a.dtype)
+    engine = Engine(a.model, a.hub, EngineConfig.from_args(a))
     result = engine.adapt(examples, task=out.name, modules=a.modules, config=config, out=out,
                           merge=a.merge)
     print(f"best loss {result.best_loss:.4f} (objective {result.best_objective:.4f}) after "
@@ -39,13 +38,6 @@ def register(sub) -> None:
     p.add_argument("--examples", required=True, help="JSONL of {\"input\", \"output\"}")
     p.add_argument("--out", required=True, help="adapter folder to write (e.g. STORE/NAME)")
     add_search_arguments(p)
-    p.add_argument("--rule", choices=RULES, default="lorahub")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="model and hub dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--token-budget", type=int, default=None,
-                   help="padded tokens per micro-batch (default: 2048 on CPU, 8192 on CUDA)")
+    add_engine_arguments(p)
     p.add_argument("--merge", action="store_true", help="also write OUT-merged, a full merged model")
-    p.add_argument("--truncate", action="store_true", help="truncate over-long examples instead of failing")
-    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) adapters you trust")
     p.set_defaults(func=_cmd_adapt)

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lorahub_serve.engine.config import EngineConfig, add_engine_arguments
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -37,6 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--ray-address", default=None,
                    help="run the adaptation workers as Ray actors of this cluster ('local': start "
                    "one here); the store must be visible to every node")
+    add_engine_arguments(p)  # for the adaptation workers (POST /v1/adapters)
     p.add_argument("vllm_args", nargs=argparse.REMAINDER,
                    help="`-- ARGS...`: passed to vLLM's server unchanged")
     p.set_defaults(func=_cmd_serve)
@@ -54,7 +57,7 @@ def _cmd_serve(a) -> int:
                       api_key=a.api_key, max_loras=a.max_loras, max_lora_rank=a.max_lora_rank,
                       adapt_timeout_s=a.adapt_timeout, adapt_workers=a.adapt_workers,
                       adapt_queue=a.adapt_queue, ray_address=a.ray_address,
-                      vllm_args=tuple(extra))
+                      vllm_args=tuple(extra), engine=EngineConfig.from_args(a))
     try:
         return serve(cfg)
     except (FileNotFoundError, NotADirectoryError, PermissionError):

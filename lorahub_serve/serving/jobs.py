@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from lorahub_serve.atomic import write_json_atomic
+from lorahub_serve.engine.config import EngineConfig
 from lorahub_serve.formats import LORAHUB_FILE
 from lorahub_serve.serving.job_request import (
     AdaptRequest,
@@ -85,7 +86,9 @@ class AdaptJobs:
                  workers: int = 1, max_queued: int = 16,
                  check_examples: Callable[[tuple], None] | None = None,
                  worker_command: tuple[str, ...] | None = None,
-                 worker_factory: Callable[[int], WorkerProcess] | None = None):
+                 worker_factory: Callable[[int], WorkerProcess] | None = None,
+                 engine_config: EngineConfig | None = None):
+        self.engine_config = engine_config or EngineConfig()
         if workers < 0 or max_queued < 1:
             raise ValueError(f"workers must be >= 0 and max_queued >= 1, got {workers}, {max_queued}")
         self.store, self.model, self.hub = store, model, hub
@@ -268,7 +271,7 @@ class AdaptJobs:
                 await worker.stop()
             worker = (self.worker_factory(slot) if self.worker_factory is not None else
                       WorkerProcess(self.model, self.hub, self.dir / f"worker-{slot}.log",
-                                    command=self.worker_command))
+                                    self.engine_config, command=self.worker_command))
             await worker.start()
             self._slots[slot] = worker
         return worker

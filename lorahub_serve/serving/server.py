@@ -35,9 +35,10 @@ import asyncio
 import os
 import sys
 from argparse import Namespace
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorahub_serve.engine.config import EngineConfig
 from lorahub_serve.formats import LORA_RANKS  # vLLM's accepted --max-lora-rank values
 from lorahub_serve.serving.auth import ApiKeyMiddleware
 from lorahub_serve.serving.jobs import AdaptJobs
@@ -68,6 +69,7 @@ class ServeConfig:
     adapt_queue: int = 16  # jobs waiting at most; more get a 429
     ray_address: str | None = None  # the workers are Ray actors of this cluster ("local": a new one)
     vllm_args: tuple[str, ...] = ()
+    engine: EngineConfig = field(default_factory=EngineConfig)  # the adaptation workers' engines
 
     def __post_init__(self):
         if self.max_lora_rank not in LORA_RANKS:
@@ -175,7 +177,7 @@ async def _serve(cfg: ServeConfig, args: Namespace, store: AdapterStore, folder:
     signals = StartupSignals()  # until serve_http installs vLLM's graceful-shutdown handlers
     signals.install()
     jobs = AdaptJobs(store, cfg.model, cfg.hub, cfg.adapt_timeout_s, workers=cfg.adapt_workers,
-                     max_queued=cfg.adapt_queue, worker_factory=_ray_workers(cfg))
+                     max_queued=cfg.adapt_queue, worker_factory=_ray_workers(cfg), engine_config=cfg.engine)
     for line in jobs.recover():  # before anything can write to the store
         print(f"lorahub-serve: {line}", flush=True)
     _, sock = setup_server(args, reuse_port=False)
@@ -211,7 +213,7 @@ def _ray_workers(cfg: ServeConfig):
     from lorahub_serve.cluster.adapt_worker import RayAdaptWorker
 
     address = None if cfg.ray_address == "local" else cfg.ray_address
-    return lambda slot: RayAdaptWorker(cfg.model, cfg.hub, address)
+    return lambda slot: RayAdaptWorker(cfg.model, cfg.hub, address, cfg.engine)
 
 
 async def _build_app(engine, args: Namespace, store: AdapterStore, jobs: AdaptJobs,

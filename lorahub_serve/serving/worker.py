@@ -1,6 +1,6 @@
 """Adaptation workers: a process that keeps an `Engine` (base model + hub) warm and runs jobs.
 
-    python -m lorahub_serve.serving.worker --model M --hub H [--rule lorahub]
+    python -m lorahub_serve.serving.worker --model M --hub H [--engine-config JSON]
 
 The protocol is JSON lines, one object per line (data, never scraped text):
 
@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
-from lorahub_serve.choices import RULES
+from lorahub_serve.engine.config import EngineConfig
 from lorahub_serve.engine.job import WorkerError, run_job
 
 READY_TIMEOUT_S = 600.0  # loading a model and hub on a busy CPU can take minutes
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lorahub_serve.serving.worker")
     p.add_argument("--model", required=True)
     p.add_argument("--hub", required=True)
-    p.add_argument("--rule", default="lorahub", choices=RULES)
+    p.add_argument("--engine-config", default="{}", help="EngineConfig fields as JSON")
     a = p.parse_args(argv)
     proto = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol keeps the real stdout...
     os.dup2(2, 1)  # ...and anything else printed goes to stderr
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lorahub_serve.engine.adapt import Engine
 
-        engine = Engine(a.model, a.hub, a.rule)
+        engine = Engine(a.model, a.hub, EngineConfig(**json.loads(a.engine_config)))
         import peft  # noqa: F401 - the export's first import, paid here rather than in a job
     except Exception as e:  # noqa: BLE001 - the parent reports it on every job
         emit({"event": "broken", "error": f"{type(e).__name__}: {e}"})
@@ -108,10 +108,11 @@ class WorkerProcess:
     `command` starts the worker (tests may point it elsewhere); its stderr goes to `log_path`.
     """
 
-    def __init__(self, model: str, hub: Path, log_path: Path, rule: str = "lorahub",
+    def __init__(self, model: str, hub: Path, log_path: Path, engine_config: EngineConfig | None = None,
                  command: tuple[str, ...] | None = None):
+        config = json.dumps((engine_config or EngineConfig()).to_dict())
         self.argv = [*(command or (sys.executable, "-m", "lorahub_serve.serving.worker")),
-                     "--model", str(model), "--hub", str(hub), "--rule", rule]
+                     "--model", str(model), "--hub", str(hub), "--engine-config", config]
         self.log_path = Path(log_path)
         self.proc: asyncio.subprocess.Process | None = None
         self.ready: asyncio.Future | None = None
