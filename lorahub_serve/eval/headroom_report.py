@@ -68,8 +68,11 @@ def _fmt(ci) -> str:
 
 def markdown(rows: list[dict], summary: dict) -> str:
     ms = summary["methods"]
-    lines = [(f"{len(summary['tasks'])} tasks x {len(summary['seeds'])} seeds = {summary['rows']} task-seeds; "
-             "the evaluation set of each task is fixed across seeds and methods (the seeds draw the shots)."),
+    per_task = {t: sum(r["task"] == t for r in rows) for t in summary["tasks"]}
+    full = sum(n == len(summary["seeds"]) for n in per_task.values())
+    lines = [(f"{len(summary['tasks'])} tasks, {summary['rows']} task-seeds (seeds "
+              f"{', '.join(map(str, summary['seeds']))}; {full} tasks have all of them). The evaluation "
+              "set of each task is fixed across seeds and methods; the seeds draw the shots."),
              "", "| method | mean [95 % CI] | gap closed |", "|---|---|---|"]
     for m in ms:
         g = summary["gap_closed"].get(m)
@@ -78,13 +81,13 @@ def markdown(rows: list[dict], summary: dict) -> str:
     for name, ci in summary["paired"].items():
         reading = "no difference" if ci[1] <= 0 <= ci[2] else ("higher" if ci[1] > 0 else "lower")
         lines.append(f"| {name} | {_fmt(ci)} | {reading} |")
-    lines += ["", "Per task (mean over seeds):", "",
+    lines += ["", "Per task (mean over its seeds; their number in brackets):", "",
               "| task | near/far | metric | chance | majority | " + " | ".join(ms) + " |",
               "|---|---|---|---|---|" + "---|" * len(ms)]
     for t in summary["tasks"]:
         tr = [r for r in rows if r["task"] == t]
         vals = " | ".join(f"{np.mean([r[m] for r in tr]):.0f}" for m in ms)
-        lines.append(f"| {t} | {tr[0]['closeness']} | {tr[0]['metric']} | {tr[0]['chance']:.0f} | "
+        lines.append(f"| {t} ({len(tr)}) | {tr[0]['closeness']} | {tr[0]['metric']} | {tr[0]['chance']:.0f} | "
                      f"{tr[0]['majority']:.0f} | {vals} |")
     return "\n".join(lines) + "\n"
 
@@ -118,8 +121,8 @@ def write_report(rows: list[dict], out_dir: Path, name: str, command: str) -> di
     paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "png": out_dir / f"{name}.png"}
     meta = metadata() | {"command": command}
     paths["json"].write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
-    head = (f"# {name}\n\n`{command}`\n\n{meta.get('machine', '')} · {meta.get('date', '')} · "
-            f"commit {meta.get('commit', '')}\n\n")
+    head = (f"# {name}\n\n`{command}`\n\n{meta.get('cpu', '')} ({meta.get('cpu_count')} CPUs, load "
+            f"{meta.get('loadavg_1m', 0):.1f}) · {meta.get('date', '')} · commit {meta.get('commit', '')}\n\n")
     paths["md"].write_text(head + markdown(rows, summary))
     if summary["methods"]:
         plot(summary, paths["png"])
