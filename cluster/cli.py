@@ -77,7 +77,7 @@ def _add_adapt_batch(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="adapter store: task NAME goes to OUT/NAME")
     p.add_argument("--model", default="smollm2-135m", help="registry name or Hugging Face folder")
     add_cluster_arguments(p)
-    add_search_arguments(p, "candidate evaluations per task, the start batch included")
+    add_search_arguments(p, "candidate evaluations per task, the start batch included", select_modes=("random",))
     add_engine_arguments(p)
     p.add_argument("--max-batch", type=int, default=256, help="most candidates sent to an actor at once")
     p.add_argument("--job-dir", type=Path, default=None, help="job state folder (default OUT/.jobs/<id>)")
