@@ -88,7 +88,9 @@ def test_actor_killed_while_starting_and_after_is_replaced(ray_address, tiny_lla
     # in the first batch instead, which the pool must survive just the same.
     assert "actor_lost" in events, events
     assert killed and killed[0] != at_start.killed
-    assert report["actor_failures"] >= 2 and report["done"] == 4 and report["failed"] == 0
+    # both kills landed (two distinct pids); a start-up loss is replaced before the job counts
+    # failures, so actor_failures may count only the second one
+    assert report["actor_failures"] >= 1 and report["done"] == 4 and report["failed"] == 0
     assert_same_results(report["results"], reference)
     assert_store_like_reference(tmp_path / "store", reference)
 
