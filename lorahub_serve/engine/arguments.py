@@ -20,7 +20,7 @@ def add_search_arguments(p, budget_help: str = "candidate evaluations, the start
                          select_modes: tuple[str, ...] = SELECT_MODES, default_select: str = "random") -> None:
     """--modules, --budget, --seed, --optimizer, --popsize, --sigma, --select, --no-onehot-start.
     `adapt` passes default_select=None: loss in this process (measured on the headroom suite: +4.3
-    points over random, CI 1.5 to 7.4), random with --actors, whose driver fixes each task's
+    points over random, CI 1.8 to 7.6, bench/results/headroom_smollm2.md), random with --actors, whose driver fixes each task's
     modules before any actor runs; adapt-batch offers random only."""
     p.add_argument("--modules", type=modules_arg, default=None,
                    help="K (seeded-random modules, default min(20, hub size)) or comma-separated names")
