@@ -18,9 +18,8 @@ import torch
 
 from lorahub_serve.data.examples import Example
 from lorahub_serve.prompting import IGNORE, encode_example, pad_id, pad_rows, prompt_ids
+from lorahub_serve.scoring import STOP
 from lorahub_serve.scoring import accuracy as em_accuracy
-
-STOP = "\n\n"  # answers end at a blank line, as in eval.generation
 
 
 def autocast(dtype: str):

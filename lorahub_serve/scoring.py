@@ -17,6 +17,10 @@ from collections.abc import Sequence
 from lorahub_serve.data.bigbench import normalize_answer
 from lorahub_serve.data.examples import LETTERS, Example
 
+# Answers end at a blank line: the few-shot prompts separate examples with one, and a model that
+# has answered (ICL especially) goes on to invent the next example.
+STOP = "\n\n"
+
 # "(B)", "(b)", "B", "B)", "B." at the start; a bare letter must be upper case (not the word "a").
 _LETTER = re.compile(r"\(([A-Za-z])\)|([A-Z])[).]?")
 

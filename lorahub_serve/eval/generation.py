@@ -26,12 +26,10 @@ from lorahub_serve.engine.adapt import Engine
 from lorahub_serve.engine.export import compose_factors, composed_rank, write_adapter
 from lorahub_serve.engine.generate import generate
 from lorahub_serve.prompting import prompt_ids
+from lorahub_serve.scoring import STOP  # where answers end; eval.run imports it from here
 
 # A method's request: (method name, composition name, prompts).
 Job = tuple[str, str, Sequence[str]]
-# Answers end at a blank line: the few-shot prompts separate examples with one, and a model that
-# has answered (ICL especially) goes on to invent the next example.
-STOP = "\n\n"
 
 
 def cut_at_stop(text: str) -> str:

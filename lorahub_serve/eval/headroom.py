@@ -69,24 +69,12 @@ def _engine_scores(engine: Engine, idx: list[int], comps: dict, prompts: dict, e
     if metric == "rc":
         methods = {m: Method(prompts[m], comps[m]) for m in comps}
         return rank_classification(engine.evaluator, idx, methods, evalset, tag=tag)
-    from lorahub_serve.engine.generate import generate
+    from lorahub_serve.eval.generation import EngineGenerator
 
-    names = list(comps)
-    k = len(idx)
-    weights = np.stack([np.zeros(k) if comps[n] is None else np.asarray(comps[n]) for n in names])
-    flat, cands = [], []
-    for j, n in enumerate(names):
-        flat += list(prompts[n])
-        cands += [j] * len(prompts[n])
     max_new = max(len(engine.tokenizer(e.output, add_special_tokens=False)["input_ids"]) for e in evalset) + 2
-    preds = generate(engine.evaluator, flat, cands, np.tile(idx, (len(names), 1)),
-                     weights.astype(np.float32), max_new_tokens=max_new)
-    out, pos = {}, 0
-    for n in names:
-        answers = [p.split("\n\n", 1)[0] for p in preds[pos:pos + len(prompts[n])]]
-        out[n] = em_accuracy(answers, evalset)
-        pos += len(prompts[n])
-    return out
+    jobs = [(name, name, prompts[name]) for name in comps]
+    answers = EngineGenerator(engine).answers(tag, idx, comps, jobs, max_new)
+    return {name: em_accuracy(answers[name], evalset) for name in comps}
 
 
 def _peft_score(net, tok, adapter: Path | None, evalset, dtype: str) -> float:

@@ -133,7 +133,6 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
     oracles = read_hub_json(Path(oracle_dir), missing_ok=True)
     oracles.setdefault("base_model", str(model))
     net, tok = load_base(resolve_model(model))
-    base_cache: dict[str, float] = {}
     for task in tqdm(todo, desc="suite build", unit="task"):
         train, evalset = split_for_oracle(task)
         gate = evalset[:gate_n]
@@ -151,7 +150,6 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
         peft_model = PeftModel.from_pretrained(net, folder).eval()
         _, oracle = accuracy(peft_model, tok, gate, dtype=cfg.dtype)
         net = peft_model.unload()
-        base_cache[task] = base
         info = bigbench.task_info(task)
         majority = majority_rate(gate)
         chance = 100.0 * info.chance
