@@ -69,3 +69,15 @@ def test_the_kernel_layer_states_the_same_choices():
 
     assert get_args(dispatch.Rule) == choices.RULES
     assert get_args(dispatch.Backend) == choices.BACKENDS
+
+
+def test_every_package_is_installed():
+    """A sub-package missing from pyproject's list works in an editable install and breaks in a
+    wheel (hub/ and eval/ once did): every folder with an __init__.py must be listed."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join([pkg, *d.relative_to(root).parts]) for pkg, root in ROOTS.items()
+               for d in [root, *root.rglob("*")] if d.is_dir() and (d / "__init__.py").exists()}
+    assert on_disk - listed == set(), "packages missing from pyproject.toml [tool.setuptools] packages"
+    assert listed - on_disk == set(), "pyproject.toml lists packages that do not exist"
