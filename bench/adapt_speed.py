@@ -15,7 +15,7 @@ Figures are reported apart: start-up (model + hub load, warm-up), search evaluat
 process. Each mode runs in its own process so peak RSS is measured separately.
 
     .venv/bin/python bench/adapt_speed.py [--model smollm2-135m] [--hub DIR] [--budget 40] \
-        [--device cpu|cuda] [--dtype auto|float32|bfloat16] [--repeats 3]
+        [--device cpu|cuda] [--dtype auto|float32|bfloat16 | --dtypes auto,float32] [--repeats 3]
 
 The reference's own rate moves by up to 20 % between runs on a shared CPU, so the script alternates
 reference and engine `--repeats` times and reports each ratio's median and range.
@@ -169,6 +169,69 @@ def _engine_process(args, workdir: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _run_figures(ref: dict, eng: dict, eng_process: float) -> dict:
+    import numpy as np
+
+    return {
+        "reference_evals_per_s": ref["evals_per_s"], "engine_evals_per_s": eng["evals_per_s"],
+        "engine_search_evals_per_s": eng["search_evals_per_s"], "warm_engine_task_s": eng["task_s"],
+        "speedup_same_candidates": eng["evals_per_s"] / ref["evals_per_s"],
+        "speedup_search": eng["search_evals_per_s"] / ref["evals_per_s"],
+        "reference_startup_s": ref["startup_s"], "engine_startup_s": eng["startup_s"],
+        "engine_warmup_s": eng["warmup_s"], "reference_process_s": ref["process_s"],
+        "engine_process_s": eng_process, "speedup_process": ref["process_s"] / eng_process,
+        "reference_peak_rss_mb": ref["peak_rss_mb"], "engine_peak_rss_mb": eng["peak_rss_mb"],
+        "max_rel_loss_diff_vs_reference": float(np.max(np.abs(np.array(ref["losses"]) - np.array(eng["losses"]))
+                                                       / np.abs(np.array(ref["losses"])))),
+    }
+
+
+def _stat(vals: list[float]) -> dict:
+    import numpy as np
+
+    return {"median": round(float(np.median(vals)), 3), "min": round(min(vals), 3), "max": round(max(vals), 3)}
+
+
+def _medians(per_run: list[dict]) -> dict:
+    import numpy as np
+
+    return {k: round(float(np.median([r[k] for r in per_run])), 3) for k in per_run[0]}
+
+
+def _cell(vals: list[float], fmt: str = ".3f") -> str:
+    import numpy as np
+
+    if len(vals) == 1:
+        return f"{vals[0]:{fmt}}"
+    return f"{np.median(vals):{fmt}} ({min(vals):{fmt}}–{max(vals):{fmt}})"
+
+
+def _dtype_table(args, hub_desc: str, dtype: str, resolved: str, population: int, per_run: list[dict]) -> str:
+    med = _medians(per_run)
+
+    def cell(key: str, fmt: str = ".3f") -> str:
+        return _cell([r[key] for r in per_run], fmt)
+
+    return (
+        f"### `--dtype {dtype}` ({resolved}): the engine against the reference loop\n\n"
+        f"| measure | reference loop | engine | ratio |\n|---|---|---|---|\n"
+        f"| evaluations/s, the reference's {args.budget} NGOpt candidates (engine: population {population} per call) "
+        f"| {cell('reference_evals_per_s')} | {cell('engine_evals_per_s')} | **{cell('speedup_same_candidates', '.2f')}x** |\n"
+        f"| evaluations/s in a real search at budget {args.budget} (start batch + CMA-ES) "
+        f"| {cell('reference_evals_per_s')} | {cell('engine_search_evals_per_s')} | **{cell('speedup_search', '.2f')}x** |\n"
+        f"| a warm engine adapts one more task at budget {args.budget} (encode, search, export), s "
+        f"| | {cell('warm_engine_task_s', '.2f')} | |\n"
+        f"| start-up s (model + hub load; engine: + warm-up {med['engine_warmup_s']:.2f} s) "
+        f"| {cell('reference_startup_s', '.2f')} | {cell('engine_startup_s', '.2f')} | |\n"
+        f"| whole process s (fresh process: imports, load, search, export) "
+        f"| {cell('reference_process_s', '.2f')} | {cell('engine_process_s', '.2f')} | **{cell('speedup_process', '.2f')}x** |\n"
+        f"| peak RSS MB | {med['reference_peak_rss_mb']:.0f} | {med['engine_peak_rss_mb']:.0f} | |\n\n"
+        f"{args.model}, {hub_desc}, K={args.modules}, {args.shots} examples of {args.task}, "
+        f"device {args.device}, {resolved}, {args.threads} threads; max relative loss difference "
+        f"on the same candidates {med['max_rel_loss_diff_vs_reference']:.1e}.\n"
+    )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -181,11 +244,15 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--dtype", default="auto", help="auto: bf16 on CUDA, fp32 on CPU (both modes)")
+    ap.add_argument("--dtype", default="auto",
+                    help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (both modes)")
+    ap.add_argument("--dtypes", default=None,
+                    help="comma list, e.g. auto,float32: each dtype in turn in every repeat, and the "
+                         "first's speed-up over the second")
     ap.add_argument("--token-budget", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="alternating reference/engine runs (median reported)")
     args = ap.parse_args()
-    import numpy as np
+    load_before = os.getloadavg()[0]
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -199,61 +266,46 @@ def main():
         hub_desc = f"{args.modules} random rank-8 q,v modules"
     else:
         hub_desc = args.hub
-    runs = []
+    dtypes = [d.strip() for d in (args.dtypes or args.dtype).split(",") if d.strip()]
+    runs: dict[str, list] = {d: [] for d in dtypes}
     with tempfile.TemporaryDirectory(prefix="adapt-speed-") as tmp:
-        args.out = str(Path(tmp) / "reference-adapter")
         for _ in range(args.repeats):  # reference and engine alternate: drift hits both alike
-            ref = _run(run_reference, args)
-            args.candidates = ref["candidates"]
-            eng = _run(run_engine, args)
-            runs.append((ref, eng, _engine_process(args, Path(tmp))))
-    per_run = [{
-        "reference_evals_per_s": ref["evals_per_s"], "engine_evals_per_s": eng["evals_per_s"],
-        "engine_search_evals_per_s": eng["search_evals_per_s"], "warm_engine_task_s": eng["task_s"],
-        "speedup_same_candidates": eng["evals_per_s"] / ref["evals_per_s"],
-        "speedup_search": eng["search_evals_per_s"] / ref["evals_per_s"],
-        "reference_startup_s": ref["startup_s"], "engine_startup_s": eng["startup_s"],
-        "engine_warmup_s": eng["warmup_s"], "reference_process_s": ref["process_s"],
-        "engine_process_s": eng_process, "speedup_process": ref["process_s"] / eng_process,
-        "reference_peak_rss_mb": ref["peak_rss_mb"], "engine_peak_rss_mb": eng["peak_rss_mb"],
-        "max_rel_loss_diff_vs_reference": float(np.max(np.abs(np.array(ref["losses"]) - np.array(eng["losses"]))
-                                                       / np.abs(np.array(ref["losses"])))),
-    } for ref, eng, eng_process in runs]
-    med = {k: float(np.median([r[k] for r in per_run])) for k in per_run[0]}
-    eng = runs[0][1]
-    figures = {
-        "model": args.model, "hub": hub_desc, "k": args.modules, "examples": args.shots,
-        "task": args.task, "budget": args.budget, "threads": args.threads, "backend": args.backend,
-        "device": args.device, "dtype": eng["dtype"], "loadavg_before": os.getloadavg()[0],
-        "repeats": args.repeats, "engine_population": eng["population"],
-        **{k: round(v, 3) for k, v in med.items()}, "runs": per_run,
-    }
-
-    def cell(key: str, fmt: str = ".3f") -> str:
-        vals = [r[key] for r in per_run]
-        if len(vals) == 1:
-            return f"{vals[0]:{fmt}}"
-        return f"{np.median(vals):{fmt}} ({min(vals):{fmt}}–{max(vals):{fmt}})"
-
-    md = (
-        f"Median of {args.repeats} alternating reference/engine run(s), range in brackets; each "
-        f"ratio is taken within one run.\n\n"
-        f"| measure | reference loop | engine | ratio |\n|---|---|---|---|\n"
-        f"| evaluations/s, the reference's {args.budget} NGOpt candidates (engine: population {eng['population']} per call) "
-        f"| {cell('reference_evals_per_s')} | {cell('engine_evals_per_s')} | **{cell('speedup_same_candidates', '.2f')}x** |\n"
-        f"| evaluations/s in a real search at budget {args.budget} (start batch + CMA-ES) "
-        f"| {cell('reference_evals_per_s')} | {cell('engine_search_evals_per_s')} | **{cell('speedup_search', '.2f')}x** |\n"
-        f"| a warm engine adapts one more task at budget {args.budget} (encode, search, export), s "
-        f"| | {cell('warm_engine_task_s', '.2f')} | |\n"
-        f"| start-up s (model + hub load; engine: + warm-up {med['engine_warmup_s']:.2f} s) "
-        f"| {cell('reference_startup_s', '.2f')} | {cell('engine_startup_s', '.2f')} | |\n"
-        f"| whole process s (fresh process: imports, load, search, export) "
-        f"| {cell('reference_process_s', '.2f')} | {cell('engine_process_s', '.2f')} | **{cell('speedup_process', '.2f')}x** |\n"
-        f"| peak RSS MB | {med['reference_peak_rss_mb']:.0f} | {med['engine_peak_rss_mb']:.0f} | |\n\n"
-        f"{args.model}, {hub_desc}, K={args.modules}, {args.shots} examples of {args.task}, "
-        f"device {args.device}, {eng['dtype']}, {args.threads} threads; max relative loss difference "
-        f"on the same candidates {med['max_rel_loss_diff_vs_reference']:.1e}.\n"
-    )
+            for dtype in dtypes:  # each dtype: the reference and the engine in that dtype
+                a = argparse.Namespace(**{**vars(args), "dtype": dtype,
+                                          "out": str(Path(tmp) / f"reference-adapter-{dtype}")})
+                ref = _run(run_reference, a)
+                a.candidates = ref["candidates"]
+                eng = _run(run_engine, a)
+                runs[dtype].append((ref, eng, _engine_process(a, Path(tmp))))
+    load = os.getloadavg()[0]
+    figures = {"model": args.model, "hub": hub_desc, "k": args.modules, "examples": args.shots,
+               "task": args.task, "budget": args.budget, "threads": args.threads,
+               "backend": args.backend, "device": args.device, "loadavg_before": load_before,
+               "loadavg_after": load, "repeats": args.repeats, "dtypes": {}}
+    md = [(f"Median of {args.repeats} alternating run(s), range in brackets; each ratio is taken "
+           f"within one run. Load average {load_before:.2f} before, {load:.2f} after.\n")]
+    for dtype in dtypes:
+        per_run = [_run_figures(ref, eng, proc) for ref, eng, proc in runs[dtype]]
+        resolved = runs[dtype][0][1]["dtype"]
+        figures["dtypes"][dtype] = {"resolved": resolved, "engine_population": runs[dtype][0][1]["population"],
+                                    **_medians(per_run), "runs": per_run}
+        md.append(_dtype_table(args, hub_desc, dtype, resolved, runs[dtype][0][1]["population"], per_run))
+    if len(dtypes) == 2:
+        fast, slow = dtypes
+        pairs = list(zip(runs[fast], runs[slow]))
+        ratio = {"search_evals_per_s": [f[1]["search_evals_per_s"] / s[1]["search_evals_per_s"] for f, s in pairs],
+                 "same_candidates_evals_per_s": [f[1]["evals_per_s"] / s[1]["evals_per_s"] for f, s in pairs],
+                 "warm_task_s": [s[1]["task_s"] / f[1]["task_s"] for f, s in pairs],
+                 "process_s": [s[2] / f[2] for f, s in pairs]}
+        figures["dtype_speedup"] = {"of": fast, "over": slow, **{k: _stat(v) for k, v in ratio.items()}}
+        md.append(f"### `--dtype {fast}` ({runs[fast][0][1]['dtype']}) against `--dtype {slow}` "
+                  f"({runs[slow][0][1]['dtype']}), engine only\n\n| measure | speed-up |\n|---|---|\n"
+                  + "".join(f"| {label} | **{_cell(ratio[key], '.2f')}x** |\n" for key, label in (
+                      ("search_evals_per_s", f"evaluations/s in a real search at budget {args.budget}"),
+                      ("same_candidates_evals_per_s", "evaluations/s on the reference's candidates"),
+                      ("warm_task_s", "a warm engine adapts one more task (encode, search, export)"),
+                      ("process_s", "whole `lorahub-serve adapt` process (imports, load, search, export)"))))
+    md = "\n".join(md)
     from _meta import write_result
 
     paths = write_result("adapt_speed", figures, md)

@@ -10,6 +10,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# `--dtype auto` is bf16 on CPUs with native bf16 and fp32 on others: pin fp32 (subprocesses and
+# Ray actors inherit it) so the suite's equivalence tolerances hold on any CPU. The choice itself
+# is tested with explicit /proc/cpuinfo texts (tests/engine/test_dtype_warmup.py).
+os.environ.setdefault("LORAHUB_SERVE_CPU_BF16", "0")
 
 import pytest
 

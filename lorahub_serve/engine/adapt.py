@@ -86,7 +86,7 @@ class Engine:
 
     model: registry name or HF folder; hub: hub folder;
     config: an `EngineConfig` (rule, backend, dtype, token budget, truncate, allow_pickle);
-    `options` override its fields. dtype "auto": bf16 on CUDA, fp32 on CPU; "float32" |
+    `options` override its fields. dtype "auto": bf16 on CUDA and on CPUs with native bf16, else fp32; "float32" |
     "bfloat16" | "float16"; warmup: run one tiny batch at start so kernel JIT is paid here
     (`startup_seconds` and `evaluator.warmup_seconds` report start-up apart from search time).
     """

@@ -13,7 +13,7 @@ from lorahub_serve.choices import BACKENDS, DTYPES, RULES, Backend, Dtype, Rule,
 class EngineConfig:
     rule: Rule = "lorahub"  # composition rule (design.md): the paper's, or the exact sum of deltas
     backend: Backend = "auto"  # LoRA kernels: Triton on CUDA, torch on CPU ("auto")
-    dtype: Dtype = "auto"  # model and hub dtype: bf16 on CUDA, fp32 on CPU ("auto")
+    dtype: Dtype = "auto"  # model and hub dtype; "auto": bf16 on CUDA and on CPUs with native bf16, else fp32
     token_budget: int | None = None  # padded tokens per micro-batch (None: 2048 CPU, 8192 CUDA)
     truncate: bool = False  # cut over-long prompts from the left instead of refusing them
     allow_pickle: bool = False  # accept .bin (pickle) hub adapters
@@ -48,7 +48,8 @@ def add_engine_arguments(p) -> None:
     p.add_argument("--rule", choices=RULES, default=d.rule, help="composition rule")
     p.add_argument("--backend", choices=BACKENDS, default=d.backend, help="LoRA kernels (auto: Triton on CUDA)")
     p.add_argument("--dtype", choices=DTYPES, default=d.dtype,
-                   help="model and hub dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+                   help="model and hub dtype (auto: bfloat16 on CUDA and on CPUs with AVX512-BF16/AMX, "
+                        "float32 elsewhere; float32 for bit-stable runs)")
     p.add_argument("--token-budget", type=int, default=d.token_budget,
                    help="padded tokens per micro-batch (default: 2048 on CPU, 8192 on CUDA)")
     p.add_argument("--truncate", action="store_true", help="truncate over-long examples instead of failing")

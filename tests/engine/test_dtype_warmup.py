@@ -1,6 +1,7 @@
 """`--dtype` through the engine, and the start-up warm-up batch."""
 
 import json
+import os
 import time
 
 import numpy as np
@@ -11,7 +12,7 @@ from lorahub_serve import adapt
 from lorahub_serve.data import from_records
 from lorahub_serve.engine.adapt import Engine
 from lorahub_serve.engine.evaluator import warmup_examples
-from lorahub_serve.models import load_base, resolve_dtype
+from lorahub_serve.models import CPU_BF16_ENV, cpu_has_native_bf16, load_base, resolve_dtype
 from lorahub_serve.prompting import encode_example
 
 # |bf16 - fp32| of a candidate's loss (losses here are about 4.6), absolute. Measured on this CPU
@@ -20,8 +21,38 @@ from lorahub_serve.prompting import encode_example
 BF16_LOSS_ATOL = 5e-3
 
 
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n"
+ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16 avx512_vnni\n"
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile amx_int8\n"
+
+
+def test_auto_dtype_is_bf16_on_cuda_and_native_bf16_cpus(monkeypatch):
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    assert resolve_dtype("auto", "cpu", cpuinfo=AVX2_ONLY) == "float32"  # bf16 emulated: slower
+    assert resolve_dtype("auto", None, cpuinfo=AVX2_ONLY) == "float32"
+    assert resolve_dtype("auto", "cpu", cpuinfo=ZEN4) == "bfloat16"
+    assert resolve_dtype("auto", "cpu", cpuinfo=SAPPHIRE_RAPIDS) == "bfloat16"
+    assert resolve_dtype("float32", "cpu", cpuinfo=ZEN4) == "float32"  # fp32 stays one flag away
+    assert resolve_dtype("auto", "cuda:0", cpuinfo=AVX2_ONLY) == "bfloat16"
+    assert not cpu_has_native_bf16("")  # no flags line: fp32
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    assert resolve_dtype("auto", "cpu", cpuinfo=AVX2_ONLY) == "bfloat16"
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    assert resolve_dtype("auto", "cpu", cpuinfo=ZEN4) == "float32"
+    monkeypatch.setenv(CPU_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="LORAHUB_SERVE_CPU_BF16 must be 0 or 1"):
+        resolve_dtype("auto", "cpu", cpuinfo=ZEN4)
+
+
+def test_auto_dtype_reads_this_machines_flags(monkeypatch):
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    native = any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+
+
 def test_auto_dtype_is_bf16_on_cuda_fp32_on_cpu():
-    assert resolve_dtype("auto", None) == "float32"
+    assert resolve_dtype("auto", None) == "float32"  # the suite pins LORAHUB_SERVE_CPU_BF16=0
     assert resolve_dtype("auto", "cpu") == "float32"
     assert resolve_dtype("auto", "cuda:0") == "bfloat16"
     assert resolve_dtype("float16", "cpu") == "float16"
