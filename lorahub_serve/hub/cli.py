@@ -1,4 +1,4 @@
-"""`lorahub-serve hub build` and `hub centroids`."""
+"""`lorahub-serve hub build`, `hub centroids` and `hub heldout`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ def _cmd_hub_build(a) -> int:
     manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg, trainers=trainers)
     print(f"hub {a.out}: {len(manifest['modules'])} modules")
     return 0
+
+
+def _cmd_hub_heldout(a) -> int:
+    from lorahub_serve.hub.heldout import backfill_heldout
+
+    r = backfill_heldout(a.model, Path(a.hub))
+    print(f"hub {a.hub}: {len(r.measured)} measured, {len(r.mismatched)} whose split did not match "
+          f"(not written), {len(r.skipped)} without a source task")
+    return 1 if r.mismatched else 0
 
 
 def _cmd_hub_centroids(a) -> int:
@@ -49,6 +58,11 @@ def register(sub) -> None:
     hb.add_argument("--dtype", choices=TRAIN_DTYPES, default="float32",
                     help="training precision: bfloat16 autocast is ~1.5x faster on CPUs with AVX512-BF16")
     hb.set_defaults(func=_cmd_hub_build)
+
+    hh = hub.add_parser("heldout", help="measure held-out loss and accuracy of modules recorded without them")
+    hh.add_argument("--model", default="smollm2-135m")
+    hh.add_argument("--hub", required=True)
+    hh.set_defaults(func=_cmd_hub_heldout)
 
     hc = hub.add_parser("centroids", help="each module's input centroid (for adapt --select retrieve)")
     hc.add_argument("--model", default="smollm2-135m")

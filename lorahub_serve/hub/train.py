@@ -53,6 +53,19 @@ def encode_rows(tokenizer, examples: list[Example], max_length: int, keep: list 
     return rows
 
 
+def heldout_split(tokenizer, examples: list[Example], cfg: TrainConfig) -> tuple[list, list, list[Example]]:
+    """(training rows, held-out rows, held-out examples): of the examples that fit
+    `cfg.max_length`, min(`cfg.heldout`, a fifth) are held out, picked by a permutation seeded with
+    `cfg.seed` alone, so the split can be rebuilt from the task and the config (`hub heldout`)."""
+    kept: list[Example] = []
+    rows = encode_rows(tokenizer, examples, cfg.max_length, keep=kept)
+    n_held = min(cfg.heldout, len(rows) // 5)
+    perm = list(range(len(rows)))
+    random.Random(f"heldout:{cfg.seed}").shuffle(perm)
+    return ([rows[i] for i in perm[n_held:]], [rows[i] for i in perm[:n_held]],
+            [kept[i] for i in perm[:n_held]])
+
+
 def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: TrainConfig,
                progress=None) -> dict:
     """Fit a LoRA on `examples` and save it as a PEFT folder (atomically). Returns stats.
@@ -61,14 +74,7 @@ def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: Tr
     """
     from peft import LoraConfig, get_peft_model
 
-    kept: list[Example] = []
-    rows = encode_rows(tokenizer, examples, cfg.max_length, keep=kept)
-    n_held = min(cfg.heldout, len(rows) // 5)
-    perm = list(range(len(rows)))
-    random.Random(f"heldout:{cfg.seed}").shuffle(perm)
-    heldout = [rows[i] for i in perm[:n_held]]
-    held_examples = [kept[i] for i in perm[:n_held]]
-    rows = [rows[i] for i in perm[n_held:]]
+    rows, heldout, held_examples = heldout_split(tokenizer, examples, cfg)
     if len(rows) < cfg.batch_size:
         raise ValueError(f"only {len(rows)} usable examples (need >= {cfg.batch_size})")
     torch.manual_seed(cfg.seed)
