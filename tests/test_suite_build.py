@@ -85,3 +85,20 @@ def test_committed_lists_keep_the_rules():
     reserved_in_hub = sorted(t for t in hub if suite_build.family(t) in suite_build.RESERVED_FAMILIES)
     assert reserved_in_hub == ["arithmetic/1_digit_addition", "bbq_lite_json/age_ambig", "color/hcl",
                                "unit_conversion/chained_conversion"]  # today's four, no more
+
+
+def test_headroom_eval_scores_the_methods_asked_for(built, tiny_llama_dir, tiny_llama_hub):
+    """`eval --suite headroom --methods icl`: the row holds zero-shot, LoraHub and the oracle (always
+    run) and ICL, and none of the costly baselines that were left out."""
+    from lorahub_serve.eval.headroom import HeadroomConfig, run_headroom_eval
+
+    root, manifest, _ = built
+    cfg = HeadroomConfig(suite=root / "suite.json", tasks=(manifest["tasks"][0],), seeds=(1,), limit=6,
+                         budget=4, modules=2, methods=("icl",))
+    (row,) = run_headroom_eval(str(tiny_llama_dir), str(tiny_llama_hub), cfg, progress=False)
+    for m in ("zero_shot", "lorahub", "icl", "oracle"):
+        assert 0.0 <= row[m] <= 100.0, m
+    assert not {"lora_ft", "lorahub_ngopt", "lorahub_random", "soup", "best_single"} & set(row)
+    assert row["n_eval"] == 6
+    with pytest.raises(ValueError, match=r"methods \['lora'\] are not known"):
+        HeadroomConfig(suite=root / "suite.json", methods=("lora",))

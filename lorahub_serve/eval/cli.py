@@ -29,13 +29,13 @@ def _seeds(text: str) -> tuple[int, ...]:
 def _cmd_eval_headroom(a) -> int:
     import json
 
-    from lorahub_serve.eval.headroom import HeadroomConfig, run_headroom_eval
+    from lorahub_serve.eval.headroom import METHODS, HeadroomConfig, run_headroom_eval
     from lorahub_serve.eval.headroom_report import markdown, summarise, write_report
 
     cfg = HeadroomConfig(suite=Path(a.suite_file), tasks=tuple(a.tasks) if a.tasks else None,
                          seeds=a.seeds, shots=a.shots, limit=a.limit or 100, budget=a.budget,
                          modules=a.modules, select=a.select, ngopt=not a.no_ngopt, soup_k=a.soup_k,
-                         contrast=a.contrast)
+                         contrast=a.contrast, methods=tuple(a.methods.split(",")) if a.methods else METHODS)
     name = a.name or "headroom_smollm2"
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     prior = Path(a.out) / f"{name}.json"
@@ -106,6 +106,10 @@ def register(sub) -> None:
     p.add_argument("--select", choices=SELECT_MODES, default="loss",
                    help="headroom: how lorahub picks its K modules (lorahub_random is always random)")
     p.add_argument("--resume", action="store_true", help="headroom: keep the rows of OUT/NAME.json")
+    p.add_argument("--methods", default=None,
+                   help="headroom: comma list of the methods to score (default all: zero_shot, icl, "
+                        "lorahub, lorahub_random, lorahub_ngopt, best_single, soup, lora_ft, oracle); "
+                        "zero_shot, lorahub and oracle always run")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--hub", required=True)
     p.add_argument("--tasks", nargs="*", default=None, help="BBH tasks (default: all 24 JSON ones)")

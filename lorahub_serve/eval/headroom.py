@@ -54,6 +54,18 @@ class HeadroomConfig:
     ft_epochs: int = 40  # the paper's LoRA-tuning baseline: 40 epochs over the shots ...
     ft_lr: float = 2e-4  # ... at lr 2e-4
     ft_dtype: str = "bfloat16"
+    # the methods to score; zero-shot, LoraHub and the oracle always run (the report's gap needs them)
+    methods: tuple[str, ...] = METHODS
+
+    def __post_init__(self):
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"methods {unknown} are not known; choose from {', '.join(METHODS)}")
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(
+            ("zero_shot", "lorahub", *self.methods, "oracle"))))
+
+    def wants(self, method: str) -> bool:
+        return method in self.methods
 
 
 def read_suite(path: Path) -> dict:
@@ -112,12 +124,14 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
     res = engine.adapt(shots, task=key, modules=k, progress=False, config=search)
     idx = res.module_idx
     singles = np.asarray(res.start_losses[1:]) if res.start_losses is not None else None
-    comps = {"zero_shot": None, "icl": None, "lorahub": res.weights}
+    comps = {"zero_shot": None, "lorahub": res.weights} | ({"icl": None} if cfg.wants("icl") else {})
     if singles is not None and len(singles) == len(idx):
-        comps["best_single"] = np.eye(len(idx))[int(np.argmin(singles))]
-        comps["soup"] = soup_weights(singles, cfg.soup_k)
+        if cfg.wants("best_single"):
+            comps["best_single"] = np.eye(len(idx))[int(np.argmin(singles))]
+        if cfg.wants("soup"):
+            comps["soup"] = soup_weights(singles, cfg.soup_k)
     names = [engine.hub_modules[i].name for i in idx]
-    if cfg.ngopt:
+    if cfg.ngopt and cfg.wants("lorahub_ngopt"):
         ng = engine.adapt(shots, task=key + "/ng", modules=names, progress=False,
                           config=SearchConfig(budget=cfg.budget, seed=seed, optimizer="ngopt"))
         comps["lorahub_ngopt"] = ng.weights
@@ -128,14 +142,15 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
     scores = _engine_scores(engine, idx, comps, prompts, evalset, metric, f"rc:{key}")
     t_search = time.perf_counter() - t0
     rnd = None
-    if cfg.select != "random":
+    if cfg.select != "random" and cfg.wants("lorahub_random"):
         rnd = engine.adapt(shots, task=key + "/rnd", modules=k, progress=False,
                            config=SearchConfig(budget=cfg.budget, seed=seed, contrast=cfg.contrast))
         scores |= {"lorahub_random": _engine_scores(
             engine, rnd.module_idx, {"lorahub_random": rnd.weights}, {"lorahub_random": plain_prompts},
             evalset, metric, f"rcr:{key}")["lorahub_random"]}
-    ft_dir = fewshot_lora(net, tok, shots, cfg, seed, work / f"ft-{task.replace('/', '-')}-{seed}")
-    scores["lora_ft"] = _peft_score(net, tok, ft_dir, evalset, cfg.ft_dtype)
+    if cfg.wants("lora_ft"):
+        ft_dir = fewshot_lora(net, tok, shots, cfg, seed, work / f"ft-{task.replace('/', '-')}-{seed}")
+        scores["lora_ft"] = _peft_score(net, tok, ft_dir, evalset, cfg.ft_dtype)
     if task not in cache:
         cache[task] = {"zero_shot": scores["zero_shot"],
                        "zero_shot_peft": _peft_score(net, tok, None, evalset, "float32"),
