@@ -8,6 +8,10 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 Rule = Literal["lorahub", "linear"]  # A = Σ wA, B = Σ wB (the paper's) | ΔW = Σ w·BA exactly
+# PEFT's merges of same-rank modules (engine/merge.py): exported and served adapters only, never the search
+MergeRule = Literal["ties", "dare_linear", "dare_ties", "magnitude_prune"]
+ExportRule = Literal[Rule, MergeRule]  # the rule of an exported or served composition
+SignMethod = Literal["total", "frequency"]  # ties, dare_ties: how the majority sign is elected
 Backend = Literal["auto", "torch", "triton"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 TrainDtype = Literal["float32", "bfloat16"]  # hub training: fp32, or bf16 autocast
@@ -17,6 +21,9 @@ Generator = Literal["auto", "vllm", "engine"]
 Suite = Literal["bbh", "headroom"]
 
 RULES: tuple[str, ...] = get_args(Rule)
+MERGE_RULES: tuple[str, ...] = get_args(MergeRule)
+EXPORT_RULES: tuple[str, ...] = get_args(ExportRule)
+SIGN_METHODS: tuple[str, ...] = get_args(SignMethod)
 BACKENDS: tuple[str, ...] = get_args(Backend)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 TRAIN_DTYPES: tuple[str, ...] = get_args(TrainDtype)

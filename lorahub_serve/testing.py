@@ -121,6 +121,44 @@ def random_adapter(base_model, out_dir: Path, rank: int = 4, alpha: int | None =
     return Path(out_dir)
 
 
+def peft_weighted_adapter(base_model, adapters: dict[str, Path], weights, spec, name: str = "merged"):
+    """PEFT's own `add_weighted_adapter` of `adapters` (name -> PEFT folder, in that order) with
+    `weights` and `spec` (a `MergeSpec`), torch's CPU generator seeded with `spec.seed` at the start
+    of PEFT's merge loop (after the new adapter's random init has drawn): the oracle of
+    `engine/merge.py`. Returns the PeftModel (it wraps `base_model` in place; `.unload()` undoes
+    it) with adapter `name` active, and layer -> (A [r, d_in], B [d_out, r]) of that adapter."""
+    from unittest import mock
+
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer, LoraModel
+
+    from lorahub_serve.formats import PEFT_PREFIX
+
+    names = list(adapters)
+    net = PeftModel.from_pretrained(base_model, adapters[names[0]], adapter_name=names[0])
+    for n in names[1:]:
+        net.load_adapter(adapters[n], adapter_name=n)
+    merge_one = LoraModel._generalized_task_arithmetic_weighted_adapter
+    seeded = []
+
+    def seed_first(self, *args, **kwargs):
+        if not seeded:
+            torch.manual_seed(spec.seed or 0)
+            seeded.append(True)
+        return merge_one(self, *args, **kwargs)
+
+    with torch.random.fork_rng(devices=[]), \
+            mock.patch.object(LoraModel, "_generalized_task_arithmetic_weighted_adapter", seed_first):
+        net.add_weighted_adapter(names, [float(w) for w in weights], name, combination_type=spec.rule,
+                                 density=spec.density,
+                                 majority_sign_method=spec.majority_sign_method or "total")
+    net.set_adapter(name)
+    factors = {key.removeprefix(PEFT_PREFIX): (m.lora_A[name].weight.detach().clone(),
+                                               m.lora_B[name].weight.detach().clone())
+               for key, m in net.named_modules() if isinstance(m, LoraLayer) and name in m.lora_A}
+    return net, factors
+
+
 def random_hub(base_model, hub_dir: Path, n: int = 4, ranks=(4,), target_modules=("q_proj", "v_proj"),
                base_name: str = "tiny", scale: float = 0.5) -> Path:
     """A hub folder (`hub.json` + modules/) of `n` random adapters; ranks cycle through `ranks`."""

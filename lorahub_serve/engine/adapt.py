@@ -20,7 +20,7 @@ import numpy as np
 from lorahub_serve.data.examples import Example, load_examples
 from lorahub_serve.engine.config import EngineConfig
 from lorahub_serve.engine.evaluator import Evaluator
-from lorahub_serve.engine.export import compose_factors, merge_adapter, write_adapter
+from lorahub_serve.engine.export import compose_factors, composed_rank, merge_adapter, write_adapter
 from lorahub_serve.engine.hub import (
     ModuleInfo,
     default_k,
@@ -28,6 +28,7 @@ from lorahub_serve.engine.hub import (
     resolve_modules,
     stack_modules,
 )
+from lorahub_serve.engine.merge import MergeSpec, as_spec
 from lorahub_serve.engine.search import SearchConfig, SearchState, run_search
 from lorahub_serve.formats import LORAHUB_FORMAT
 
@@ -64,10 +65,15 @@ class AdaptResult:
     def evals_per_second(self) -> float:
         return self.evaluations / self.seconds if self.seconds else float("nan")
 
-    def metadata(self, base_model: str, base_fingerprint: str) -> dict:
+    def metadata(self, base_model: str, base_fingerprint: str, export: MergeSpec | None = None) -> dict:
+        """lorahub.json of the adapter exported with `export` (default: the search's rule):
+        "rule" is the exported adapter's, "search_rule" the search's; "merge_seed" is DARE's."""
+        spec = export or MergeSpec(self.rule)
         return {
             "format": LORAHUB_FORMAT, "task": self.task, "base_model": base_model,
-            "base_model_sha256": base_fingerprint, "rule": self.rule,
+            "base_model_sha256": base_fingerprint, "rule": spec.rule, "search_rule": self.rule,
+            "density": spec.density, "majority_sign_method": spec.majority_sign_method,
+            "merge_seed": spec.seed,
             "modules": [{"name": m.name, "source_task": m.source_task, "sha256": m.sha256,
                          "rank": m.rank, "alpha": m.alpha, "weight": float(w)}
                         for m, w in zip(self.modules, self.weights)],
@@ -149,14 +155,19 @@ class Engine:
     def adapt(self, examples, task: str = "task", modules: int | Sequence[str] | None = None,
               config: SearchConfig | None = None, out: str | Path | None = None, merge: bool = False,
               progress: bool = True,
-              on_generation: Callable[[SearchState], None] | None = None) -> AdaptResult:
+              on_generation: Callable[[SearchState], None] | None = None,
+              export_rule: str | MergeSpec | None = None) -> AdaptResult:
         """Search weights for `examples`; `on_generation(state)` is called after each generation
-        (progress as data; an exception it raises stops the search and propagates)."""
+        (progress as data; an exception it raises stops the search and propagates).
+        export_rule: how `out` composes the weights found (default: the search's rule)."""
         config = config or SearchConfig()
+        export = None if export_rule is None else as_spec(export_rule)  # checked before the search
         exs: list[Example] = load_examples(examples)
         self.evaluator.add_task(task, exs, contrast=config.contrast)
         t0 = time.perf_counter()
         idx, selection = self.choose_modules(task, exs, modules, config)
+        if export is not None and out is not None:  # e.g. a PEFT merge of mixed ranks: fail now
+            composed_rank([self.hub_modules[i].rank for i in idx], export)
         bar = _progress(progress, config.budget, task)
 
         def loss_fn(w: np.ndarray) -> np.ndarray:
@@ -178,13 +189,18 @@ class Engine:
         result.extra["select"] = config.select
         result.extra.update(selection)
         if out is not None:
-            self.export(result, Path(out), merge=merge)
+            self.export(result, Path(out), merge=merge, export_rule=export)
         return result
 
-    def export(self, result: AdaptResult, out: Path, merge: bool = False) -> Path:
+    def export(self, result: AdaptResult, out: Path, merge: bool = False,
+               export_rule: str | MergeSpec | None = None) -> Path:
+        """Write `result` as an adapter folder composed by `export_rule` (default: the search's
+        rule; PEFT's merges: `engine/merge.py`), and with `merge` also OUT-merged."""
+        spec = as_spec(result.rule if export_rule is None else export_rule)
         pos = {m.name: i for i, m in enumerate(self.hub_modules)}
-        factors = compose_factors(self.stack, [pos[m.name] for m in result.modules], result.weights, result.rule)
-        write_adapter(out, factors, self.model_name, result.metadata(self.model_name, self.fingerprint))
+        factors = compose_factors(self.stack, [pos[m.name] for m in result.modules], result.weights, spec,
+                                  model=self.net, allow_pickle=self.config.allow_pickle)
+        write_adapter(out, factors, self.model_name, result.metadata(self.model_name, self.fingerprint, spec))
         result.out_dir = out
         if merge:
             merge_adapter(self.model_folder, out, out.with_name(out.name + "-merged"))
@@ -205,12 +221,14 @@ def _progress(enabled: bool, total: int, task: str):
 def adapt(model: str | Path, hub: str | Path, examples, out: str | Path | None = None,
           modules: int | Sequence[str] | None = None, config: SearchConfig | None = None,
           engine_config: EngineConfig | None = None, merge: bool = False, progress: bool = True,
-          **options) -> AdaptResult:
+          export_rule: str | MergeSpec | None = None, **options) -> AdaptResult:
     """Search composition weights for `examples` and (optionally) export the adapter to `out`.
 
     config: the search (budget, seed, optimizer, select, ...); engine_config: how the engine
     computes (rule, backend, dtype, ...). `options`: fields of either, as a shortcut
-    (`adapt(..., budget=40, seed=1, rule="linear")`)."""
+    (`adapt(..., budget=40, seed=1, rule="linear")`). export_rule: how `out` composes the
+    weights found, e.g. `MergeSpec("ties", density=0.3)` (default: the search's rule)."""
+    export = None if export_rule is None else as_spec(export_rule)  # before loading anything
     from dataclasses import fields, replace
 
     search_names = {f.name for f in fields(SearchConfig)}
@@ -221,6 +239,7 @@ def adapt(model: str | Path, hub: str | Path, examples, out: str | Path | None =
     engine = Engine(model, hub, (engine_config or EngineConfig()).with_options(**engine_opts))
     try:
         return engine.adapt(exs, task=Path(out).name if out else "task", modules=modules,
-                            config=config, out=out, merge=merge, progress=progress)
+                            config=config, out=out, merge=merge, progress=progress,
+                            export_rule=export)
     finally:
         engine.close()

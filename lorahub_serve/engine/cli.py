@@ -5,8 +5,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from lorahub_serve.choices import EXPORT_RULES, SIGN_METHODS
 from lorahub_serve.engine.arguments import add_search_arguments, search_config
 from lorahub_serve.engine.config import EngineConfig, add_engine_arguments
+
+
+def export_spec(a):
+    """The `MergeSpec` of --export-rule (default: --rule), --density, --majority-sign-method and
+    --merge-seed (a ValueError naming a bad value or a parameter the rule does not take)."""
+    from lorahub_serve.engine.merge import MergeSpec
+
+    return MergeSpec(a.export_rule or a.rule, a.density, a.majority_sign_method, a.merge_seed)
 
 
 def _cmd_adapt(a) -> int:
@@ -14,18 +23,22 @@ def _cmd_adapt(a) -> int:
 
     examples = load_jsonl(a.examples)
     config = search_config(a)
+    export = export_spec(a)
     out = Path(a.out)
     if a.select is None and not getattr(a, "actors", 0):
         config = dataclasses.replace(config, select="loss")  # the measured default in process
     if getattr(a, "actors", 0):  # --actors is added, with its runner, by cluster/cli.py
         if a.merge:
             raise ValueError("--merge is not supported with --actors")
+        if export.rule != a.rule:
+            raise ValueError(f"--export-rule {export.rule} is not supported with --actors; adapt "
+                             "in this process (--actors 0)")
         return a.run_on_cluster(a, examples, config, out)
     from lorahub_serve.engine.adapt import Engine
 
     engine = Engine(a.model, a.hub, EngineConfig.from_args(a))
     result = engine.adapt(examples, task=out.name, modules=a.modules, config=config, out=out,
-                          merge=a.merge)
+                          merge=a.merge, export_rule=export)
     print(f"best loss {result.best_loss:.4f} (objective {result.best_objective:.4f}) after "
           f"{result.evaluations} evaluations in {result.seconds:.1f} s "
           f"({result.evals_per_second:.2f} evals/s, {result.optimizer}); engine start-up "
@@ -43,4 +56,22 @@ def register(sub) -> None:
     add_search_arguments(p, default_select=None)
     add_engine_arguments(p)
     p.add_argument("--merge", action="store_true", help="also write OUT-merged, a full merged model")
+    add_export_arguments(p)
     p.set_defaults(func=_cmd_adapt)
+
+
+def add_export_arguments(p) -> None:
+    """--export-rule, --density, --majority-sign-method, --merge-seed: how OUT composes the
+    weights found (the search itself composes with --rule)."""
+    p.add_argument("--export-rule", choices=EXPORT_RULES, default=None,
+                   help="rule of the exported adapter (default: --rule): lorahub (rank max r), "
+                        "linear (exact, rank sum r), or PEFT's merges of modules of one rank r: "
+                        "ties, dare_linear, dare_ties, magnitude_prune")
+    p.add_argument("--density", type=float, default=None,
+                   help="ties, dare_*, magnitude_prune: fraction of each factor's entries kept, in "
+                        "(0, 1] (default 0.5)")
+    p.add_argument("--majority-sign-method", choices=SIGN_METHODS, default=None,
+                   help="ties, dare_ties: elect each entry's sign by total value or by frequency "
+                        "(default total)")
+    p.add_argument("--merge-seed", type=int, default=None,
+                   help="dare_*: seed of the random pruning (default 0)")

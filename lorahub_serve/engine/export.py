@@ -2,6 +2,10 @@
 
 rule "lorahub": A = Σ wₖAₖ, B = Σ wₖsₖBₖ — an ordinary LoRA of rank max rₖ (scaling folded, alpha = r).
 rule "linear":  A = [A₁; …; A_K], B = [w₁s₁B₁ … w_Ks_KB_K] — a LoRA of rank Σ rₖ with ΔW = Σ wₖsₖBₖAₖ.
+rules "ties", "dare_linear", "dare_ties", "magnitude_prune": PEFT's merges of modules of one rank
+  r (`engine/merge.py`: A' = f([Aₖ], √|wₖsₖ|·sign), B' = f([Bₖ], √|wₖsₖ|)), rank r; their
+  parameters (density, majority_sign_method, seed) travel in a `MergeSpec`. Export and serving
+  only: the search composes with "lorahub" or "linear".
 `composed_rank` is that rank, the one definition export, evaluation and serving use: in a hub of
 mixed ranks the stack is zero-padded to the largest, and the factors are trimmed back to it here.
 Folders are written atomically (temporary sibling, then rename).
@@ -16,30 +20,44 @@ import torch
 from safetensors.torch import save_file
 
 from lorahub_serve.atomic import atomic_dir
-from lorahub_serve.choices import RULES
+from lorahub_serve.choices import EXPORT_RULES
 from lorahub_serve.engine.hub import HubStack
+from lorahub_serve.engine.merge import MergeSpec, as_spec, common_rank, merge_factors
 from lorahub_serve.formats import ADAPTER_WEIGHTS, peft_key, write_lorahub_json
 
 
 def check_rule(rule: str) -> str:
     """`rule` if it is a composition rule (see the module docstring), else a ValueError."""
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
+    if rule not in EXPORT_RULES:
+        raise ValueError(f"rule must be one of {', '.join(EXPORT_RULES)}; got {rule!r}")
     return rule
 
 
-def composed_rank(ranks: Sequence[int], rule: str) -> int:
+def composed_rank(ranks: Sequence[int], rule: str | MergeSpec) -> int:
     """Rank of the adapter composing modules of ranks `ranks` under `rule` (see the module
-    docstring): the largest for "lorahub", their sum for "linear"."""
-    check_rule(rule)
+    docstring): the largest for "lorahub", their sum for "linear", their one rank for PEFT's
+    merges (a ValueError naming the ranks when they differ)."""
+    rule = check_rule(rule.rule if isinstance(rule, MergeSpec) else rule)
     if not ranks:
         raise ValueError("composed_rank: no modules (ranks is empty)")
-    return max(ranks) if rule == "lorahub" else sum(ranks)
+    if rule == "lorahub":
+        return max(ranks)
+    return sum(ranks) if rule == "linear" else common_rank(list(ranks), rule)
 
 
-def compose_factors(stack: HubStack, module_idx: list[int], weights, rule: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def compose_factors(stack: HubStack, module_idx: list[int], weights, rule: str | MergeSpec, *,
+                    model: torch.nn.Module | None = None,
+                    allow_pickle: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """layer -> (A [r', d_in], B [d_out, r']) of the composed adapter (scaling folded into B),
-    r' = `composed_rank` of the modules `module_idx` [K] of `stack`, weighted by `weights` [K]."""
+    r' = `composed_rank` of the modules `module_idx` [K] of `stack`, weighted by `weights` [K].
+    PEFT's merges (a `MergeSpec` or a rule name, with defaults) read the modules' own files and
+    need the base `model` (its layer order is PEFT's; `engine/merge.py`)."""
+    spec = as_spec(rule)
+    if spec.is_merge:
+        if model is None:
+            raise ValueError(f"compose_factors: rule {spec.rule!r} needs the base model (model=...)")
+        return merge_factors(model, [stack.modules[i] for i in module_idx], weights, spec, allow_pickle)
+    rule = spec.rule
     ranks = [stack.modules[i].rank for i in module_idx]
     r = composed_rank(ranks, rule)
     idx = torch.as_tensor(module_idx, dtype=torch.long)

@@ -1,15 +1,22 @@
-"""Compositions named in the request: `"lorahub": {"modules": {name: weight}, "rule": ...}`.
+"""Compositions named in the request: `"lorahub": {"modules": {name: weight}, "rule": ...}`
+(with PEFT's merges also `"density"`, `"majority_sign_method"`, `"seed"`).
 
 `/v1/completions` and `/v1/chat/completions` accept, in a top-level body field (the `openai`
 client sends it with `extra_body`), a composition of hub modules instead of a stored adapter;
 `model` is then the base model's name. `CompositionMiddleware` (ASGI, before vLLM's routes):
 
 1. checks the specification: known hub modules, at most `MAX_MODULES`, finite weights with
-   |w| <= `MAX_WEIGHT`, rule `lorahub` (A = Σ wA, B = Σ w·s·B) or `linear` (A, B stacked), a
-   rank (the engine's `composed_rank`: max rₖ, or Σ rₖ for `linear`) within `--max-lora-rank`;
-   else a 400 in OpenAI's error format naming the problem;
-2. names the composition by a hash of its content (rule, module names, their sha256, weights):
-   `lh-<24 hex>`;
+   |w| <= `MAX_WEIGHT`, a rule and its parameters (the engine's `MergeSpec`):
+   - `lorahub` (default): A = Σ wA, B = Σ w·s·B, rank max rₖ;
+   - `linear`: A, B stacked, ΔW = Σ w·s·BA exactly, rank Σ rₖ;
+   - `ties`, `dare_linear`, `dare_ties`, `magnitude_prune`: PEFT's merges of modules of one
+     rank r (`engine/merge.py`), rank r; `density` in (0, 1] (all four, default 0.5),
+     `majority_sign_method` "total" | "frequency" (ties, dare_ties; default total), `seed`
+     (dare_*: the random pruning's, default 0);
+   a rank (the engine's `composed_rank`) within `--max-lora-rank`; else a 400 in OpenAI's error
+   format naming the field and the problem;
+2. names the composition by a hash of its content (rule and its parameters, module names, their
+   sha256, weights): `lh-<24 hex>`;
 3. writes it into the store with the engine's export (`compose_factors` + `write_adapter`,
    atomically) unless it is there already, keeping at most `max_cached` compositions (least
    recently used ones are removed from the store and unloaded from vLLM);
@@ -28,14 +35,19 @@ import json
 import math
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lorahub_serve.choices import RULES
+from lorahub_serve.choices import EXPORT_RULES, MERGE_RULES, RULES
 from lorahub_serve.errors import LorahubError
 from lorahub_serve.serving.errors import error_body
 from lorahub_serve.serving.job_request import COMPOSITION_PREFIX
 from lorahub_serve.serving.store import AdapterStore, unload_from_vllm
 
+if TYPE_CHECKING:
+    from lorahub_serve.engine.merge import MergeSpec
+
 PREFIX = COMPOSITION_PREFIX
+FIELDS = ("modules", "rule", "density", "majority_sign_method", "seed")  # of the `lorahub` object
 MAX_MODULES = 32
 MAX_WEIGHT = 10.0
 ROUTES = frozenset({"/v1/completions", "/v1/chat/completions"})
@@ -61,20 +73,29 @@ class Compositions:
         self._locks: dict[str, asyncio.Lock] = {}
         self._meta_model = None
 
-    def check(self, spec, model) -> tuple[str, list[str], list[float]]:
-        """(rule, module names, weights) of a valid specification, else `CompositionError`."""
+    def check(self, spec, model) -> tuple[MergeSpec, list[str], list[float]]:
+        """(rule and its parameters, module names, weights) of a valid specification, else
+        `CompositionError`."""
+        from lorahub_serve.engine.merge import MergeSpec
+
         if model != self.base_name:
             raise CompositionError(f"with 'lorahub', 'model' must be the base model's name "
                                    f"{self.base_name!r}, got {model!r}")
         if not isinstance(spec, dict) or not isinstance(spec.get("modules"), dict):
             raise CompositionError("'lorahub' must be an object {\"modules\": {\"<hub module>\": "
-                                   "weight, ...}, \"rule\": \"lorahub\" | \"linear\"}")
-        unknown = sorted(set(spec) - {"modules", "rule"})
+                                   "weight, ...}, \"rule\": \"lorahub\" | \"linear\" | ...}")
+        unknown = sorted(set(spec) - set(FIELDS))
         if unknown:
-            raise CompositionError(f"unknown field(s) {unknown} in 'lorahub'; allowed: modules, rule")
+            raise CompositionError(f"unknown field(s) {unknown} in 'lorahub'; allowed: {', '.join(FIELDS)}")
         rule = spec.get("rule", "lorahub")
-        if rule not in RULES:
-            raise CompositionError(f"'lorahub.rule' must be 'lorahub' or 'linear', got {rule!r}")
+        if rule not in EXPORT_RULES:
+            raise CompositionError(f"'lorahub.rule' must be {' or '.join(map(repr, RULES))} (LoraHub's) "
+                                   f"or one of PEFT's merges {', '.join(map(repr, MERGE_RULES))}; "
+                                   f"got {rule!r}")
+        try:
+            merge = MergeSpec(rule, **{k: spec[k] for k in FIELDS[2:] if k in spec})
+        except ValueError as e:
+            raise CompositionError(f"in 'lorahub': {e}") from None  # the message names the field
         mods = spec["modules"]
         if not 1 <= len(mods) <= MAX_MODULES:
             raise CompositionError(f"'lorahub.modules' names {len(mods)} modules; give 1 to "
@@ -95,28 +116,33 @@ class Compositions:
         from lorahub_serve.engine.export import composed_rank
 
         ranks = [self.modules[n].rank for n in names]
-        r, rank = max(ranks), composed_rank(ranks, rule)
+        try:
+            r, rank = max(ranks), composed_rank(ranks, merge)
+        except ValueError as e:  # PEFT's merges: modules of one rank
+            raise CompositionError(f"'lorahub.modules': {e}") from None
         if rank > self.max_rank:
             raise CompositionError(f"this composition has rank {rank} (rule {rule!r}, {len(names)} "
                                    f"module(s) of rank up to {r}), above this server's "
                                    f"--max-lora-rank {self.max_rank}; use fewer modules, the "
                                    "'lorahub' rule, or restart serve with a larger --max-lora-rank")
-        return rule, names, weights
+        return merge, names, weights
 
-    def name(self, rule: str, names: list[str], weights: list[float]) -> str:
-        content = {"rule": rule, "modules": [[n, self.modules[n].sha256, w]
-                                             for n, w in zip(names, weights)]}
+    def name(self, merge: MergeSpec, names: list[str], weights: list[float]) -> str:
+        """`lh-` + 24 hex of the content: rule, its parameters (none for lorahub and linear,
+        whose names predate them), modules (name, sha256, weight)."""
+        content = {"rule": merge.rule, **merge.params(),
+                   "modules": [[n, self.modules[n].sha256, w] for n, w in zip(names, weights)]}
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         return PREFIX + digest[:24]
 
     async def ensure(self, spec, model) -> tuple[str, list[str]]:
         """The composition's adapter name, built if needed; and the names evicted to make room."""
-        rule, names, weights = self.check(spec, model)
-        name = self.name(rule, names, weights)
+        merge, names, weights = self.check(spec, model)
+        name = self.name(merge, names, weights)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             if not self.store.exists(name):
-                await asyncio.to_thread(self._build, name, rule, names, weights)
+                await asyncio.to_thread(self._build, name, merge, names, weights)
         self._lru[name] = None
         self._lru.move_to_end(name)
         evicted = []
@@ -126,18 +152,17 @@ class Compositions:
             evicted.append(old)
         return name, evicted
 
-    def _build(self, name: str, rule: str, names: list[str], weights: list[float]) -> None:
+    def _build(self, name: str, merge: MergeSpec, names: list[str], weights: list[float]) -> None:
         from lorahub_serve.engine.export import compose_factors, write_adapter
         from lorahub_serve.engine.hub import stack_modules
 
-        stack = stack_modules(self._meta(), [self.modules[n] for n in names])
+        stack = stack_modules(self._meta(), [self.modules[n] for n in names])  # checks the files
         meta = {"format": 1, "composition": True, "base_model": self.base_name,
-                "base_model_sha256": self.store.base.fingerprint, "rule": rule,
+                "base_model_sha256": self.store.base.fingerprint, **merge.to_dict(),
                 "modules": [{"name": n, "sha256": self.modules[n].sha256, "weight": w}
                             for n, w in zip(names, weights)], "weights": weights}
-        write_adapter(self.store.folder(name), compose_factors(stack, list(range(len(names))),
-                                                               weights, rule),
-                      self.base_name, meta)
+        factors = compose_factors(stack, list(range(len(names))), weights, merge, model=self._meta())
+        write_adapter(self.store.folder(name), factors, self.base_name, meta)
 
     def _meta(self):
         """The base model's layers on the `meta` device: shapes for `stack_modules`, no weights."""

@@ -65,3 +65,65 @@ def test_adapt_exports_the_composed_rank_and_the_dense_sum(tiny_llama_dir, mixed
     assert sorted(got) == sorted(want)
     for key, dense in want.items():
         torch.testing.assert_close(got[key], dense, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_adapt_exports_a_peft_merge_of_the_weights_found(tiny_llama_dir, mixed_hub, few_shot, tmp_path):
+    """The search composes with its rule (lorahub); `export_rule` makes OUT PEFT's merge of the
+    weights found: PEFT's add_weighted_adapter on the module folders gives the same factors."""
+    from lorahub_serve.engine.merge import MergeSpec
+
+    out, names = tmp_path / "adapter", ["task0", "task1", "task2"]  # all rank 4
+    spec = MergeSpec("dare_ties", density=0.4, seed=3)
+    res = adapt(tiny_llama_dir, mixed_hub, few_shot, out=out, modules=names, budget=6, seed=1,
+                progress=False, export_rule=spec)
+    meta = json.loads((out / "lorahub.json").read_text())
+    assert (meta["rule"], meta["search_rule"], meta["density"], meta["majority_sign_method"],
+            meta["merge_seed"]) == ("dare_ties", "lorahub", 0.4, "total", 3)
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
+    by_name = {m.name: m for m in read_manifest(mixed_hub)}
+    model, _ = load_base(tiny_llama_dir)
+    net, want = testing.peft_weighted_adapter(model, {n: by_name[n].path for n in names}, res.weights, spec)
+    net.unload()
+    got = load_file(out / "adapter_model.safetensors")
+    for layer, (a, b) in want.items():
+        torch.testing.assert_close(got[f"base_model.model.{layer}.lora_A.weight"], a, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got[f"base_model.model.{layer}.lora_B.weight"], b, rtol=1e-6, atol=1e-6)
+
+
+def test_adapt_refuses_a_merge_of_mixed_ranks_before_searching(tiny_llama_dir, mixed_hub, few_shot, tmp_path):
+    with pytest.raises(ValueError, match=r"rule 'ties' merges modules of one rank .*ranks \[4, 16\]"):
+        adapt(tiny_llama_dir, mixed_hub, few_shot, out=tmp_path / "a", modules=["task0", "task3"],
+              budget=6, progress=False, export_rule="ties")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("argv, want", [
+    ([], {"rule": "lorahub", "density": None, "majority_sign_method": None, "seed": None}),
+    (["--rule", "linear"], {"rule": "linear", "density": None, "majority_sign_method": None, "seed": None}),
+    (["--export-rule", "ties", "--density", "0.3", "--majority-sign-method", "frequency"],
+     {"rule": "ties", "density": 0.3, "majority_sign_method": "frequency", "seed": None}),
+    (["--export-rule", "dare_linear", "--merge-seed", "4"],
+     {"rule": "dare_linear", "density": 0.5, "majority_sign_method": None, "seed": 4}),
+])
+def test_adapt_command_line_export_options(argv, want):
+    from lorahub_serve.cli import build_parser
+    from lorahub_serve.engine.cli import export_spec
+
+    a = build_parser().parse_args(["adapt", "--hub", "h", "--examples", "e", "--out", "o", *argv])
+    assert export_spec(a).to_dict() == want
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--export-rule", "ties", "--density", "0"], r"density must be a number in \(0, 1\]"),
+    (["--density", "0.5"], "density does not apply to rule 'lorahub'"),
+    (["--export-rule", "magnitude_prune", "--majority-sign-method", "total"],
+     "majority_sign_method does not apply to rule 'magnitude_prune'"),
+    (["--export-rule", "ties", "--merge-seed", "1"], "seed does not apply to rule 'ties'"),
+])
+def test_adapt_command_line_refuses_bad_export_options(argv, message):
+    from lorahub_serve.cli import build_parser
+    from lorahub_serve.engine.cli import export_spec
+
+    a = build_parser().parse_args(["adapt", "--hub", "h", "--examples", "e", "--out", "o", *argv])
+    with pytest.raises(ValueError, match=message):
+        export_spec(a)

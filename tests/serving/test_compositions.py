@@ -12,10 +12,16 @@ from lorahub_serve.serving.store import AdapterStore, BaseModelShapes
 
 
 @pytest.fixture(scope="module")
-def comps(tmp_path_factory):
+def base_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("comps")
     model, _ = testing.tiny_llama(d / "m", hidden=128)
-    hub = testing.random_hub(model, d / "hub", n=4, ranks=(4, 2), scale=3.0)
+    return d, model
+
+
+@pytest.fixture(scope="module")
+def comps(base_model):
+    d, model = base_model
+    hub = testing.random_hub(model, d / "hub", n=4, ranks=(4, 2), scale=3.0)  # task0, task2: rank 4
     (d / "store").mkdir()
     store = AdapterStore(d / "store", BaseModelShapes.from_folder(d / "m"), 8)
     return Compositions(store, hub, d / "m", "base", max_rank=8, max_cached=2)
@@ -30,7 +36,23 @@ def comps(tmp_path_factory):
     ({"modules": {"task0": float("nan")}}, "base", "finite number"),
     ({"modules": {"task0": 11}}, "base", "finite number"),
     ({"modules": {"task0": True}}, "base", "finite number"),
-    ({"modules": {"task0": 1}, "rule": "mean"}, "base", "'lorahub' or 'linear'"),
+    ({"modules": {"task0": 1}, "rule": "mean"}, "base",
+     ("'lorahub' or 'linear' .*or one of PEFT's merges 'ties', 'dare_linear', 'dare_ties', "
+      "'magnitude_prune'; got 'mean'")),
+    ({"modules": {"task0": 1}, "rule": "ties", "desnity": 0.5}, "base",
+     r"unknown field\(s\) \['desnity'\] .*allowed: modules, rule, density, majority_sign_method, seed"),
+    *[({"modules": {"task0": 1}, "rule": "ties", "density": d}, "base",
+       rf"in 'lorahub': density must be a number in \(0, 1\] .*got {shown}")
+      for d, shown in ((0, "0"), (1.5, "1.5"), ("x", "'x'"), (float("nan"), "nan"), (False, "False"))],
+    ({"modules": {"task0": 1}, "rule": "dare_linear", "majority_sign_method": "total"}, "base",
+     "in 'lorahub': majority_sign_method does not apply to rule 'dare_linear'"),
+    ({"modules": {"task0": 1}, "rule": "ties", "majority_sign_method": "most"}, "base",
+     "majority_sign_method must be one of total, frequency; got 'most'"),
+    ({"modules": {"task0": 1}, "density": 0.5}, "base", "density does not apply to rule 'lorahub'"),
+    ({"modules": {"task0": 1}, "rule": "ties", "seed": 3}, "base", "seed does not apply to rule 'ties'"),
+    ({"modules": {"task0": 1}, "rule": "dare_ties", "seed": "3"}, "base", "seed must be an integer"),
+    ({"modules": {"task0": 1, "task1": 1}, "rule": "ties"}, "base",
+     r"'lorahub.modules': rule 'ties' merges modules of one rank .*ranks \[4, 2\]"),
     ({"modules": {"task0": 1, "task1": 1, "task2": 1}, "rule": "linear"}, "base",  # 4 + 2 + 4
      r"rank 10 \(rule 'linear', 3 module\(s\) of rank up to 4\), above .*--max-lora-rank 8"),
 ])
@@ -56,7 +78,8 @@ def test_content_names_cache_and_eviction(comps):
 def test_linear_rank_is_the_sum_of_the_module_ranks(comps):
     """Mixed ranks 4 + 2 + 2 fit --max-lora-rank 8 (not 3 x 4, the padded rank)."""
     spec = {"modules": {"task0": 1.0, "task1": 0.5, "task3": -0.5}, "rule": "linear"}
-    assert comps.check(spec, "base") == ("linear", ["task0", "task1", "task3"], [1.0, 0.5, -0.5])
+    merge, names, weights = comps.check(spec, "base")
+    assert (merge.rule, names, weights) == ("linear", ["task0", "task1", "task3"], [1.0, 0.5, -0.5])
 
 
 def test_linear_rule_is_the_dense_sum_of_the_modules(comps):
@@ -88,3 +111,47 @@ def test_lorahub_rule_is_the_weighted_sum_of_factors(comps):
         want_b[:, : info.rank] += w * info.alpha / info.rank * t[key.format("B")]
     torch.testing.assert_close(got[key.format("A")], want_a)
     torch.testing.assert_close(got[key.format("B")], want_b)
+
+
+def test_merge_rules_are_checked_named_and_recorded(comps):
+    spec = {"modules": {"task2": 0.5, "task0": -1}, "rule": "ties", "density": 0.3}
+    merge, names, weights = comps.check(spec, "base")
+    assert (merge.to_dict(), names, weights) == (
+        {"rule": "ties", "density": 0.3, "majority_sign_method": "total", "seed": None},
+        ["task0", "task2"], [-1.0, 0.5])
+    explicit = comps.check({**spec, "majority_sign_method": "total"}, "base")[0]
+    assert comps.name(explicit, names, weights) == comps.name(merge, names, weights)  # the default
+    others = [comps.check({**spec, **kw}, "base")[0] for kw in (
+        {"density": 0.4}, {"majority_sign_method": "frequency"}, {"rule": "dare_ties"},
+        {"rule": "dare_ties", "seed": 1}, {"rule": "magnitude_prune"})]
+    assert len({comps.name(m, names, weights) for m in [merge, *others]}) == 6
+
+
+@pytest.mark.filterwarnings("ignore:The density 1.0:UserWarning")  # PEFT's own, in the oracle
+@pytest.mark.parametrize("spec", [
+    {"rule": "ties", "density": 0.3, "majority_sign_method": "frequency"},
+    {"rule": "dare_linear", "density": 0.6, "seed": 11},
+    {"rule": "dare_ties"},
+    {"rule": "magnitude_prune", "density": 1.0},
+], ids=lambda s: s["rule"])
+def test_merge_rules_build_peft_add_weighted_adapter(comps, base_model, spec):
+    """The served adapter is PEFT's own merge of the module folders (rank 4, alpha 4)."""
+    import json
+
+    weights = {"task0": 0.7, "task2": -1.2}  # both rank 4
+    name, _ = asyncio.run(comps.ensure({"modules": weights, **spec}, "base"))
+    folder = comps.store.folder(name)
+    merge = comps.check({"modules": weights, **spec}, "base")[0]
+    meta = json.loads((folder / "lorahub.json").read_text())
+    assert {k: meta[k] for k in ("rule", "density", "majority_sign_method", "seed")} == merge.to_dict()
+    assert json.loads((folder / "adapter_config.json").read_text())["r"] == 4
+    net, want = testing.peft_weighted_adapter(
+        base_model[1], {n: comps.modules[n].path for n in weights}, list(weights.values()), merge)
+    net.unload()
+    got = load_file(folder / "adapter_model.safetensors")
+    assert sorted(k for k in got if "lora_A" in k) == sorted(f"base_model.model.{k}.lora_A.weight" for k in want)
+    for layer, (a, b) in want.items():
+        for which, w in (("A", a), ("B", b)):
+            g = got[f"base_model.model.{layer}.lora_{which}.weight"]
+            bad = ~torch.isclose(g, w, rtol=1e-6, atol=1e-6)
+            assert not bad.any(), f"{layer} lora_{which}: {int(bad.sum())}/{bad.numel()} differ from PEFT's"

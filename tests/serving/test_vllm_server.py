@@ -146,6 +146,54 @@ def test_mixed_rank_compositions_named_in_the_request(world):
             "lorahub": {"modules": {"task0": 1.0, "task3": 1.0}, "rule": "linear"}})
 
 
+def _greedy_peft(net, ids):
+    """Greedy continuation of `ids` with a PeftModel as it stands (its active adapter)."""
+    seq = torch.tensor([ids])
+    with torch.inference_mode():
+        for _ in range(NEW_TOKENS):
+            seq = torch.cat([seq, net(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq[0, len(ids):].tolist()
+
+
+@pytest.mark.filterwarnings("ignore:The density 1.0:UserWarning")  # PEFT's own, in the oracle
+def test_peft_merges_named_in_the_request(world):
+    """`"rule": "ties"` (and dare_linear, dare_ties, magnitude_prune) on the OpenAI routes: the
+    greedy output is transformers' with PEFT's own add_weighted_adapter of the two rank-4 modules
+    (DARE seeded alike); the rank stays the modules' 4; a bad density is a 400 naming it."""
+    from lorahub_serve.engine.merge import MergeSpec
+
+    client, model, tok = world["client"], world["model"], world["tok"]
+    base, ids = str(world["model_dir"]), tok(PROMPT, add_special_tokens=False)["input_ids"]
+    hub, weights = world["root"] / "hub", {"task0": 0.9, "task1": -0.6}  # both rank 4
+    plain = _greedy_reference(model, ids)
+    for spec in ({"rule": "ties", "density": 0.5, "majority_sign_method": "total"},
+                 {"rule": "dare_linear", "seed": 2}, {"rule": "dare_ties", "density": 0.7},
+                 {"rule": "magnitude_prune", "density": 0.3}):
+        net, _ = testing.peft_weighted_adapter(model, {n: hub / "modules" / n for n in weights},
+                                               list(weights.values()), MergeSpec(**spec))
+        want = _greedy_peft(net.eval(), ids)
+        net.unload()
+        assert want != plain, f"{spec}: the merge should change the greedy output"
+        out = client.completions.create(model=base, prompt=ids, max_tokens=NEW_TOKENS, temperature=0,
+                                        extra_body={"ignore_eos": True, "return_token_ids": True,
+                                                    "lorahub": {"modules": weights, **spec}})
+        assert list(out.choices[0].token_ids) == want, spec
+        meta = json.loads((world["store"] / out.model / "lorahub.json").read_text())
+        assert meta["rule"] == spec["rule"] and meta["density"] == spec.get("density", 0.5)
+        assert json.loads((world["store"] / out.model / "adapter_config.json").read_text())["r"] == 4
+    chat = client.chat.completions.create(model=base, messages=[{"role": "user", "content": "cat"}],
+                                          max_tokens=3, temperature=0, extra_body={
+                                              "lorahub": {"modules": weights, "rule": "ties"}})
+    assert chat.model.startswith("lh-") and chat.choices
+    for bad, message in (({"rule": "ties", "density": 1.5}, r"density must be a number in \(0, 1\]"),
+                         ({"rule": "magnitude_prune", "majority_sign_method": "total"},
+                          "majority_sign_method does not apply to rule 'magnitude_prune'")):
+        with pytest.raises(openai.BadRequestError, match=message) as e:
+            client.completions.create(model=base, prompt="the", max_tokens=2,
+                                      extra_body={"lorahub": {"modules": weights, **bad}})
+        assert e.value.body["param"] == "lorahub" and e.value.body["code"] == 400
+
+
 def test_adapter_written_after_start_is_served(world):
     client, store = world["client"], world["store"]
     assert "hot" not in {m.id for m in client.models.list().data}
