@@ -1,8 +1,8 @@
 """`--dtype` through the engine, and the start-up warm-up batch."""
 
 import json
-import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +46,8 @@ def test_auto_dtype_is_bf16_on_cuda_and_native_bf16_cpus(monkeypatch):
 
 def test_auto_dtype_reads_this_machines_flags(monkeypatch):
     monkeypatch.delenv(CPU_BF16_ENV, raising=False)
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    info = Path("/proc/cpuinfo")
+    flags = info.read_text() if info.exists() else ""
     native = any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
     assert resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
 
