@@ -160,3 +160,11 @@ def test_heldout_backfill_rebuilds_the_training_split(built, tiny_llama_dir, tmp
     assert "heldout_accuracy" not in after[second]
     again = backfill_heldout(str(tiny_llama_dir), old, log=lambda *_: None, progress=False)
     assert again.measured == [] and again.mismatched == [second]  # resumable: measured ones stay
+    # a module trained on every example (held-out rows included) is refused, whatever its loss
+    manifest = json.loads((old / "hub.json").read_text())
+    manifest["modules"][1]["heldout_loss"] -= 1.0
+    manifest["modules"][1]["train_examples"] += manifest["modules"][1]["heldout_examples"]
+    (old / "hub.json").write_text(json.dumps(manifest))
+    logs = []
+    third = backfill_heldout(str(tiny_llama_dir), old, log=logs.append, progress=False)
+    assert third.mismatched == [second] and any("saw its held-out rows" in line for line in logs)

@@ -2,7 +2,9 @@
 recorded without them (hubs built before accuracy was measured at training time).
 
 The held-out split is rebuilt from the module's task and its recorded `max_length` (the split is a
-permutation seeded by `TrainConfig.seed` alone, `train.heldout_split`). The recomputed loss must
+permutation seeded by `TrainConfig.seed` alone, `train.heldout_split`). The module's recorded
+training-example count must equal the rebuilt split's (hubs built before the split existed trained
+on every example, held-out rows included: those need retraining), and the recomputed loss must
 match the one recorded at training time (the module was stored in float16 afterwards, so within
 `LOSS_RTOL`), which shows the split is the one the module never trained on; only then is the
 accuracy written, with `"heldout_backfilled": true`. Run it while no `hub build` writes the hub.
@@ -34,7 +36,7 @@ def measure_heldout(net, tok, module_dir: Path, examples, cfg, dtype: str = "flo
     from lorahub_serve.hub.train import heldout_split, mean_loss
     from lorahub_serve.prompting import pad_id
 
-    _, rows, held = heldout_split(tok, examples, cfg)
+    train, rows, held = heldout_split(tok, examples, cfg)
     if not rows:
         raise ValueError(f"{module_dir.name}: no held-out examples fit max_length {cfg.max_length}")
     model = PeftModel.from_pretrained(net, str(module_dir)).eval()
@@ -44,7 +46,7 @@ def measure_heldout(net, tok, module_dir: Path, examples, cfg, dtype: str = "flo
     finally:
         model.unload()
     return {"heldout_loss": loss, "heldout_examples": len(rows), "heldout_accuracy": acc,
-            "heldout_metric": metric}
+            "heldout_metric": metric, "train_examples": len(train)}
 
 
 def backfill_heldout(model: str, hub_dir: Path, log=print, progress: bool = True) -> BackfillReport:
@@ -75,6 +77,12 @@ def backfill_heldout(model: str, hub_dir: Path, log=print, progress: bool = True
             continue
         cfg = TrainConfig(rank=entry.get("rank", 8), max_length=entry.get("max_length", 256))
         got = measure_heldout(net, tok, hub_dir / entry["path"], bigbench.load_task(task), cfg)
+        if entry.get("train_examples") != got["train_examples"]:  # e.g. trained on every example
+            report.mismatched.append(entry["name"])
+            log(f"[hub] {entry['name']}: trained on {entry.get('train_examples')} examples, the split "
+                f"leaves {got['train_examples']} for training: it saw its held-out rows; retrain it "
+                "(move it out of the hub, then `hub build --tasks ...`); not written")
+            continue
         recorded = entry.get("heldout_loss")
         if recorded is not None and abs(got["heldout_loss"] - recorded) > LOSS_RTOL * abs(recorded):
             report.mismatched.append(entry["name"])
