@@ -70,6 +70,38 @@ def tiny_llama(out_dir: Path, seed: int = 0, layers: int = 2, hidden: int = 64):
     return model, tok
 
 
+def tiny_gemma3(out_dir: Path, seed: int = 0, hidden: int = 64, sliding_window: int = 16,
+                final_logit_softcapping: float | None = None):
+    """A random Gemma3ForCausalLM (text only, like Gemma 3 270M) with the same tokenizer, saved to
+    `out_dir`: 3 layers (sliding, sliding, full attention), GQA, q/k norms, embeddings scaled by
+    √hidden and tied, and a query_pre_attn_scalar unlike head_dim so that a wrong attention scale
+    shows. Weights are re-drawn with std 0.1 (Gemma's init, std 0.02 under √hidden-scaled
+    embeddings, leaves every loss at log V) and the norms' weights at random, so any missed detail
+    moves the losses. `final_logit_softcapping` (None in Gemma 3; 30 in Gemma 2) tests the cap."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    out_dir = Path(out_dir)
+    tok = build_tokenizer(out_dir)
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, query_pre_attn_scalar=24,
+        sliding_window=sliding_window, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        max_position_embeddings=512, final_logit_softcapping=final_logit_softcapping,
+        attn_logit_softcapping=None, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(-0.5, 0.5)  # Gemma's norms scale by (1 + weight)
+            elif p.dim() == 2:
+                p.normal_(0.0, 0.1)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return model, tok
+
+
 def tiny_llama_for_vllm(out_dir: Path):
     """A tiny Llama vLLM can serve: head size 32 (`hidden=128`; vLLM's CPU attention needs >= 32),
     weights re-drawn with std 0.1 so that greedy output varies from token to token."""

@@ -28,6 +28,13 @@ def tiny_llama_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_gemma3")
+    testing.tiny_gemma3(d)
+    return d
+
+
+@pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_t5")
     testing.tiny_t5(d)
@@ -45,6 +52,13 @@ def tiny_llama_hub(tiny_llama_dir, tmp_path_factory):
     """4 random modules with mixed ranks (2 and 4) on q_proj, v_proj."""
     model, _ = _load(tiny_llama_dir)
     return testing.random_hub(model, tmp_path_factory.mktemp("llama_hub"), n=4, ranks=(2, 4), scale=3.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_hub(tiny_gemma3_dir, tmp_path_factory):
+    """3 random modules with mixed ranks (4 and 2) on q_proj, v_proj."""
+    model, _ = _load(tiny_gemma3_dir)
+    return testing.random_hub(model, tmp_path_factory.mktemp("gemma3_hub"), n=3, ranks=(4, 2), scale=3.0)
 
 
 @pytest.fixture(scope="session")

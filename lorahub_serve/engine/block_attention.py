@@ -12,8 +12,11 @@ gathered back into row order; the prefix's output is taken from the row's first 
 `Blocks` is built per micro-batch from the rows' layouts (`Blocks.of`), passed to the model's
 forward as the keyword `lorahub_blocks`, and reaches every attention layer through transformers'
 attention interface (`AttentionInterface`), while `using_blocks(model)` has the model dispatch to
-it. Models whose attention does more than softmax(QKᵀ·s)V (sliding windows, logit soft-capping)
-keep the dense mask (`supports_blocks`).
+it. Models whose attention does more than causal softmax(QKᵀ·s)V (logit soft-capping,
+bidirectional attention) keep the dense mask (`supports_blocks`). Sliding-window layers (Gemma 3,
+windowed Qwen2) see at most `attention_window(config)` tokens, themselves included: a block no
+wider than the window is seen whole there too, so blocks stay exact while every block of a
+micro-batch fits (`fits_window`); the evaluator gives the others the dense mask, windowed.
 """
 
 from __future__ import annotations
@@ -65,16 +68,35 @@ class Blocks:
         return Blocks(torch.cat(src), torch.cat(dst).reshape(-1))
 
 
+def attention_window(config) -> int | None:
+    """Tokens a query of the model's sliding-window layers sees, itself included (transformers'
+    `sliding_window`: query q sees key k when q - window < k <= q); None when no layer slides
+    (Llama; Qwen2 keeps a window it does not use)."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or not getattr(config, "use_sliding_window", True):
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        return None
+    return int(window)
+
+
 def supports_blocks(model) -> bool:
     """Whether `model`'s attention layers can run blocks: transformers' attention interface, and
-    nothing beyond plain causal softmax attention."""
+    nothing beyond causal softmax attention (a sliding window is checked per micro-batch:
+    `fits_window`)."""
     config = model.config
-    windowed = (getattr(config, "sliding_window", None) is not None
-                and getattr(config, "use_sliding_window", True))  # Qwen2 sets a window it does not use
     return (bool(getattr(model, "_supports_attention_backend", False))
             and not getattr(config, "is_encoder_decoder", False)
-            and not windowed
+            and not getattr(config, "use_bidirectional_attention", False)
             and getattr(config, "attn_logit_softcapping", None) is None)
+
+
+def fits_window(block_widths, window: int | None) -> bool:
+    """Whether blocks of these widths (tokens: a row's prefix and its longest example) are exact
+    under a sliding window of `window` tokens: a block no wider than the window is seen whole by
+    its last query, as under the dense windowed mask."""
+    return window is None or max(block_widths, default=0) <= window
 
 
 @contextmanager

@@ -26,7 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from lorahub_serve.data.examples import Example, ExampleError
-from lorahub_serve.engine.block_attention import Blocks, supports_blocks, using_blocks
+from lorahub_serve.engine.block_attention import (
+    Blocks,
+    attention_window,
+    fits_window,
+    supports_blocks,
+    using_blocks,
+)
 from lorahub_serve.engine.hub import HubStack
 from lorahub_serve.engine.multilora import attach
 from lorahub_serve.engine.objective import OptionTerm, option_examples
@@ -98,6 +104,8 @@ class Evaluator:
         self.truncate = truncate
         self.share_prefix = share_prefix and not self.seq2seq
         self.blocks = block_attention and supports_blocks(model)  # packed rows' attention per example
+        self.window = attention_window(model.config)  # tokens a sliding-window layer sees (None: no window)
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2: 30
         self.max_row = max_row  # tokens per packed row (1: one example per row, no packing)
         self.handle = attach(model, stack, rule, backend)
         self.device = next(model.parameters()).device
@@ -285,14 +293,14 @@ class Evaluator:
         body = getattr(self.model, self.model.base_model_prefix)
         if not packed:
             hidden = body(input_ids=ids).last_hidden_state  # [B, W, H]
-        elif self.blocks:
+        elif self.blocks and fits_window([r.block_members.shape[1] for r in rows], self.window):
             blocks = Blocks.of([(len(s.cands), r.block_members, r.block_of) for s, r in zip(mb, rows)],
                                width, self.device)
             with using_blocks(self.model):
                 hidden = body(input_ids=ids, position_ids=pos, lorahub_blocks=blocks).last_hidden_state
         else:
             hidden = body(input_ids=ids, position_ids=pos,
-                          attention_mask=self._dense_mask(mb, rows, width)).last_hidden_state
+                          attention_mask=self._dense_mask(mb, rows, width, pos)).last_hidden_state
         sel, labels, cand, example = [], [], [], []
         start = 0
         for s, row in zip(mb, rows):
@@ -303,11 +311,17 @@ class Evaluator:
             cand.append(row_cand[start:start + n].repeat_interleave(len(row.labels)))
             start += n
         logits = self.model.get_output_embeddings()(torch.cat(sel)).float()  # [M, V]
+        if self.softcap is not None:  # as the model's own forward does to its logits
+            logits = torch.tanh(logits / self.softcap) * self.softcap
         ce = F.cross_entropy(logits, torch.cat(labels), reduction="none")
         return ce, torch.cat(cand), torch.cat(example)
 
-    def _dense_mask(self, mb: list[Segment], rows: list[PackedRow], width: int) -> torch.Tensor:
-        """[B, 1, W, W] additive mask of packed rows, for models without block attention."""
+    def _dense_mask(self, mb: list[Segment], rows: list[PackedRow], width: int, pos: torch.Tensor):
+        """[B, 1, W, W] additive mask of packed rows, for models without block attention. With a
+        sliding window (`self.window`), the sliding layers' mask also hides keys `window` or more
+        positions back (by position id: an example continues from the prefix): a dict by layer
+        type, as transformers' models with `layer_types` take it, or that mask alone for a model
+        whose every layer slides."""
         b = sum(len(s.cands) for s in mb)
         # padding queries see only themselves, so no softmax row is empty
         allowed = torch.eye(width, dtype=torch.bool, device=self.device).repeat(b, 1, 1)
@@ -319,8 +333,18 @@ class Evaluator:
                 else torch.ones(length, length, dtype=torch.bool, device=self.device).tril())
             start += n
         dtype = next(self.model.parameters()).dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
-        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+        def additive(ok: torch.Tensor) -> torch.Tensor:
+            mask = torch.zeros(ok.shape, dtype=dtype, device=self.device)
+            return mask.masked_fill_(~ok, torch.finfo(dtype).min)[:, None]
+
+        if self.window is None:
+            return additive(allowed)
+        windowed = additive(allowed & (pos[:, :, None] - pos[:, None, :] < self.window))
+        types = getattr(self.model.config, "layer_types", None)
+        if types is None:
+            return windowed
+        return {t: windowed if t == "sliding_attention" else additive(allowed) for t in set(types)}
 
     def _seq2seq_ce(self, mb: list[Segment], row_cand: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Encoder-decoder: encoder rows padded with a mask (attention is bidirectional there),

@@ -42,9 +42,9 @@ def _lorahub_state_dict(folders, weights, scalings):
     return out, r
 
 
-@pytest.fixture(params=["llama", "t5"])
-def setup(request, tiny_llama_dir, tiny_llama_hub, tiny_t5_dir, tiny_t5_hub):
-    folder, hub = (tiny_llama_dir, tiny_llama_hub) if request.param == "llama" else (tiny_t5_dir, tiny_t5_hub)
+@pytest.fixture(params=["llama", "gemma3", "t5"])
+def setup(request):
+    folder, hub = (request.getfixturevalue(f"tiny_{request.param}_{what}") for what in ("dir", "hub"))
     return request.param == "t5", folder, hub
 
 
@@ -84,3 +84,25 @@ def test_batched_losses_match_peft(setup, rule, few_shot):
         theirs = reference_loss(peft.eval(), tok, examples)
         assert abs(ours[c] - theirs) < TOL, f"candidate {c}: engine {ours[c]:.6f} vs PEFT {theirs:.6f}"
         assert abs(theirs - base_loss) > 1e-3, "the composition must change the loss (test would be vacuous)"
+
+
+def test_final_logit_softcap_is_applied(tmp_path, few_shot):
+    """A model that soft-caps its logits (Gemma 2: tanh(z / 30) · 30; here a cap of 2, so that it
+    bites) has the engine's losses equal its own, the cap included."""
+    from lorahub_serve import testing
+
+    examples = from_records(few_shot)
+    model, _ = testing.tiny_gemma3(tmp_path / "m", final_logit_softcapping=2.0)
+    hub = testing.random_hub(model, tmp_path / "hub", n=2, ranks=(4,), scale=3.0)
+    modules = read_manifest(hub)
+    net, tok = load_base(tmp_path / "m")
+    ev = Evaluator(net, tok, stack_modules(net, modules), backend="torch")
+    ev.add_task("t", examples)
+    ours = ev.losses(["t"] * 2, np.array([[0, 1], [0, 1]]), np.array([[0.0, 0.0], [1.0, 0.0]]))
+    ev.close()
+    base, _ = load_base(tmp_path / "m")
+    assert abs(ours[0] - reference_loss(base, tok, examples)) < TOL
+    peft = PeftModel.from_pretrained(base, modules[0].path).eval()
+    assert abs(ours[1] - reference_loss(peft, tok, examples)) < TOL
+    base.config.final_logit_softcapping = None  # not vacuous: the cap changes the loss
+    assert abs(reference_loss(peft, tok, examples) - ours[1]) > 1e-2

@@ -62,17 +62,20 @@ def test_packing_pads_only_where_a_pass_costs_more():
 
 
 @pytest.mark.parametrize("rule", ["lorahub", "linear"])
-@pytest.mark.parametrize("token_budget", [8192, 40])  # 40: rows split into several micro-batches
 @pytest.mark.parametrize("blocks", [True, False])  # packed rows' attention per example, or a dense mask
-def test_packed_rows_and_shared_prefix_change_no_loss(tiny_llama_dir, tiny_llama_hub, rule, token_budget, blocks):
-    eng = Engine(tiny_llama_dir, tiny_llama_hub, rule=rule, token_budget=token_budget)
+# 40: rows split into several micro-batches; gemma3: rows wider than its 16-token window
+@pytest.mark.parametrize("arch, token_budget", [("llama", 8192), ("llama", 40), ("gemma3", 8192)])
+def test_packed_rows_and_shared_prefix_change_no_loss(request, arch, rule, token_budget, blocks):
+    folder, hub = (request.getfixturevalue(f"tiny_{arch}_{what}") for what in ("dir", "hub"))
+    eng = Engine(folder, hub, rule=rule, token_budget=token_budget)
     ev = eng.evaluator
-    assert ev.blocks  # a Llama runs block attention by default
+    assert ev.blocks  # both run block attention by default (Gemma 3 where a block fits its window)
     ev.blocks = blocks
     rng = np.random.default_rng(1)
     tasks = ["shared"] * 5 + ["other"] * 2 + ["shared"]
-    idx = np.stack([rng.permutation(4) for _ in tasks])
-    w = rng.normal(0, 0.7, (len(tasks), 4)).astype(np.float32)
+    k = len(eng.stack.modules)
+    idx = np.stack([rng.permutation(k) for _ in tasks])
+    w = rng.normal(0, 0.7, (len(tasks), k)).astype(np.float32)
     got = {}
     try:
         for name, share, max_row in (("packed+prefix", True, 512), ("packed", False, 512),
@@ -139,20 +142,85 @@ def test_block_attention_equals_the_dense_mask(dtype, kernel):
         torch.testing.assert_close(got[i, :n].float(), want[i, :n], atol=tol, rtol=tol)
 
 
-def test_block_attention_only_where_attention_is_plain(tiny_llama_dir, tiny_t5_dir):
-    """Llama and a Qwen2 whose window is off run blocks; a window in use, soft-capped logits or an
-    encoder-decoder keep the dense mask."""
+def test_block_attention_only_where_attention_is_plain(tiny_llama_dir, tiny_t5_dir, tiny_gemma3_dir):
+    """Llama, Gemma 3 and Qwen2 run blocks (a sliding window is checked per micro-batch);
+    soft-capped attention logits, bidirectional attention or an encoder-decoder keep the dense mask."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from lorahub_serve.engine.block_attention import supports_blocks
+    from lorahub_serve.engine.block_attention import attention_window, fits_window, supports_blocks
 
-    assert supports_blocks(load_base(tiny_llama_dir)[0])
+    llama, gemma = load_base(tiny_llama_dir)[0], load_base(tiny_gemma3_dir)[0]
+    assert supports_blocks(llama) and attention_window(llama.config) is None
+    assert supports_blocks(gemma) and attention_window(gemma.config) == 16
     assert not supports_blocks(load_base(tiny_t5_dir)[0])
-    small = {"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+    small = {"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
              "num_attention_heads": 2, "num_key_value_heads": 1}
-    for windowed, want in ((False, True), (True, False)):
+    for windowed, window in ((False, None), (True, 8)):
         cfg = Qwen2Config(**small, sliding_window=8, use_sliding_window=windowed, max_window_layers=1)
-        assert supports_blocks(AutoModelForCausalLM.from_config(cfg)) is want, windowed
-    model = load_base(tiny_llama_dir)[0]
-    model.config.attn_logit_softcapping = 30.0
-    assert not supports_blocks(model)
+        assert supports_blocks(AutoModelForCausalLM.from_config(cfg))
+        assert attention_window(cfg) == window, windowed
+    assert fits_window([5, 16], 16) and not fits_window([17, 3], 16) and fits_window([999], None)
+    gemma.config.use_bidirectional_attention = True
+    assert not supports_blocks(gemma)
+    llama.config.attn_logit_softcapping = 30.0
+    assert not supports_blocks(llama)
+
+
+def _block_width() -> int:
+    """Width of SHARED's attention blocks (prefix + longest example) in the tiny tokenizer."""
+    import tempfile
+
+    from lorahub_serve.engine.packing import layout
+    from lorahub_serve.testing import build_tokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        tok = build_tokenizer(d)
+    enc = [encode_example(tok, e) for e in from_records(SHARED)]
+    rows = layout(enc, shared_prefix(enc), 512, "cpu")
+    assert len(rows) == 1
+    return rows[0].block_members.shape[1]
+
+
+@pytest.mark.parametrize("narrower, path", [(0, "blocks"), (1, "dense")])
+def test_sliding_window_runs_blocks_while_they_fit(tmp_path, monkeypatch, narrower, path):
+    """Gemma 3 with a window as wide as SHARED's blocks runs them as blocks; one token narrower,
+    the windowed dense mask. Both give the losses of one example per row (transformers' own
+    sliding mask) and of PEFT; blocks that ignored the window would not, at width + 1."""
+    from lorahub_serve import testing
+    from lorahub_serve.engine import evaluator as evaluator_mod
+
+    width = _block_width()
+    folder = tmp_path / "gemma3"
+    model, _ = testing.tiny_gemma3(folder, sliding_window=width - narrower)
+    hub = testing.random_hub(model, tmp_path / "hub", n=2, ranks=(4,), scale=3.0)
+    used = []
+    real_blocks, real_dense = evaluator_mod.using_blocks, evaluator_mod.Evaluator._dense_mask
+    monkeypatch.setattr(evaluator_mod, "using_blocks", lambda m: used.append("blocks") or real_blocks(m))
+    monkeypatch.setattr(evaluator_mod.Evaluator, "_dense_mask",
+                        lambda self, *a: used.append("dense") or real_dense(self, *a))
+    idx, w = np.array([[0, 1], [1, 0], [0, 1]]), np.array([[1.0, 0], [0.6, -0.8], [0, 0]], dtype=np.float32)
+    eng = Engine(folder, hub)
+    ev = eng.evaluator
+    try:
+        ev.add_task("shared", from_records(SHARED))
+        assert len(ev.tasks["shared"].rows) == 1 and ev.tasks["shared"].prefix >= MIN_SHARED_PREFIX
+        used.clear()
+        got = ev.losses(["shared"] * 3, idx, w)
+        assert set(used) == {path}, used
+        ev.max_row = 1  # one example per row: no mask of ours, transformers applies the window
+        ev.add_task("shared", from_records(SHARED))
+        used.clear()
+        want = ev.losses(["shared"] * 3, idx, w)
+        assert not used
+        if path == "dense":  # not vacuous: blocks that ignore the window are wrong here
+            ev.max_row = 512
+            ev.add_task("shared", from_records(SHARED))
+            monkeypatch.setattr(evaluator_mod, "fits_window", lambda widths, window: True)
+            wrong = ev.losses(["shared"] * 3, idx, w)
+            assert np.abs(wrong - want).max() > 1e-4, (wrong, want)
+    finally:
+        eng.close()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    base, tok = load_base(folder)
+    peft = PeftModel.from_pretrained(base, read_manifest(hub)[0].path).eval()
+    assert got[0] == pytest.approx(reference_loss(peft, tok, SHARED), abs=1e-4)
