@@ -27,16 +27,17 @@ class BackfillReport:
     skipped: list[str] = field(default_factory=list)  # no task to rebuild the split from
 
 
-def measure_heldout(net, tok, module_dir: Path, examples, cfg, dtype: str = "float32") -> dict:
+def measure_heldout(net, tok, module_dir: Path, split, cfg, dtype: str = "float32") -> dict:
     """Held-out loss, example count, accuracy and metric of the PEFT module in `module_dir`
-    trained with `cfg` on `examples` (`net` is the base model; restored afterwards)."""
+    trained with `cfg`, on `split` (`train.heldout_split` of its examples); `net` is the base
+    model, restored afterwards."""
     from peft import PeftModel
 
     from lorahub_serve.adapter_scoring import accuracy
-    from lorahub_serve.hub.train import heldout_split, mean_loss
+    from lorahub_serve.hub.train import mean_loss
     from lorahub_serve.prompting import pad_id
 
-    train, rows, held = heldout_split(tok, examples, cfg)
+    train, rows, held = split
     if not rows:
         raise ValueError(f"{module_dir.name}: no held-out examples fit max_length {cfg.max_length}")
     model = PeftModel.from_pretrained(net, str(module_dir)).eval()
@@ -55,7 +56,7 @@ def backfill_heldout(model: str, hub_dir: Path, log=print, progress: bool = True
     from tqdm.auto import tqdm
 
     from lorahub_serve.data import bigbench
-    from lorahub_serve.hub.train import TrainConfig
+    from lorahub_serve.hub.train import TrainConfig, heldout_split
     from lorahub_serve.models import load_base, resolve_model
 
     hub_dir = Path(hub_dir)
@@ -76,13 +77,14 @@ def backfill_heldout(model: str, hub_dir: Path, log=print, progress: bool = True
             log(f"[hub] {entry['name']}: no BIG-bench source task recorded, skipped")
             continue
         cfg = TrainConfig(rank=entry.get("rank", 8), max_length=entry.get("max_length", 256))
-        got = measure_heldout(net, tok, hub_dir / entry["path"], bigbench.load_task(task), cfg)
-        if entry.get("train_examples") != got["train_examples"]:  # e.g. trained on every example
+        split = heldout_split(tok, bigbench.load_task(task), cfg)
+        if entry.get("train_examples") != len(split[0]):  # e.g. trained on every example
             report.mismatched.append(entry["name"])
             log(f"[hub] {entry['name']}: trained on {entry.get('train_examples')} examples, the split "
-                f"leaves {got['train_examples']} for training: it saw its held-out rows; retrain it "
+                f"leaves {len(split[0])} for training: it saw its held-out rows; retrain it "
                 "(move it out of the hub, then `hub build --tasks ...`); not written")
             continue
+        got = measure_heldout(net, tok, hub_dir / entry["path"], split, cfg)
         recorded = entry.get("heldout_loss")
         if recorded is not None and abs(got["heldout_loss"] - recorded) > LOSS_RTOL * abs(recorded):
             report.mismatched.append(entry["name"])
