@@ -35,6 +35,7 @@ def test_every_candidate_is_recorded_with_its_figures(built):
         assert c["gate_n"] == 8 and c["n_eval"] >= 100
     assert manifest["tasks"] == [c["task"] for c in manifest["candidates"]]
     assert set(manifest["reserved_families"]) == {"color", "arithmetic", "bbq_lite_json", "unit_conversion"}
+    assert manifest["not_yet_gated"] == [t for t in suite_build.SUITE_CANDIDATES if t not in TASKS]
 
 
 def test_the_gate_drops_tasks_below_the_gain(built, tmp_path):
