@@ -235,3 +235,19 @@ def reference_loss(model, tokenizer, examples) -> float:
         ids, mask, labels = causal_batch([(e.prompt_ids, e.target_ids) for e in enc], pad)
     with torch.inference_mode():
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+
+
+def greedy_ids(model, ids: list[int], new_tokens: int, adapter: Path | None = None) -> list[int]:
+    """Greedy continuation of `ids` with transformers, no EOS stop: `new_tokens` ids. `adapter`:
+    a PEFT folder applied for the call (and unloaded after); `model` may also be a PeftModel
+    used as it stands. The reference the serving tests hold vLLM's output against."""
+    from peft import PeftModel
+
+    net = PeftModel.from_pretrained(model, str(adapter)).eval() if adapter else model
+    seq = torch.tensor([ids])
+    with torch.inference_mode():
+        for _ in range(new_tokens):
+            seq = torch.cat([seq, net(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    if adapter:
+        net.unload()
+    return seq[0, len(ids):].tolist()

@@ -4,7 +4,6 @@ PEFT's (slow: fetches the model if needed, and a vLLM start on CPU takes a minut
 
 import openai
 import pytest
-import torch
 
 from lorahub_serve import testing
 from lorahub_serve.serving.process import ServeProcess, free_port
@@ -18,17 +17,7 @@ PROMPT = "Q: What is the capital of France?\nA:"
 
 
 def _greedy_peft(model, ids, adapter=None):
-    """Greedy continuation of `ids` with transformers (+ PEFT), no EOS stop: `NEW_TOKENS` ids."""
-    from peft import PeftModel
-
-    net = PeftModel.from_pretrained(model, adapter).eval() if adapter else model
-    seq = torch.tensor([ids])
-    with torch.inference_mode():
-        for _ in range(NEW_TOKENS):
-            seq = torch.cat([seq, net(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    if adapter:
-        net.unload()
-    return seq[0, len(ids):].tolist()
+    return testing.greedy_ids(model, ids, NEW_TOKENS, adapter)
 
 
 def test_served_gemma3_with_a_lora_equals_peft(tmp_path):

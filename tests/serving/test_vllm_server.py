@@ -61,17 +61,7 @@ def world(tmp_path_factory):
 
 
 def _greedy_reference(model, ids, adapter=None):
-    """Greedy continuation of `ids` with transformers (+ PEFT), no EOS stop: `NEW_TOKENS` ids."""
-    from peft import PeftModel
-
-    net = PeftModel.from_pretrained(model, adapter).eval() if adapter else model
-    seq = torch.tensor([ids])
-    with torch.inference_mode():
-        for _ in range(NEW_TOKENS):
-            seq = torch.cat([seq, net(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    if adapter:
-        net.unload()
-    return seq[0, len(ids):].tolist()
+    return testing.greedy_ids(model, ids, NEW_TOKENS, adapter)
 
 
 def _served_ids(client, model, ids):
@@ -148,11 +138,7 @@ def test_mixed_rank_compositions_named_in_the_request(world):
 
 def _greedy_peft(net, ids):
     """Greedy continuation of `ids` with a PeftModel as it stands (its active adapter)."""
-    seq = torch.tensor([ids])
-    with torch.inference_mode():
-        for _ in range(NEW_TOKENS):
-            seq = torch.cat([seq, net(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return seq[0, len(ids):].tolist()
+    return testing.greedy_ids(net, ids, NEW_TOKENS)
 
 
 @pytest.mark.filterwarnings("ignore:The density 1.0:UserWarning")  # PEFT's own, in the oracle
