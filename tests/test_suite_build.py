@@ -89,16 +89,18 @@ def test_committed_lists_keep_the_rules():
 
 
 def test_headroom_eval_scores_the_methods_asked_for(built, tiny_llama_dir, tiny_llama_hub):
-    """`eval --suite headroom --methods icl`: the row holds zero-shot, LoraHub and the oracle (always
-    run) and ICL, and none of the costly baselines that were left out."""
+    """`eval --suite headroom --methods icl,lorahub_icl`: the row holds zero-shot, LoraHub and the
+    oracle (always run), ICL and LoraHub with the shots in the prompt, and none of the costly
+    baselines that were left out."""
     from lorahub_serve.eval.headroom import HeadroomConfig, run_headroom_eval
 
     root, manifest, _ = built
     cfg = HeadroomConfig(suite=root / "suite.json", tasks=(manifest["tasks"][0],), seeds=(1,), limit=6,
-                         budget=4, modules=2, methods=("icl",))
+                         budget=4, modules=2, methods=("icl", "lorahub_icl"))
     (row,) = run_headroom_eval(str(tiny_llama_dir), str(tiny_llama_hub), cfg, progress=False)
-    for m in ("zero_shot", "lorahub", "icl", "oracle"):
+    for m in ("zero_shot", "lorahub", "icl", "lorahub_icl", "oracle"):
         assert 0.0 <= row[m] <= 100.0, m
+    assert row["dtype"] == "float32"  # tests pin auto to fp32 (conftest)
     assert not {"lora_ft", "lorahub_ngopt", "lorahub_random", "soup", "best_single"} & set(row)
     assert row["n_eval"] == 6
     with pytest.raises(ValueError, match=r"methods \['lora'\] are not known"):

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from lorahub_serve.choices import GENERATORS, SELECT_MODES, SUITES, TRAIN_DTYPES
+from lorahub_serve.choices import DTYPES, GENERATORS, SELECT_MODES, SUITES, TRAIN_DTYPES
 from lorahub_serve.engine.arguments import add_contrast_argument
 
 
@@ -35,7 +35,7 @@ def _cmd_eval_headroom(a) -> int:
     cfg = HeadroomConfig(suite=Path(a.suite_file), tasks=tuple(a.tasks) if a.tasks else None,
                          seeds=a.seeds, shots=a.shots, limit=a.limit or 100, budget=a.budget,
                          modules=a.modules, select=a.select, ngopt=not a.no_ngopt, soup_k=a.soup_k,
-                         contrast=a.contrast, methods=tuple(a.methods.split(",")) if a.methods else METHODS)
+                         contrast=a.contrast, dtype=a.dtype, methods=tuple(a.methods.split(",")) if a.methods else METHODS)
     name = a.name or "headroom_smollm2"
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     prior = Path(a.out) / f"{name}.json"
@@ -108,9 +108,12 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="headroom: keep the rows of OUT/NAME.json")
     p.add_argument("--methods", default=None,
                    help="headroom: comma list of the methods to score (default all: zero_shot, icl, "
-                        "lorahub, lorahub_random, lorahub_ngopt, best_single, soup, lora_ft, oracle); "
+                        "lorahub, lorahub_random, lorahub_ngopt, best_single, soup, lorahub_icl, lora_ft, "
+                        "oracle); "
                         "zero_shot, lorahub and oracle always run")
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="headroom: the engine's dtype (auto: bf16 on CPUs with native bf16, else fp32)")
     p.add_argument("--hub", required=True)
     p.add_argument("--tasks", nargs="*", default=None, help="BBH tasks (default: all 24 JSON ones)")
     p.add_argument("--seeds", type=_seeds, default=(1, 2, 3), help="e.g. 1-5 or 1,3")

@@ -8,6 +8,8 @@ the shots, the random module choice and the search):
 - lorahub_random: the same search over K seeded-random modules (the paper's choice);
 - lorahub_ngopt: the reference's sequential NGOpt, same modules as lorahub;
 - best_single, soup: the lowest-loss module alone / the soup_k lowest averaged (lorahub's K);
+- lorahub_icl: lorahub's composition with the shots also in the prompt (what a server can do
+  with both; not the paper's method, reported beside it);
 - lora_ft: a LoRA fine-tuned with gradients on the 5 shots (the paper's baseline: 40 epochs);
 - oracle: the suite's oracle, trained on the task's other examples (the ceiling).
 Engine methods are scored on the engine (rank classification with the shared prompt; greedy
@@ -33,7 +35,8 @@ from lorahub_serve.eval.rank_classification import Method, rank_classification
 from lorahub_serve.eval.run import icl_prompt, soup_weights
 from lorahub_serve.scoring import accuracy as em_accuracy
 
-ENGINE_METHODS = ("zero_shot", "icl", "lorahub", "lorahub_random", "lorahub_ngopt", "best_single", "soup")
+ENGINE_METHODS = ("zero_shot", "icl", "lorahub", "lorahub_random", "lorahub_ngopt", "best_single", "soup",
+                  "lorahub_icl")
 PEFT_METHODS = ("lora_ft", "oracle")
 METHODS = ENGINE_METHODS + PEFT_METHODS
 
@@ -54,6 +57,7 @@ class HeadroomConfig:
     ft_epochs: int = 40  # the paper's LoRA-tuning baseline: 40 epochs over the shots ...
     ft_lr: float = 2e-4  # ... at lr 2e-4
     ft_dtype: str = "bfloat16"
+    dtype: str = "auto"  # the engine's (models.resolve_dtype): bf16 on CPUs with native bf16
     # the methods to score; zero-shot, LoraHub and the oracle always run (the report's gap needs them)
     methods: tuple[str, ...] = METHODS
 
@@ -125,6 +129,8 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
     idx = res.module_idx
     singles = np.asarray(res.start_losses[1:]) if res.start_losses is not None else None
     comps = {"zero_shot": None, "lorahub": res.weights} | ({"icl": None} if cfg.wants("icl") else {})
+    if cfg.wants("lorahub_icl"):
+        comps["lorahub_icl"] = res.weights
     if singles is not None and len(singles) == len(idx):
         if cfg.wants("best_single"):
             comps["best_single"] = np.eye(len(idx))[int(np.argmin(singles))]
@@ -136,7 +142,8 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
                           config=SearchConfig(budget=cfg.budget, seed=seed, optimizer="ngopt"))
         comps["lorahub_ngopt"] = ng.weights
     plain_prompts = [e.input for e in evalset]
-    prompts = {m: plain_prompts for m in comps} | {"icl": [icl_prompt(shots, e) for e in evalset]}
+    shot_prompts = [icl_prompt(shots, e) for e in evalset]
+    prompts = {m: plain_prompts for m in comps} | {"icl": shot_prompts, "lorahub_icl": shot_prompts}
     if task in cache:  # zero-shot does not depend on the seed
         comps.pop("zero_shot")
     scores = _engine_scores(engine, idx, comps, prompts, evalset, metric, f"rc:{key}")
@@ -164,7 +171,7 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
             "input_tokens": round(float(np.mean([len(tok(e.input)["input_ids"]) for e in evalset])), 1),
             "input_tokens_icl": round(float(np.mean([len(tok(icl_prompt(shots, e))["input_ids"])
                                                      for e in evalset])), 1),
-            "n_eval": len(evalset), "ft_lr": cfg.ft_lr, "ft_epochs": cfg.ft_epochs,
+            "n_eval": len(evalset), "dtype": engine.dtype, "ft_lr": cfg.ft_lr, "ft_epochs": cfg.ft_epochs,
             "search_seconds": round(t_search, 1), "total_seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -191,8 +198,9 @@ def run_headroom_eval(model: str, hub: str, cfg: HeadroomConfig, on_row=None, pr
     rows = list(done or [])
     have = {(r["task"], r["seed"]) for r in rows}
     cache = {r["task"]: {m: r[m] for m in ("zero_shot", "zero_shot_peft", "oracle")} for r in rows}
-    jobs = [(t, s) for t in tasks for s in cfg.seeds if (t, s) not in have]
-    engine = Engine(model, hub)
+    # seed-major: a run stopped early still covers every task
+    jobs = [(t, s) for s in cfg.seeds for t in tasks if (t, s) not in have]
+    engine = Engine(model, hub, dtype=cfg.dtype)
     plain = load_base(resolve_model(model))
     try:
         with tempfile.TemporaryDirectory(prefix="lorahub-headroom-") as tmp:
