@@ -20,6 +20,7 @@ from lorahub_serve.data.examples import Example
 from lorahub_serve.prompting import IGNORE, encode_example, pad_id, pad_rows, prompt_ids
 from lorahub_serve.scoring import STOP
 from lorahub_serve.scoring import accuracy as em_accuracy
+from lorahub_serve.target_logits import row_token_losses
 
 
 def autocast(dtype: str):
@@ -49,12 +50,8 @@ def option_losses(model, tok, examples: Sequence[Example], batch_size: int = 16,
         ids = pad_rows(rows, pad)
         mask = pad_rows([[1] * len(r) for r in rows], 0)
         with autocast(dtype):
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        gold = labels[:, 1:]
-        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), gold, ignore_index=IGNORE,
-                                               reduction="none")
-        n = (gold != IGNORE).sum(1).clamp(min=1)
-        mean_ce[chunk] = (ce.sum(1) / n).numpy()
+            ce, n = row_token_losses(model, ids, mask, labels)
+        mean_ce[chunk] = (ce / n.clamp(min=1)).numpy()
     out: list[list[float]] = [[] for _ in examples]
     for j, i in enumerate(owner):
         out[i].append(mean_ce[j])

@@ -13,7 +13,8 @@ import torch
 from lorahub_serve.adapter_scoring import accuracy, autocast
 from lorahub_serve.atomic import atomic_dir
 from lorahub_serve.data.examples import Example
-from lorahub_serve.prompting import IGNORE, causal_batch, encode_example, pad_id
+from lorahub_serve.prompting import causal_batch, encode_example, pad_id
+from lorahub_serve.target_logits import row_token_losses, target_loss
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def train_lora(model, tokenizer, examples: list[Example], out_dir: Path, cfg: Tr
         idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
         ids, mask, labels = causal_batch([rows[i] for i in idx], pad)
         with autocast(cfg.dtype):
-            loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss = target_loss(peft_model, ids, mask, labels)  # head only at answer tokens
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -127,8 +128,6 @@ def mean_loss(model, rows, pad: int, batch_size: int) -> float:
     total, count = 0.0, 0
     for i in range(0, len(rows), batch_size):
         ids, mask, labels = causal_batch(rows[i:i + batch_size], pad)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        gold = labels[:, 1:]
-        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), gold, ignore_index=IGNORE, reduction="sum")
-        total, count = total + ce.item(), count + int((gold != IGNORE).sum())
+        ce, n = row_token_losses(model, ids, mask, labels)
+        total, count = total + ce.sum().item(), count + int(n.sum())
     return total / max(count, 1)
