@@ -51,3 +51,15 @@ def test_binomial_ci_matches_the_wilson_interval():
     lo, hi = hr.binomial_ci(50, 100)
     assert lo == pytest.approx(40.4, abs=0.1) and hi == pytest.approx(59.6, abs=0.1)
     assert hr.binomial_ci(0, 20)[0] == 0.0 and hr.binomial_ci(20, 20)[1] == 100.0
+
+
+def test_merged_shards_keep_each_task_seed_once_and_refuse_disagreement():
+    from lorahub_serve.eval.headroom_report import merge_rows
+
+    a = [{"task": "t", "seed": 1, "zero_shot": 0.0, "icl": 50.0, "oracle": 90.0, "n_eval": 100, "lorahub": 10.0}]
+    b = [dict(a[0], lorahub=12.0), {"task": "t", "seed": 2, "zero_shot": 0.0, "icl": 40.0, "oracle": 90.0,
+                                    "n_eval": 100, "lorahub": 20.0}]
+    merged = merge_rows([a, b])
+    assert [(r["task"], r["seed"], r["lorahub"]) for r in merged] == [("t", 1, 10.0), ("t", 2, 20.0)]
+    with pytest.raises(ValueError, match="disagree on icl"):
+        merge_rows([a, [dict(a[0], icl=51.0)]])

@@ -30,7 +30,7 @@ def _cmd_eval_headroom(a) -> int:
     import json
 
     from lorahub_serve.eval.headroom import METHODS, HeadroomConfig, run_headroom_eval
-    from lorahub_serve.eval.headroom_report import markdown, summarise, write_report
+    from lorahub_serve.eval.headroom_report import markdown, merge_rows, summarise, write_report
 
     cfg = HeadroomConfig(suite=Path(a.suite_file), tasks=tuple(a.tasks) if a.tasks else None,
                          seeds=a.seeds, shots=a.shots, limit=a.limit or 100, budget=a.budget,
@@ -39,7 +39,8 @@ def _cmd_eval_headroom(a) -> int:
     name = a.name or "headroom_smollm2"
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     prior = Path(a.out) / f"{name}.json"
-    done = json.loads(prior.read_text())["rows"] if a.resume and prior.exists() else None
+    sources = ([prior] if a.resume and prior.exists() else []) + [Path(p) for p in a.merge or ()]
+    done = merge_rows([json.loads(p.read_text())["rows"] for p in sources]) if sources else None
     rows = run_headroom_eval(a.model, a.hub, cfg, done=done,
                              on_row=lambda rows: write_report(rows, Path(a.out), name, command))
     paths = write_report(rows, Path(a.out), name, command)
@@ -106,6 +107,9 @@ def register(sub) -> None:
     p.add_argument("--select", choices=SELECT_MODES, default="loss",
                    help="headroom: how lorahub picks its K modules (lorahub_random is always random)")
     p.add_argument("--resume", action="store_true", help="headroom: keep the rows of OUT/NAME.json")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="headroom: also keep the rows of these reports (shards run apart, e.g. one "
+                   "seed per process); only the task-seeds none of them has are run")
     p.add_argument("--methods", default=None,
                    help="headroom: comma list of the methods to score (default all: zero_shot, icl, "
                         "lorahub, lorahub_random, lorahub_ngopt, best_single, soup, lorahub_icl, lora_ft, "

@@ -38,6 +38,23 @@ def binomial_ci(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
 
 
+def merge_rows(shards: list[list[dict]]) -> list[dict]:
+    """The rows of several reports as one: a (task, seed) in more than one must agree on every
+    hub-independent score (same evaluation set, same shots), else the shards are not one run."""
+    merged: dict[tuple, dict] = {}
+    for rows in shards:
+        for r in rows:
+            key = (r["task"], r["seed"])
+            if key in merged:
+                for m in ("zero_shot", "icl", "oracle", "n_eval"):
+                    if merged[key].get(m) != r.get(m):
+                        raise ValueError(f"{key[0]} seed {key[1]}: the shards disagree on {m} "
+                                         f"({merged[key].get(m)} against {r.get(m)}); not one run")
+                continue
+            merged[key] = r
+    return list(merged.values())
+
+
 def present(rows: list[dict]) -> list[str]:
     return [m for m in METHODS if all(r.get(m) is not None for r in rows)]
 
