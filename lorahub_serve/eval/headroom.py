@@ -196,6 +196,8 @@ def run_headroom_eval(model: str, hub: str, cfg: HeadroomConfig, on_row=None, pr
 
         oracle_root = repo_root() / "hubs" / oracle_root.name
     rows = list(done or [])
+    for r in rows:  # near/far against the hub as it is now (rows record it as it was at their start)
+        r["closeness"] = by_task.get(r["task"], r)["closeness"]
     have = {(r["task"], r["seed"]) for r in rows}
     cache = {r["task"]: {m: r[m] for m in ("zero_shot", "zero_shot_peft", "oracle")} for r in rows}
     # seed-major: a run stopped early still covers every task
