@@ -63,3 +63,27 @@ def test_merged_shards_keep_each_task_seed_once_and_refuse_disagreement():
     assert [(r["task"], r["seed"], r["lorahub"]) for r in merged] == [("t", 1, 10.0), ("t", 2, 20.0)]
     with pytest.raises(ValueError, match="disagree on icl"):
         merge_rows([a, [dict(a[0], icl=51.0)]])
+
+
+def test_report_only_merges_shards_without_running(tmp_path, capsys):
+    """`eval --suite headroom --merge A B --report-only`: one report of both shards' rows, near/far
+    taken from the manifest as it is now; no model is loaded (the hub does not even exist)."""
+    import json
+
+    from lorahub_serve.cli import main
+
+    rows = _rows(0.0, n=6)
+    for r in rows:
+        r["closeness"] = "far"
+    suite = {"tasks": ["t0", "t1"], "candidates": [{"task": "t0", "closeness": "near"},
+                                                   {"task": "t1", "closeness": "far"}]}
+    (tmp_path / "suite.json").write_text(json.dumps(suite))
+    for name, part in (("a", rows[:4]), ("b", rows[3:])):  # row 3 is in both shards
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": part}))
+    assert main(["eval", "--suite", "headroom", "--suite-file", str(tmp_path / "suite.json"),
+                 "--hub", str(tmp_path / "no-hub"), "--out", str(tmp_path), "--name", "merged",
+                 "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--report-only"]) == 0
+    merged = json.loads((tmp_path / "merged.json").read_text())["rows"]
+    assert len(merged) == 6
+    assert {r["task"]: r["closeness"] for r in merged} == {"t0": "near", "t1": "far"}
+    assert "2 tasks, 6 task-seeds" in capsys.readouterr().out

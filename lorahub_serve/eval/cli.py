@@ -29,7 +29,13 @@ def _seeds(text: str) -> tuple[int, ...]:
 def _cmd_eval_headroom(a) -> int:
     import json
 
-    from lorahub_serve.eval.headroom import METHODS, HeadroomConfig, run_headroom_eval
+    from lorahub_serve.eval.headroom import (
+        METHODS,
+        HeadroomConfig,
+        read_suite,
+        refresh_closeness,
+        run_headroom_eval,
+    )
     from lorahub_serve.eval.headroom_report import markdown, merge_rows, summarise, write_report
 
     cfg = HeadroomConfig(suite=Path(a.suite_file), tasks=tuple(a.tasks) if a.tasks else None,
@@ -41,8 +47,13 @@ def _cmd_eval_headroom(a) -> int:
     prior = Path(a.out) / f"{name}.json"
     sources = ([prior] if a.resume and prior.exists() else []) + [Path(p) for p in a.merge or ()]
     done = merge_rows([json.loads(p.read_text())["rows"] for p in sources]) if sources else None
-    rows = run_headroom_eval(a.model, a.hub, cfg, done=done,
-                             on_row=lambda rows: write_report(rows, Path(a.out), name, command))
+    if a.report_only:  # the kept rows as they are, near/far from the manifest; nothing runs
+        if not done:
+            raise SystemExit("--report-only needs rows: --resume with an existing report, or --merge")
+        rows = refresh_closeness(done, read_suite(cfg.suite))
+    else:
+        rows = run_headroom_eval(a.model, a.hub, cfg, done=done,
+                                 on_row=lambda rows: write_report(rows, Path(a.out), name, command))
     paths = write_report(rows, Path(a.out), name, command)
     print(markdown(rows, summarise(rows)))
     print(f"written: {', '.join(str(p) for p in paths.values())}")
@@ -110,6 +121,8 @@ def register(sub) -> None:
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="headroom: also keep the rows of these reports (shards run apart, e.g. one "
                    "seed per process); only the task-seeds none of them has are run")
+    p.add_argument("--report-only", action="store_true",
+                   help="headroom: write the report of the kept rows (--resume/--merge) and run nothing")
     p.add_argument("--methods", default=None,
                    help="headroom: comma list of the methods to score (default all: zero_shot, icl, "
                         "lorahub, lorahub_random, lorahub_ngopt, best_single, soup, lorahub_icl, lora_ft, "

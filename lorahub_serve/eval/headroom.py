@@ -175,6 +175,14 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
             "search_seconds": round(t_search, 1), "total_seconds": round(time.perf_counter() - t0, 1)}
 
 
+def refresh_closeness(rows: list[dict], suite: dict) -> list[dict]:
+    """near/far against the hub as it is now (rows record it as it was when they ran)."""
+    by_task = {c["task"]: c for c in suite["candidates"]}
+    for r in rows:
+        r["closeness"] = by_task.get(r["task"], r)["closeness"]
+    return rows
+
+
 def run_headroom_eval(model: str, hub: str, cfg: HeadroomConfig, on_row=None, progress: bool = True,
                       done: list[dict] | None = None) -> list[dict]:
     """All (task, seed) rows; rows in `done` are kept and not re-run (a stopped run resumes)."""
@@ -195,9 +203,7 @@ def run_headroom_eval(model: str, hub: str, cfg: HeadroomConfig, on_row=None, pr
         from lorahub_serve.paths import repo_root
 
         oracle_root = repo_root() / "hubs" / oracle_root.name
-    rows = list(done or [])
-    for r in rows:  # near/far against the hub as it is now (rows record it as it was at their start)
-        r["closeness"] = by_task.get(r["task"], r)["closeness"]
+    rows = refresh_closeness(list(done or []), suite)
     have = {(r["task"], r["seed"]) for r in rows}
     cache = {r["task"]: {m: r[m] for m in ("zero_shot", "zero_shot_peft", "oracle")} for r in rows}
     # seed-major: a run stopped early still covers every task
