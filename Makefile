@@ -6,7 +6,7 @@ PY := .venv/bin/python
 setup:            ## create .venv with every dependency (seconds when already done)
 	bash scripts/setup.sh
 
-demo: setup       ## fetch the model, adapt to a held-out BBH task, serve it, compare accuracies
+demo: setup       ## fetch the model, adapt to a headroom-suite task, serve it, compare accuracies with CIs
 	$(PY) -m lorahub_serve.demo
 
 test: setup       ## the default suite (fast tests + real vLLM/Ray/Triton-interpreter tests)
