@@ -26,11 +26,11 @@ def _greedy_peft(model, ids, adapter=None):
     return testing.greedy_ids(model, ids, NEW_TOKENS, adapter)
 
 
-def _serve_and_compare(store: Path, name: str, tmp_path: Path, model, tok):
+def _serve_and_compare(store: Path, name: str, tmp_path: Path, model, tok, prompt: str = PROMPT):
     """Greedy tokens of the base model and of adapter `name` from PEFT and from a served vLLM."""
     from lorahub_serve.prompting import prompt_ids
 
-    ids = prompt_ids(tok, PROMPT)
+    ids = prompt_ids(tok, prompt)
     assert ids[0] == tok.bos_token_id
     want, base = _greedy_peft(model, ids, store / name), _greedy_peft(model, ids)
     srv = ServeProcess(["--model", "gemma3-270m", "--store", store, "--port", free_port(),
@@ -76,7 +76,7 @@ def test_adapt_on_the_gemma_hub_then_serve_equals_peft(tmp_path):
     if not (hub / "hub.json").exists():
         pytest.skip("no committed Gemma hub (lorahub-serve hub build --model gemma3-270m)")
     model, tok = load_base(resolve_model("gemma3-270m", fetch=True))
-    shots, _ = bigbench.split(bigbench.load_task("linguistic_mappings/past_tense_json"), 5, 50, seed=1)
+    shots, evalset = bigbench.split(bigbench.load_task("linguistic_mappings/past_tense_json"), 5, 50, seed=1)
     write_jsonl(tmp_path / "ex.jsonl", shots)
     store = tmp_path / "store"
     subprocess.run([sys.executable, "-m", "lorahub_serve.cli", "adapt", "--model", "gemma3-270m",
@@ -84,4 +84,5 @@ def test_adapt_on_the_gemma_hub_then_serve_equals_peft(tmp_path):
                     "--budget", "12", "--seed", "1"], check=True)
     meta = json.loads((store / "task" / "lorahub.json").read_text())
     assert "gemma3-270m" in meta["base_model"] and len(meta["modules"]) >= 2
-    _serve_and_compare(store, "task", tmp_path, model, tok)
+    want, base = _serve_and_compare(store, "task", tmp_path, model, tok, prompt=evalset[0].input)
+    assert want != base, "the composition should change the greedy output"
