@@ -23,17 +23,16 @@ METHODS = ("zero_shot", "icl", "lora_ft", "oracle")
 
 
 def _rows(paths: list[str]) -> dict[tuple, dict]:
-    out = {}
-    for p in paths:
-        for r in json.loads(Path(p).read_text())["rows"]:
-            out.setdefault((r["task"], r["seed"]), r)
-    return out
+    from lorahub_serve.eval.headroom_report import merge_rows
+
+    shards = [json.loads(Path(p).read_text())["rows"] for p in paths]
+    return {(r["task"], r["seed"]): r for r in merge_rows(shards)}
 
 
 def main() -> None:
     from _meta import write_result
 
-    from lorahub_serve.eval.headroom_report import bootstrap_ci
+    from lorahub_serve.eval.headroom_report import bootstrap_ci, reading
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("a", nargs="+", help="report(s) A (e.g. the fp32 run)")
@@ -53,12 +52,11 @@ def main() -> None:
         keys = [k for k in shared if a[k].get(m) is not None and b[k].get(m) is not None]
         if not keys:
             continue
-        mean, lo, hi = bootstrap_ci([b[k][m] - a[k][m] for k in keys])
-        reading = "no difference" if lo <= 0 <= hi else ("higher" if lo > 0 else "lower")
+        mean, lo, hi = ci = bootstrap_ci([b[k][m] - a[k][m] for k in keys])
         ma = sum(a[k][m] for k in keys) / len(keys)
         mb = sum(b[k][m] for k in keys) / len(keys)
         figures["methods"][m] = {"n": len(keys), "a": ma, "b": mb, "diff": [mean, lo, hi]}
-        lines.append(f"| {m} | {ma:.1f} | {mb:.1f} | {mean:+.1f} [{lo:+.1f}, {hi:+.1f}] | {reading} |")
+        lines.append(f"| {m} | {ma:.1f} | {mb:.1f} | {mean:+.1f} [{lo:+.1f}, {hi:+.1f}] | {reading(ci)} |")
     md = "\n".join(lines) + "\n"
     print(md)
     print("written:", *write_result("headroom_dtype_check", figures, md))

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lorahub_serve.eval.headroom_report import bootstrap_ci
+from lorahub_serve.eval.headroom_report import bootstrap_ci, reading
 from lorahub_serve.formats import read_hub_json
 
 
@@ -80,12 +80,10 @@ def headroom_table(short_rows: list[dict], long_rows: list[dict], s_steps: int, 
                "lorahub_long": bootstrap_ci(np.asarray([b["lorahub"] for _, b in pairs])),
                "zero_shot": bootstrap_ci(np.asarray([a["zero_shot"] for a, _ in pairs])),
                "paired_change": bootstrap_ci(np.asarray(d))}
-    lo, hi = figures["paired_change"][1:]
-    reading = "no difference" if lo <= 0 <= hi else ("higher" if lo > 0 else "lower")
     md = (f"| task-seeds | zero-shot | LoraHub, {s_steps}-step hub | LoraHub, {l_steps}-step hub | "
           f"paired change | reading |\n|---|---|---|---|---|---|\n| {len(pairs)} | "
           + " | ".join("{:.1f} [{:.1f}, {:.1f}]".format(*figures[k]) for k in ("zero_shot", "lorahub_short", "lorahub_long"))
-          + f" | {_ci(d)} | {reading} |\n")
+          + f" | {_ci(d)} | {reading(figures['paired_change'])} |\n")
     return md, figures
 
 

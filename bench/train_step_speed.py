@@ -41,7 +41,6 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     a = ap.parse_args()
 
-    torch.set_num_threads(torch.get_num_threads())
     net, tok = load_base(resolve_model(a.model))
     cfg = TrainConfig(max_length=a.max_length, dtype=a.dtype)
     rows, _, _ = heldout_split(tok, bigbench.load_task(a.task), cfg)

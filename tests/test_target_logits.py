@@ -17,15 +17,12 @@ def _batch(vocab: int):
     return causal_batch(rows, 0)
 
 
-def _models(tmp_path):
-    llama, _ = tiny_llama(tmp_path / "llama")
-    gemma, _ = tiny_gemma3(tmp_path / "gemma", final_logit_softcapping=5.0)  # a cap that bites
-    return {"llama": llama, "gemma3-softcap": gemma}
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    return _models(tmp_path_factory.mktemp("target-logits"))
+    root = tmp_path_factory.mktemp("target-logits")
+    llama, _ = tiny_llama(root / "llama")
+    gemma, _ = tiny_gemma3(root / "gemma", final_logit_softcapping=5.0)  # a cap that bites
+    return {"llama": llama, "gemma3-softcap": gemma}
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma3-softcap"])

@@ -169,8 +169,7 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
             "random_modules": ([engine.hub_modules[i].name for i in rnd.module_idx] if rnd else None),
             "select": cfg.select, "lorahub_loss": res.best_loss,
             "input_tokens": round(float(np.mean([len(tok(e.input)["input_ids"]) for e in evalset])), 1),
-            "input_tokens_icl": round(float(np.mean([len(tok(icl_prompt(shots, e))["input_ids"])
-                                                     for e in evalset])), 1),
+            "input_tokens_icl": round(float(np.mean([len(tok(p)["input_ids"]) for p in shot_prompts])), 1),
             "n_eval": len(evalset), "dtype": engine.dtype, "ft_lr": cfg.ft_lr, "ft_epochs": cfg.ft_epochs,
             "search_seconds": round(t_search, 1), "total_seconds": round(time.perf_counter() - t0, 1)}
 

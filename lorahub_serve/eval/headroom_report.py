@@ -38,6 +38,12 @@ def binomial_ci(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
 
 
+def reading(ci) -> str:
+    """How a difference's (mean, low, high) reads: a CI that holds 0 is no difference."""
+    _, lo, hi = ci
+    return "no difference" if lo <= 0 <= hi else ("higher" if lo > 0 else "lower")
+
+
 def merge_rows(shards: list[list[dict]]) -> list[dict]:
     """The rows of several reports as one: a (task, seed) in more than one must agree on every
     hub-independent score (same evaluation set, same shots), else the shards are not one run."""
@@ -96,8 +102,7 @@ def markdown(rows: list[dict], summary: dict) -> str:
         lines.append(f"| {m} | {_fmt(summary['cells'][m])} | {'' if g is None else f'{100 * g:.0f} %'} |")
     lines += ["", "| paired difference | mean [95 % CI] | reading |", "|---|---|---|"]
     for name, ci in summary["paired"].items():
-        reading = "no difference" if ci[1] <= 0 <= ci[2] else ("higher" if ci[1] > 0 else "lower")
-        lines.append(f"| {name} | {_fmt(ci)} | {reading} |")
+        lines.append(f"| {name} | {_fmt(ci)} | {reading(ci)} |")
     lines += ["", "Per task (mean over its seeds; their number in brackets):", "",
               "| task | near/far | metric | chance | majority | " + " | ".join(ms) + " |",
               "|---|---|---|---|---|" + "---|" * len(ms)]
