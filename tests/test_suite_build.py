@@ -2,6 +2,7 @@
 from the evaluation set, the gate's rule, the reserved families, resuming."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,12 +97,31 @@ def test_headroom_eval_scores_the_methods_asked_for(built, tiny_llama_dir, tiny_
 
     root, manifest, _ = built
     cfg = HeadroomConfig(suite=root / "suite.json", tasks=(manifest["tasks"][0],), seeds=(1,), limit=6,
-                         budget=4, modules=2, methods=("icl", "lorahub_icl"))
+                         budget=4, modules=2, methods=("icl", "lorahub_icl", "lorahub_icl_tuned"))
     (row,) = run_headroom_eval(str(tiny_llama_dir), str(tiny_llama_hub), cfg, progress=False)
-    for m in ("zero_shot", "lorahub", "icl", "lorahub_icl", "oracle"):
+    for m in ("zero_shot", "lorahub", "icl", "lorahub_icl", "lorahub_icl_tuned", "oracle"):
         assert 0.0 <= row[m] <= 100.0, m
+    assert len(row["icl_tuned_modules"]) == len(row["icl_tuned_weights"]) == 2
     assert row["dtype"] == "float32"  # tests pin auto to fp32 (conftest)
     assert not {"lora_ft", "lorahub_ngopt", "lorahub_random", "soup", "best_single"} & set(row)
     assert row["n_eval"] == 6
     with pytest.raises(ValueError, match=r"methods \['lora'\] are not known"):
         HeadroomConfig(suite=root / "suite.json", methods=("lora",))
+
+
+def test_leave_one_out_prompts_show_every_shot_but_the_one_scored():
+    """lorahub_icl_tuned's search examples: shot i after the other shots, its own output the
+    target, so the composition never sees the answer it is scored on; opt-in only."""
+    from lorahub_serve.data.examples import Example
+    from lorahub_serve.eval.headroom import DEFAULT_METHODS, HeadroomConfig, loo_icl_examples
+    from lorahub_serve.eval.run import icl_prompt
+
+    shots = [Example(f"Q{i}:", f" a{i}") for i in range(4)]
+    loo = loo_icl_examples(shots)
+    assert [e.output for e in loo] == [s.output for s in shots]
+    for i, e in enumerate(loo):
+        assert e.input == icl_prompt([s for j, s in enumerate(shots) if j != i], shots[i])
+        assert e.input.endswith(f"Q{i}:") and f" a{i}" not in e.input
+        assert all(f"Q{j}: a{j}" in e.input for j in range(4) if j != i)
+    assert "lorahub_icl_tuned" not in DEFAULT_METHODS
+    assert "lorahub_icl_tuned" not in HeadroomConfig(suite=Path("s.json")).methods

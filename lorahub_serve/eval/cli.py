@@ -30,7 +30,7 @@ def _cmd_eval_headroom(a) -> int:
     import json
 
     from lorahub_serve.eval.headroom import (
-        METHODS,
+        DEFAULT_METHODS,
         HeadroomConfig,
         read_suite,
         refresh_closeness,
@@ -41,7 +41,7 @@ def _cmd_eval_headroom(a) -> int:
     cfg = HeadroomConfig(suite=Path(a.suite_file), tasks=tuple(a.tasks) if a.tasks else None,
                          seeds=a.seeds, shots=a.shots, limit=a.limit or 100, budget=a.budget,
                          modules=a.modules, select=a.select, ngopt=not a.no_ngopt, soup_k=a.soup_k,
-                         contrast=a.contrast, dtype=a.dtype, methods=tuple(a.methods.split(",")) if a.methods else METHODS)
+                         contrast=a.contrast, dtype=a.dtype, methods=tuple(a.methods.split(",")) if a.methods else DEFAULT_METHODS)
     name = a.name or "headroom_smollm2"
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     prior = Path(a.out) / f"{name}.json"
@@ -124,10 +124,10 @@ def register(sub) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="headroom: write the report of the kept rows (--resume/--merge) and run nothing")
     p.add_argument("--methods", default=None,
-                   help="headroom: comma list of the methods to score (default all: zero_shot, icl, "
+                   help="headroom: comma list of the methods to score (default: zero_shot, icl, "
                         "lorahub, lorahub_random, lorahub_ngopt, best_single, soup, lorahub_icl, lora_ft, "
-                        "oracle); "
-                        "zero_shot, lorahub and oracle always run")
+                        "oracle; opt-in: lorahub_icl_tuned, the composition searched on leave-one-out ICL "
+                        "prompts); zero_shot, lorahub and oracle always run")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="headroom: the engine's dtype (auto: bf16 on CPUs with native bf16, else fp32)")

@@ -10,6 +10,9 @@ the shots, the random module choice and the search):
 - best_single, soup: the lowest-loss module alone / the soup_k lowest averaged (lorahub's K);
 - lorahub_icl: lorahub's composition with the shots also in the prompt (what a server can do
   with both; not the paper's method, reported beside it);
+- lorahub_icl_tuned (opt-in, `--methods`): the same pairing, but the search is tuned for it: each
+  shot is scored after the other shots (`loo_icl_examples`), the prompts the composition will
+  serve with; its K modules are selected on those prompts too;
 - lora_ft: a LoRA fine-tuned with gradients on the 5 shots (the paper's baseline: 40 epochs);
 - oracle: the suite's oracle, trained on the task's other examples (the ceiling).
 Engine methods are scored on the engine (rank classification with the shared prompt; greedy
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +41,9 @@ from lorahub_serve.scoring import accuracy as em_accuracy
 ENGINE_METHODS = ("zero_shot", "icl", "lorahub", "lorahub_random", "lorahub_ngopt", "best_single", "soup",
                   "lorahub_icl")
 PEFT_METHODS = ("lora_ft", "oracle")
-METHODS = ENGINE_METHODS + PEFT_METHODS
+DEFAULT_METHODS = ENGINE_METHODS + PEFT_METHODS
+OPT_IN_METHODS = ("lorahub_icl_tuned",)  # a lever under study: its search costs ~5x (long prompts)
+METHODS = DEFAULT_METHODS + OPT_IN_METHODS
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class HeadroomConfig:
     ft_dtype: str = "bfloat16"
     dtype: str = "auto"  # the engine's (models.resolve_dtype): bf16 on CPUs with native bf16
     # the methods to score; zero-shot, LoraHub and the oracle always run (the report's gap needs them)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
 
     def __post_init__(self):
         unknown = sorted(set(self.methods) - set(METHODS))
@@ -105,6 +110,12 @@ def _peft_score(net, tok, adapter: Path | None, evalset, dtype: str) -> float:
         return accuracy(model, tok, evalset, dtype=dtype)[1]
     finally:
         model.unload()
+
+
+def loo_icl_examples(shots: list[Example]) -> list[Example]:
+    """Each shot as the query after the other shots (leave one out): the prompts a composition
+    meets when it is served with the shots in the prompt, without scoring a shot it can see."""
+    return [replace(s, input=icl_prompt(shots[:i] + shots[i + 1:], s)) for i, s in enumerate(shots)]
 
 
 def fewshot_lora(net, tok, shots: list[Example], cfg: HeadroomConfig, seed: int, out: Path) -> Path:
@@ -155,6 +166,12 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
         scores |= {"lorahub_random": _engine_scores(
             engine, rnd.module_idx, {"lorahub_random": rnd.weights}, {"lorahub_random": plain_prompts},
             evalset, metric, f"rcr:{key}")["lorahub_random"]}
+    tuned = None
+    if cfg.wants("lorahub_icl_tuned"):
+        tuned = engine.adapt(loo_icl_examples(shots), task=key + "/icl", modules=k, progress=False,
+                             config=search)
+        scores |= _engine_scores(engine, tuned.module_idx, {"lorahub_icl_tuned": tuned.weights},
+                                 {"lorahub_icl_tuned": shot_prompts}, evalset, metric, f"rci:{key}")
     if cfg.wants("lora_ft"):
         ft_dir = fewshot_lora(net, tok, shots, cfg, seed, work / f"ft-{task.replace('/', '-')}-{seed}")
         scores["lora_ft"] = _peft_score(net, tok, ft_dir, evalset, cfg.ft_dtype)
@@ -167,6 +184,8 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
             "chance": meta["chance"], "majority": meta["majority"], **scores,
             "modules": names, "lorahub_weights": [round(float(w), 4) for w in res.weights],
             "random_modules": ([engine.hub_modules[i].name for i in rnd.module_idx] if rnd else None),
+            **({"icl_tuned_modules": [engine.hub_modules[i].name for i in tuned.module_idx],
+                "icl_tuned_weights": [round(float(w), 4) for w in tuned.weights]} if tuned else {}),
             "select": cfg.select, "lorahub_loss": res.best_loss,
             "input_tokens": round(float(np.mean([len(tok(e.input)["input_ids"]) for e in evalset])), 1),
             "input_tokens_icl": round(float(np.mean([len(tok(p)["input_ids"]) for p in shot_prompts])), 1),

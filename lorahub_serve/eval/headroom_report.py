@@ -71,7 +71,8 @@ def summarise(rows: list[dict]) -> dict:
     paired = {}
     for a, b in (("lorahub", "icl"), ("lorahub", "zero_shot"), ("lorahub", "lora_ft"),
                  ("lorahub", "lorahub_random"), ("lorahub", "best_single"), ("lorahub", "lorahub_ngopt"),
-                 ("lorahub_icl", "icl"), ("icl", "zero_shot")):
+                 ("lorahub_icl", "icl"), ("lorahub_icl_tuned", "icl"), ("lorahub_icl_tuned", "lorahub_icl"),
+                 ("icl", "zero_shot")):
         if a in methods and b in methods:
             paired[f"{a} - {b}"] = bootstrap_ci([r[a] - r[b] for r in rows])
     gap = {}
