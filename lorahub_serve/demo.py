@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                            config=SearchConfig(budget=a.budget, seed=a.seed, select=a.select))
     finally:
         engine.close()
-    print(f"  best few-shot loss {res.best_loss:.4f} ({res.evaluations} evaluations, "
-          f"{res.evals_per_second:.2f}/s, {res.optimizer}); adapter -> {store / name}")
+    sel = res.extra.get("select_seconds", 0.0)
+    print(f"  best few-shot loss {res.best_loss:.4f} ({res.evaluations} evaluations in "
+          f"{res.seconds - sel:.1f} s, {res.optimizer}; choosing the modules (--select {a.select}) took {sel:.1f} s); "
+          f"adapter -> {store / name}")
     top = sorted(zip(res.weights, res.modules), key=lambda t: -abs(t[0]))[:4]
     print("  largest weights: " + ", ".join(f"{m.name} {w:+.2f}" for w, m in top))
 

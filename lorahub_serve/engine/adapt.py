@@ -166,6 +166,7 @@ class Engine:
         self.evaluator.add_task(task, exs, contrast=config.contrast)
         t0 = time.perf_counter()
         idx, selection = self.choose_modules(task, exs, modules, config)
+        t_search = time.perf_counter()  # the bar's rate is the search's: --select loss scores N modules first
         if export is not None and out is not None:  # e.g. a PEFT merge of mixed ranks: fail now
             composed_rank([self.hub_modules[i].rank for i in idx], export)
         bar = _progress(progress, config.budget, task)
@@ -176,7 +177,7 @@ class Engine:
         def on_gen(s: SearchState) -> None:
             if bar is not None:
                 bar.update(s.evaluations - bar.n)
-                bar.set_postfix(best=f"{s.best_objective:.4f}", evals_s=f"{s.evaluations / (time.perf_counter() - t0):.2f}")
+                bar.set_postfix(best=f"{s.best_objective:.4f}", evals_s=f"{s.evaluations / (time.perf_counter() - t_search):.2f}")
             if on_generation is not None:
                 on_generation(s)
 
@@ -188,6 +189,7 @@ class Engine:
         result.extra["dtype"] = self.dtype
         result.extra["select"] = config.select
         result.extra.update(selection)
+        result.extra["select_seconds"] = round(t_search - t0, 3)
         if out is not None:
             self.export(result, Path(out), merge=merge, export_rule=export)
         return result
