@@ -69,6 +69,22 @@ def test_a_finished_build_resumes_without_training(built):
     assert json.loads((root / "oracles" / "hub.json").read_text())["modules"]
 
 
+def test_a_build_stopped_midway_leaves_a_true_manifest(built, tmp_path):
+    """The manifest is rewritten after each candidate, its lists too: a build that dies on its
+    second candidate records the first as gated and the second as not yet gated."""
+    import shutil
+
+    root, _manifest, args = built
+    shutil.copytree(root / "oracles", tmp_path / "oracles")
+    with pytest.raises(Exception, match="no_such_task"):
+        suite_build.build_suite(args[0], args[1], tmp_path / "oracles", tmp_path / "s.json",
+                                (TASKS[0], "no_such_task"), CFG, gate_n=8, min_gain=-1000.0, log=lambda *_: None)
+    on_disk = json.loads((tmp_path / "s.json").read_text())
+    assert [c["task"] for c in on_disk["candidates"]] == [TASKS[0]]
+    assert on_disk["tasks"] == [TASKS[0]]
+    assert TASKS[0] not in on_disk["not_yet_gated"] and TASKS[1] in on_disk["not_yet_gated"]
+
+
 @pytest.mark.parametrize("task", ["color/rgb", "arithmetic/2_digit_addition", "bbq_lite_json/age_disambig",
                                   "unit_conversion/si_conversion"])
 def test_reserved_families_are_refused(task, tiny_llama_dir, tiny_llama_hub, tmp_path):

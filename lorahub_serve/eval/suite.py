@@ -166,13 +166,18 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
         log(f"[suite] {task}: base {base:.0f}, majority {majority:.0f}, oracle {oracle:.0f} -> "
             f"{'kept' if c.kept else 'dropped'}")
         manifest["candidates"] = [x for x in manifest["candidates"] if x["task"] != task] + [asdict(c)]
-        manifest["tasks"] = [x["task"] for x in manifest["candidates"] if x["kept"]]
+        _refresh_lists(manifest)  # after every candidate: a build stopped here leaves a true manifest
         write_json_atomic(manifest_path, manifest)
     hub_tasks = {m["source_task"] for m in read_hub_json(Path(hub_dir))["modules"]}  # it may have grown
     for c in manifest["candidates"]:
         c["closeness"] = closeness(c["task"], hub_tasks)
+    _refresh_lists(manifest)
+    write_json_atomic(manifest_path, manifest)
+    return manifest
+
+
+def _refresh_lists(manifest: dict) -> None:
+    """The kept tasks, and the default candidates not gated yet, from the candidates' records."""
     manifest["tasks"] = [x["task"] for x in manifest["candidates"] if x["kept"]]
     gated = {c["task"] for c in manifest["candidates"]}
     manifest["not_yet_gated"] = [t for t in SUITE_CANDIDATES if t not in gated]  # of the default list
-    write_json_atomic(manifest_path, manifest)
-    return manifest
