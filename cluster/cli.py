@@ -13,6 +13,7 @@ from lorahub_serve.engine.arguments import (
     print_report,
     search_config,
 )
+from lorahub_serve.engine.cli import add_export_arguments, export_spec
 from lorahub_serve.engine.config import EngineConfig, add_engine_arguments
 
 
@@ -50,7 +51,7 @@ def _adapt_on_cluster(a, examples, config, out: Path) -> int:
 
     report = run_adapt_batch(a.model, a.hub, [(out.name, examples)], out.parent, a.actors,
                              a.ray_address, config, a.modules, engine_config=EngineConfig.from_args(a),
-                             cpus_per_actor=a.cpus_per_actor)
+                             cpus_per_actor=a.cpus_per_actor, export_rule=export_spec(a))
     print_report(report)
     return 0 if not report.get("failed") else 1
 
@@ -79,6 +80,7 @@ def _add_adapt_batch(sub) -> None:
     add_cluster_arguments(p)
     add_search_arguments(p, "candidate evaluations per task, the start batch included", select_modes=("random",))
     add_engine_arguments(p)
+    add_export_arguments(p)
     p.add_argument("--max-batch", type=int, default=256, help="most candidates sent to an actor at once")
     p.add_argument("--job-dir", type=Path, default=None, help="job state folder (default OUT/.jobs/<id>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,10 +92,11 @@ def _cmd_adapt_batch(a) -> int:
     from lorahub_serve.cluster.tasks import read_tasks_file
 
     config = search_config(a)
+    export = export_spec(a)  # a bad density or rule fails before the tasks are read
     specs = read_tasks_file(a.tasks)
     report = run_adapt_batch(
         a.model, a.hub, specs, a.out, a.actors, a.ray_address, config, a.modules,
         engine_config=EngineConfig.from_args(a), job_dir=a.job_dir, progress=not a.no_progress,
-        cpus_per_actor=a.cpus_per_actor, max_batch=a.max_batch)
+        cpus_per_actor=a.cpus_per_actor, max_batch=a.max_batch, export_rule=export)
     print_report(report)
     return 1 if report["failed"] else 0

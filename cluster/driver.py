@@ -26,9 +26,10 @@ from lorahub_serve.cluster.tasks import TaskSpec, specs_from_pairs
 from lorahub_serve.cluster.worker import BadTaskError, BatchWorker, examples_digest
 from lorahub_serve.engine.adapt import AdaptResult
 from lorahub_serve.engine.config import EngineConfig
-from lorahub_serve.engine.export import write_adapter
+from lorahub_serve.engine.export import composed_rank, write_adapter
 from lorahub_serve.engine.hub import ModuleInfo, default_k, read_manifest, resolve_modules
 from lorahub_serve.engine.job import finite
+from lorahub_serve.engine.merge import MergeSpec, as_spec
 from lorahub_serve.engine.search import SearchConfig, SearchState
 from lorahub_serve.formats import is_adapter, read_lorahub_json
 
@@ -40,7 +41,8 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
                     config: SearchConfig | None = None, modules: int | Sequence[str] | None = None,
                     *, engine_config: EngineConfig | None = None, job_dir: str | Path | None = None,
                     progress: bool = True, cpus_per_actor: int | None = None, max_batch: int = 256,
-                    callback: Callback | None = None, engine=None, **engine_options) -> dict:
+                    callback: Callback | None = None, engine=None,
+                    export_rule: str | MergeSpec | None = None, **engine_options) -> dict:
     """Adapt every task; write each finished one to `out_store/<name>` (PEFT folder + lorahub.json).
 
     tasks: (name, examples) pairs — examples as records, `Example`s or a JSONL path — or
@@ -49,7 +51,9 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
     the job state lives (default out_store/.jobs/<job id>; None with no store: no resume).
     max_batch: most candidates in one batch. engine: a loaded `Engine` to use when actors=0.
     engine_config: how the workers' engines compute (`EngineConfig`: rule, backend, dtype, token
-    budget, truncate, allow_pickle); `engine_options` override its fields.
+    budget, truncate, allow_pickle); `engine_options` override its fields. export_rule: how each
+    adapter composes the weights found (a rule name or `MergeSpec`, e.g. PEFT's ties; default the
+    search's rule), checked against the chosen modules' ranks before anything runs.
 
     Returns the report (also written to <job dir>/report.json, less "results"): per task its
     status ("done", "done-earlier", "failed"), output folder, best loss, weights, evaluations
@@ -70,6 +74,9 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
     if modules is None:  # resolved here, as the job id hashes what was chosen
         modules = default_k(len(hub_modules))
     idx = np.asarray(resolve_modules(hub_modules, modules, config.seed), dtype=np.int64)
+    export = None if export_rule is None else as_spec(export_rule)
+    if export is not None:  # e.g. a PEFT merge of mixed ranks: fail before any search
+        composed_rank([hub_modules[i].rank for i in idx], export)
     if ray_address is None and engine is None:
         from lorahub_serve.models import resolve_model
 
@@ -81,7 +88,7 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
         journal = JobJournal(Path(job_dir) if job_dir else store / ".jobs" / jid, key)
     t0 = time.perf_counter()
     try:
-        runs, entries = _prepare(specs, journal, idx, config, store)
+        runs, entries = _prepare(specs, journal, idx, config, store, export)
         stats: dict = {"evaluations": 0, "actor_failures": 0, "results": {}}
         if runs:
             worker_kwargs = {"model": _local_path(model), "model_name": str(model),
@@ -89,7 +96,7 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
             with _pool(actors, ray_address, cpus_per_actor, worker_kwargs, engine, callback) as pool:
                 _check_hub(pool.info(), hub_modules)
                 loop = _Loop(runs, pool, store, journal, hub_modules, config, rule, max_batch,
-                             callback, progress)
+                             callback, progress, export)
                 stats = loop.run()
             for run in runs:
                 entries[run.name] = loop.entry(run)
@@ -109,15 +116,20 @@ def _local_path(model) -> str:
     return str(p.resolve()) if p.exists() else str(model)
 
 
-def _adapter_matches(folder: Path, weights) -> bool:
-    """Whether `folder` holds a complete export of these weights (else it is written again)."""
+def _adapter_matches(folder: Path, weights, export: MergeSpec | None = None) -> bool:
+    """Whether `folder` holds a complete export of these weights, composed by `export` (None:
+    the search's rule), else it is written again."""
     meta = read_lorahub_json(folder) if is_adapter(folder) else None
     saved = meta.get("weights") if meta is not None else None
-    return weights is not None and saved is not None and np.allclose(saved, weights, rtol=0, atol=1e-12)
+    if weights is None or saved is None or not np.allclose(saved, weights, rtol=0, atol=1e-12):
+        return False
+    want = export or MergeSpec(meta.get("search_rule", meta.get("rule")))
+    return (meta.get("rule"), meta.get("density"), meta.get("majority_sign_method"), meta.get("merge_seed")) == \
+        (want.rule, want.density, want.majority_sign_method, want.seed)
 
 
 def _prepare(specs: list[TaskSpec], journal: JobJournal | None, idx: np.ndarray, config: SearchConfig,
-             store: Path | None) -> tuple[list[TaskRun], dict[str, dict]]:
+             store: Path | None, export: MergeSpec | None = None) -> tuple[list[TaskRun], dict[str, dict]]:
     """TaskRuns to work on (fresh, resumed, or only left to export) and report entries of the
     tasks that need nothing (unusable examples, finished earlier)."""
     runs, entries = [], {}
@@ -130,7 +142,7 @@ def _prepare(specs: list[TaskSpec], journal: JobJournal | None, idx: np.ndarray,
         status = rec["status"] if rec else None
         if status in ("done", "exporting"):
             state = restore_state(rec, len(idx), config)
-            if store is None or _adapter_matches(store / spec.name, state.best_weights):
+            if store is None or _adapter_matches(store / spec.name, state.best_weights, export):
                 entries[spec.name] = _entry("done-earlier", spec.name, state, store, rec["seconds"])
                 continue
             status = "exporting"
@@ -160,12 +172,13 @@ class _Loop:
     """The event loop: keep workers busy, tell results back, save state, export finished tasks."""
 
     def __init__(self, runs: list[TaskRun], pool, store, journal, hub_modules, config, rule,
-                 max_batch, callback, progress):
+                 max_batch, callback, progress, export=None):
         self.pool, self.store, self.journal = pool, store, journal
+        self.export = export
         self.hub_modules, self.config, self.rule, self.max_batch = hub_modules, config, rule, max_batch
         self.callback = callback or (lambda event, data: None)
         self.info = pool.info()
-        self.sched = Scheduler(runs, export=store is not None, checkpoint=self._checkpoint)
+        self.sched = Scheduler(runs, export=store is not None, checkpoint=self._checkpoint, export_rule=export)
         self.start_evals = {r.name: r.state.evaluations for r in runs}
         self.base_seconds = {r.name: r.seconds for r in runs}
         self.results: dict[str, AdaptResult] = {}
@@ -237,7 +250,7 @@ class _Loop:
         result.extra.setdefault("select", self.config.select)
         try:
             write_adapter(self.store / name, factors, self.info["model_name"],
-                          result.metadata(self.info["model_name"], self.info["fingerprint"]))
+                          result.metadata(self.info["model_name"], self.info["fingerprint"], self.export))
         except Exception as e:  # noqa: BLE001 - one task's export failing must not stop the others
             self._fail(name, f"export to {self.store / name} failed: {type(e).__name__}: {e}")
             return

@@ -52,7 +52,7 @@ class Work:
     items: list[Item]
     batch: Batch | None = None
     task: str = ""  # compose: the task
-    compose: tuple | None = None  # compose: (module_idx [K], weights [K])
+    compose: tuple | None = None  # compose: (module_idx [K], weights [K], MergeSpec | None)
     attempts: int = 0  # times a worker died running it
     id: int = field(default_factory=itertools.count().__next__)
 
@@ -68,9 +68,10 @@ class Scheduler:
     """Asks generations, hands out `Work`, tells losses back; `export` adds a compose step."""
 
     def __init__(self, runs: list[TaskRun], export: bool = True,
-                 checkpoint: Callable[[TaskRun], None] | None = None):
+                 checkpoint: Callable[[TaskRun], None] | None = None, export_rule=None):
         self.runs = {r.name: r for r in runs}
         self.export = export
+        self.export_rule = export_rule  # a MergeSpec for the compose steps (None: the search's rule)
         self.checkpoint = checkpoint  # called after each tell, before the next ask
         self.queue: deque[Item] = deque()
         self.priority: deque[Work] = deque()  # compose steps and isolated (single-task) batches
@@ -80,7 +81,7 @@ class Scheduler:
             if run.status == "running":
                 self._open(run)
             elif run.status == "exporting":
-                self.priority.append(_compose_work(run))
+                self.priority.append(_compose_work(run, export_rule))
 
     # -- state -------------------------------------------------------------------------------
     def active(self) -> bool:
@@ -147,7 +148,7 @@ class Scheduler:
             if self.checkpoint is not None:  # between tell and ask: the state resumes exactly
                 self.checkpoint(run)
             if run.status == "exporting":
-                self.priority.append(_compose_work(run))
+                self.priority.append(_compose_work(run, self.export_rule))
             elif run.status == "running":
                 self._open(run)
         return events
@@ -193,5 +194,5 @@ def _clear(run: TaskRun) -> None:
     run.cands, run.losses, run.filled = [], np.empty(0), np.empty(0, dtype=bool)
 
 
-def _compose_work(run: TaskRun) -> Work:
-    return Work("compose", [], task=run.name, compose=(run.module_idx, run.state.best_weights))
+def _compose_work(run: TaskRun, export_rule=None) -> Work:
+    return Work("compose", [], task=run.name, compose=(run.module_idx, run.state.best_weights, export_rule))

@@ -127,14 +127,18 @@ class BatchWorker:
         return self.engine.evaluator.losses(list(batch.tasks), np.array(batch.module_idx),
                                             np.array(batch.weights))
 
-    def compose(self, module_idx: Sequence[int], weights: np.ndarray) -> dict:
+    def compose(self, module_idx: Sequence[int], weights: np.ndarray, export_rule=None) -> dict:
         """The composed adapter's factors, as `Engine.export` writes them, on the CPU.
 
-        module_idx [K]; weights [K]. Returns layer -> (A [r', d_in], B [d_out, r']).
+        module_idx [K]; weights [K]; export_rule: a `MergeSpec` (PEFT's merges read the modules'
+        files with the worker's base model), default the engine's rule.
+        Returns layer -> (A [r', d_in], B [d_out, r']).
         """
         from lorahub_serve.engine.export import compose_factors
 
-        factors = compose_factors(self.engine.stack, list(module_idx), np.array(weights), self.engine.rule)
+        factors = compose_factors(self.engine.stack, list(module_idx), np.array(weights),
+                                  export_rule or self.engine.rule, model=self.engine.net,
+                                  allow_pickle=self.engine.config.allow_pickle)
         return {k: (a.cpu(), b.cpu()) for k, (a, b) in factors.items()}
 
     def close(self) -> None:

@@ -30,9 +30,6 @@ def _cmd_adapt(a) -> int:
     if getattr(a, "actors", 0):  # --actors is added, with its runner, by cluster/cli.py
         if a.merge:
             raise ValueError("--merge is not supported with --actors")
-        if export.rule != a.rule:
-            raise ValueError(f"--export-rule {export.rule} is not supported with --actors; adapt "
-                             "in this process (--actors 0)")
         return a.run_on_cluster(a, examples, config, out)
     from lorahub_serve.engine.adapt import Engine
 

@@ -29,7 +29,7 @@ def finite(x: float) -> float | None:
 
 
 def run_job(engine, msg: dict, cancelled: set[str], emit: Callable[[dict], None]) -> None:
-    """Adapt `msg["examples"]` into `msg["out"]` (budget, seed, modules as given), emitting events."""
+    """Adapt `msg["examples"]` into `msg["out"]` (budget, seed, modules, export as given), emitting events."""
     from lorahub_serve.engine.search import SearchConfig
 
     job_id = str(msg["id"])
@@ -46,9 +46,12 @@ def run_job(engine, msg: dict, cancelled: set[str], emit: Callable[[dict], None]
         return
     modules = msg.get("modules")
     try:
+        from lorahub_serve.engine.merge import MergeSpec
+
+        export = MergeSpec(**msg["export"]) if msg.get("export") else None
         result = engine.adapt(msg["examples"], task=job_id, config=config, out=Path(msg["out"]),
                               modules=tuple(modules) if isinstance(modules, list) else modules,
-                              progress=False, on_generation=on_generation)
+                              progress=False, on_generation=on_generation, export_rule=export)
     except JobCancelled:
         emit({"event": "cancelled", "id": job_id})
         return

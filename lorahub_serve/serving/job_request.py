@@ -17,7 +17,10 @@ from lorahub_serve.serving.names import AdapterNameError, check_name
 
 MAX_EXAMPLES = 1000
 COMPOSITION_PREFIX = "lh-"  # see compositions.py
-_FIELDS = {"name", "examples", "budget", "modules", "seed"}
+_FIELDS = {"name", "examples", "budget", "modules", "seed", "export"}
+# "export": how the adapter composes the weights found, as in a request's `lorahub` object
+# (`{"rule": "ties", "density": 0.5, "majority_sign_method": "total", "seed": 0}`; default: the search's rule)
+_EXPORT_FIELDS = ("rule", "density", "majority_sign_method", "seed")
 _INT_LIMITS = {"budget": (1, 100_000), "modules": (1, 10_000), "seed": (0, 2**32 - 1)}
 _MODULE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
@@ -38,6 +41,13 @@ class AdaptRequest:
     budget: int | None = None
     modules: int | tuple[str, ...] | None = None  # K random hub modules, or their names
     seed: int | None = None
+    export: tuple[tuple[str, Any], ...] | None = None  # MergeSpec fields, as given (validated)
+
+    def merge_spec(self):
+        """The export's `MergeSpec`, or None for the search's rule."""
+        from lorahub_serve.engine.merge import MergeSpec
+
+        return None if self.export is None else MergeSpec(**dict(self.export))
 
     def to_json(self) -> dict:
         """The request as stored in the job's record (and re-read by `parse_request`)."""
@@ -49,6 +59,8 @@ class AdaptRequest:
                 body[key] = getattr(self, key)
         if self.modules is not None:
             body["modules"] = list(self.modules) if isinstance(self.modules, tuple) else self.modules
+        if self.export is not None:
+            body["export"] = dict(self.export)
         return body
 
 
@@ -95,7 +107,28 @@ def parse_request(body: Any) -> AdaptRequest:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise RequestError(f"'{key}' must be an integer in [{lo}, {hi}], got {value!r}", param=key)
         options[key] = value
+    if body.get("export") is not None:
+        options["export"] = _export(body["export"])
     return AdaptRequest(name, examples, **options)
+
+
+def _export(spec: Any) -> tuple[tuple[str, Any], ...]:
+    """The `export` object, checked by building its `MergeSpec` (a bad rule, density or sign
+    method is named in the 400)."""
+    from lorahub_serve.engine.merge import MergeSpec
+
+    if not isinstance(spec, dict):
+        raise RequestError("'export' must be an object {\"rule\": \"ties\", \"density\": 0.5, ...}",
+                           param="export")
+    unknown = sorted(set(spec) - set(_EXPORT_FIELDS))
+    if unknown:
+        raise RequestError(f"unknown field(s) {unknown} in 'export'; allowed: {', '.join(_EXPORT_FIELDS)}",
+                           param="export")
+    try:
+        MergeSpec(**spec)
+    except (TypeError, ValueError) as e:
+        raise RequestError(f"in 'export': {e}", param="export") from None
+    return tuple(sorted(spec.items()))
 
 
 class ContextCheck:

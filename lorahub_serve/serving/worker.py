@@ -6,7 +6,7 @@ The protocol is JSON lines, one object per line (data, never scraped text):
 
 - parent -> worker on stdin:
   `{"op": "adapt", "id", "task", "examples": [{"input", "output"}...], "out", "budget"?,
-  "seed"?, "modules"?}` and `{"op": "cancel", "id"}`. End of stdin (the parent exited, even by
+  "seed"?, "modules"?, "export"?}` and `{"op": "cancel", "id"}`. End of stdin (the parent exited, even by
   `kill -9`) stops the worker at once.
 - worker -> parent on stdout: `{"event": "ready", "seconds"}` once the engine is loaded (or
   `{"event": "broken", "error"}` if it cannot be), then per job `{"event": "progress", "id",

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from _cluster_common import (
     CONFIG,
     TASKS,
@@ -128,3 +129,48 @@ def test_contrast_searches_the_same_objective_as_adapt(tiny_llama_dir, tiny_llam
         assert abs(got.best_loss - want[n].best_loss) < LOSS_TOL, n
         assert got.weights.tolist() == want[n].weights.tolist(), n
     assert abs(want["blue"].best_loss - plain.best_loss) > 1e-3  # the term changed the objective
+
+
+def test_export_rule_reaches_the_store_and_a_new_rule_re_exports(tiny_llama_dir, tiny_llama_hub, tmp_path):
+    """adapt-batch --export-rule ties: each adapter is PEFT's ties merge of the weights found,
+    the same tensors a single-process export writes; a mixed-rank choice fails before any search;
+    the same job asked for another rule re-exports without searching again."""
+    from safetensors.torch import load_file
+
+    from lorahub_serve.engine.adapt import Engine
+    from lorahub_serve.engine.hub import read_manifest
+    from lorahub_serve.engine.merge import MergeSpec
+
+    mods = read_manifest(tiny_llama_hub)
+    assert len({m.rank for m in mods}) > 1  # the fixture mixes ranks
+    with pytest.raises(ValueError, match="rank"):
+        _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "mixed", tasks=task_pairs(["alpha"]), export_rule="ties")
+    assert not (tmp_path / "mixed").exists()
+    same = [m.name for m in mods if m.rank == mods[0].rank]  # PEFT's merges take modules of one rank
+    spec, store = MergeSpec("ties", density=0.5), tmp_path / "store"
+    report = _run(tiny_llama_dir, tiny_llama_hub, store, tasks=task_pairs(["alpha"]), modules=same, export_rule=spec)
+    assert report["done"] == 1
+    meta = json.loads((store / "alpha" / "lorahub.json").read_text())
+    assert (meta["rule"], meta["density"], meta["search_rule"]) == ("ties", 0.5, "lorahub")
+    engine = Engine(str(tiny_llama_dir), tiny_llama_hub)
+    try:
+        engine.export(report["results"]["alpha"], tmp_path / "ref", export_rule=spec)
+    finally:
+        engine.close()
+    got, want = (load_file(d / "adapter_model.safetensors") for d in (store / "alpha", tmp_path / "ref"))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    again = _run(tiny_llama_dir, tiny_llama_hub, store, tasks=task_pairs(["alpha"]), modules=same)
+    assert again["tasks"]["alpha"]["status"] == "done" and again["evaluations"] == 0
+    assert json.loads((store / "alpha" / "lorahub.json").read_text())["rule"] == "lorahub"
+
+
+def test_cli_adapt_batch_names_a_bad_density(tiny_llama_hub, tmp_path, capsys):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"name": "alpha", "examples": TASKS["alpha"]}) + "\n")
+    args = ["adapt-batch", str(tasks), "--hub", str(tiny_llama_hub), "--out", str(tmp_path / "store"),
+            "--actors", "0", "--export-rule", "ties", "--density", "1.5", "--no-progress"]
+    assert main(args) == 2
+    assert "density" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()

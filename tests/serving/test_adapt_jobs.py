@@ -34,6 +34,12 @@ GOOD = [{"input": "Q: 2 and 3?\nA:", "output": " 5"}]
     ({"name": "x", "examples": GOOD, "modules": ["a,b"]}, "modules", "hub module names"),
     ({"name": "x", "examples": GOOD, "lr": 1}, "lr", "unknown field"),
     ({"name": "x", "examples": GOOD * 10_000}, "examples", "at most 1000"),
+    ({"name": "x", "examples": GOOD, "export": "ties"}, "export", "must be an object"),
+    ({"name": "x", "examples": GOOD, "export": {"rule": "ties", "density": 0}}, "export", "density"),
+    ({"name": "x", "examples": GOOD, "export": {"rule": "lorahub", "density": 0.5}}, "export",
+     "density does not apply"),
+    ({"name": "x", "examples": GOOD, "export": {"rule": "avg"}}, "export", "rule must be one of"),
+    ({"name": "x", "examples": GOOD, "export": {"rule": "ties", "k": 1}}, "export", "unknown field"),
 ])
 def test_bad_requests_name_the_problem(body, param, message):
     with pytest.raises(RequestError, match=message) as e:
@@ -46,6 +52,37 @@ def test_good_request_round_trips():
     assert req.budget == 8 and req.modules == ("m1", "m2") and req.seed is None
     assert req.examples[0].output == " 5"
     assert parse_request(req.to_json()) == req
+    ties = parse_request({"name": "t", "examples": GOOD, "export": {"rule": "ties", "density": 0.3}})
+    assert parse_request(ties.to_json()) == ties
+    spec = ties.merge_spec()
+    assert (spec.rule, spec.density, spec.majority_sign_method) == ("ties", 0.3, "total")
+    assert req.merge_spec() is None
+
+
+def test_a_job_exports_with_the_requested_merge_rule(make_jobs, tiny_llama_hub):
+    """POST /v1/adapters with "export": {"rule": "ties"} over modules of one rank: the stored
+    adapter is PEFT's ties merge (lorahub.json says so); mixed ranks fail the job, naming them."""
+    from lorahub_serve.engine.hub import read_manifest
+
+    mods = read_manifest(tiny_llama_hub)
+    same = [m.name for m in mods if m.rank == mods[0].rank]
+    jobs = make_jobs()
+
+    async def scenario():
+        jobs.submit(parse_request({"name": "tied", "examples": GOOD, "budget": 6, "modules": same,
+                                   "export": {"rule": "ties", "density": 0.5}}))
+        jobs.submit(parse_request({"name": "mixed", "examples": GOOD, "budget": 6,
+                                   "modules": [m.name for m in mods], "export": {"rule": "ties"}}))
+        tied, mixed = await _wait(jobs, "tied"), await _wait(jobs, "mixed")
+        await jobs.close()
+        return tied, mixed
+
+    tied, mixed = asyncio.run(scenario())
+    assert tied.state == "succeeded", tied.to_json()
+    meta = json.loads((jobs.store.folder("tied") / "lorahub.json").read_text())
+    assert (meta["rule"], meta["density"], meta["search_rule"]) == ("ties", 0.5, "lorahub")
+    assert jobs.store.inspect("tied").rank == mods[0].rank
+    assert mixed.state == "failed" and "rank" in mixed.error, mixed.to_json()
 
 
 @pytest.fixture
