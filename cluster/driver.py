@@ -248,6 +248,7 @@ class _Loop:
         result = self._result(run)
         result.extra.setdefault("dtype", self.info.get("dtype"))  # as `Engine.adapt` records them
         result.extra.setdefault("select", self.config.select)
+        result.extra.setdefault("select_seconds", 0.0)  # random modules, fixed before the search
         try:
             write_adapter(self.store / name, factors, self.info["model_name"],
                           result.metadata(self.info["model_name"], self.info["fingerprint"], self.export))
