@@ -21,7 +21,7 @@ from typing import Literal, get_args
 import torch
 
 from lorahub_serve.kernels import _checks
-from lorahub_serve.kernels._mix import compose, mixing
+from lorahub_serve.kernels._mix import compose, mixing, named_mixing
 
 # Triton is imported only when a kernel runs: the torch path (CPU) never loads it (0.1 s, and
 # its bindings' objects would outlive the CLI's frozen exit, see cli.run).
@@ -120,9 +120,9 @@ def _choice(op: str, name: str, value, literal) -> None:
 def _lorahub_torch(x, lora_a, lora_b, module_idx, weights, row_cand, out=None):
     """Compose A_c [C, r, d_in] and B_c [C, d_out, r] once (one small matmul each), then bmm
     (accumulating into `out` when given)."""
-    mix = mixing(module_idx, weights, lora_a.shape[0])  # one for A and B
-    a_c = compose(lora_a, module_idx, weights, mix).to(x.dtype)  # [C, r, d_in]
-    b_c = compose(lora_b, module_idx, weights, mix).to(x.dtype)  # [C, d_out, r]
+    used, mix = named_mixing(module_idx, weights)  # one for A and B, over the named modules only
+    a_c = compose(lora_a, module_idx, weights, mix, used).to(x.dtype)  # [C, r, d_in]
+    b_c = compose(lora_b, module_idx, weights, mix, used).to(x.dtype)  # [C, d_out, r]
     h = torch.bmm(x, a_c[row_cand].transpose(1, 2))  # [B, T, r]
     if out is not None:
         return out.baddbmm_(h, b_c[row_cand].transpose(1, 2))

@@ -227,18 +227,22 @@ def test_cuda_triton_matches_torch_and_oracle(case, rule, dtype):
 
 
 def test_compose_mixes_only_the_named_modules_and_matches_the_whole_hub():
-    """A search names K of N hub modules: compose mixes those K rows, yet equals Σₖ w·factor over
-    the whole hub (a repeated module sums its weights; modules no candidate names add nothing)."""
-    from lorahub_serve.kernels._mix import compose
+    """A search names K of N hub modules: the CPU path (`named_mixing`) mixes those K rows, yet
+    equals Σₖ w·factor over the whole hub (a repeated module sums its weights; modules no
+    candidate names add nothing), as the [C, N] form does."""
+    from lorahub_serve.kernels._mix import compose, named_mixing
 
     g = torch.Generator().manual_seed(0)
     factors = torch.randn(12, 4, 6, generator=g).to(torch.bfloat16)
     idx = torch.tensor([[3, 7, 7], [3, 0, 11]])
     w = torch.tensor([[0.5, -1.0, 0.25], [2.0, 0.0, -0.5]])
     want = torch.stack([sum(w[c, k] * factors[idx[c, k]].float() for k in range(3)) for c in range(2)])
-    got = compose(factors, idx, w)
+    used, mix = named_mixing(idx, w)
+    assert used.tolist() == [0, 3, 7, 11] and mix.shape == (2, 4)
+    got = compose(factors, idx, w, mix, used)
     assert got.dtype == torch.float32 and got.shape == (2, 4, 6)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(compose(factors, idx, w), want, rtol=1e-6, atol=1e-6)  # the [C, N] form
     every = torch.arange(12).repeat(2, 1)  # all N named: the dense path
     w_all = torch.zeros(2, 12).scatter_add_(1, idx, w)
     torch.testing.assert_close(compose(factors, every, w_all), want, rtol=1e-6, atol=1e-6)
