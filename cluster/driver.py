@@ -24,7 +24,7 @@ from lorahub_serve.cluster.pools import InlineBatchPool
 from lorahub_serve.cluster.scheduler import Scheduler, TaskRun, Work
 from lorahub_serve.cluster.tasks import TaskSpec, specs_from_pairs
 from lorahub_serve.cluster.worker import BadTaskError, BatchWorker, examples_digest
-from lorahub_serve.engine.adapt import AdaptResult
+from lorahub_serve.engine.adapt import AdaptResult, exported_spec
 from lorahub_serve.engine.config import EngineConfig
 from lorahub_serve.engine.export import composed_rank, write_adapter
 from lorahub_serve.engine.hub import ModuleInfo, default_k, read_manifest, resolve_modules
@@ -123,9 +123,10 @@ def _adapter_matches(folder: Path, weights, export: MergeSpec | None = None) -> 
     saved = meta.get("weights") if meta is not None else None
     if weights is None or saved is None or not np.allclose(saved, weights, rtol=0, atol=1e-12):
         return False
-    want = export or MergeSpec(meta.get("search_rule", meta.get("rule")))
-    return (meta.get("rule"), meta.get("density"), meta.get("majority_sign_method"), meta.get("merge_seed")) == \
-        (want.rule, want.density, want.majority_sign_method, want.seed)
+    try:
+        return exported_spec(meta) == (export or MergeSpec(meta.get("search_rule", meta.get("rule"))))
+    except ValueError:  # a record no export writes: export again
+        return False
 
 
 def _prepare(specs: list[TaskSpec], journal: JobJournal | None, idx: np.ndarray, config: SearchConfig,
@@ -174,7 +175,6 @@ class _Loop:
     def __init__(self, runs: list[TaskRun], pool, store, journal, hub_modules, config, rule,
                  max_batch, callback, progress, export=None):
         self.pool, self.store, self.journal = pool, store, journal
-        self.export = export
         self.hub_modules, self.config, self.rule, self.max_batch = hub_modules, config, rule, max_batch
         self.callback = callback or (lambda event, data: None)
         self.info = pool.info()
@@ -251,7 +251,7 @@ class _Loop:
         result.extra.setdefault("select_seconds", 0.0)  # random modules, fixed before the search
         try:
             write_adapter(self.store / name, factors, self.info["model_name"],
-                          result.metadata(self.info["model_name"], self.info["fingerprint"], self.export))
+                          result.metadata(self.info["model_name"], self.info["fingerprint"], self.sched.export_rule))
         except Exception as e:  # noqa: BLE001 - one task's export failing must not stop the others
             self._fail(name, f"export to {self.store / name} failed: {type(e).__name__}: {e}")
             return

@@ -87,6 +87,13 @@ class AdaptResult:
         }
 
 
+def exported_spec(meta: dict) -> MergeSpec:
+    """The `MergeSpec` an adapter's lorahub.json records (`AdaptResult.metadata` wrote it); a
+    ValueError when the record is not a valid one."""
+    return MergeSpec(meta.get("rule", "lorahub"), meta.get("density"), meta.get("majority_sign_method"),
+                     meta.get("merge_seed"))
+
+
 class Engine:
     """Base model + all hub modules attached once; adapts task after task.
 

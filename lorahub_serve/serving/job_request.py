@@ -41,13 +41,8 @@ class AdaptRequest:
     budget: int | None = None
     modules: int | tuple[str, ...] | None = None  # K random hub modules, or their names
     seed: int | None = None
-    export: tuple[tuple[str, Any], ...] | None = None  # MergeSpec fields, as given (validated)
-
-    def merge_spec(self):
-        """The export's `MergeSpec`, or None for the search's rule."""
-        from lorahub_serve.engine.merge import MergeSpec
-
-        return None if self.export is None else MergeSpec(**dict(self.export))
+    # MergeSpec fields, as given (validated); the worker builds the spec (engine/job.py)
+    export: tuple[tuple[str, Any], ...] | None = None
 
     def to_json(self) -> dict:
         """The request as stored in the job's record (and re-read by `parse_request`)."""

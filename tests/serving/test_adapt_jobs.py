@@ -54,9 +54,11 @@ def test_good_request_round_trips():
     assert parse_request(req.to_json()) == req
     ties = parse_request({"name": "t", "examples": GOOD, "export": {"rule": "ties", "density": 0.3}})
     assert parse_request(ties.to_json()) == ties
-    spec = ties.merge_spec()
+    from lorahub_serve.engine.merge import MergeSpec
+
+    spec = MergeSpec(**ties.to_json()["export"])  # as the worker builds it (engine/job.py)
     assert (spec.rule, spec.density, spec.majority_sign_method) == ("ties", 0.3, "total")
-    assert req.merge_spec() is None
+    assert req.export is None and "export" not in req.to_json()
 
 
 def test_a_job_exports_with_the_requested_merge_rule(make_jobs, tiny_llama_hub):
