@@ -17,6 +17,7 @@ dtype's CPU time into matrix products (aten::mm/bmm/baddbmm/addmm) and everythin
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -74,21 +75,20 @@ def main() -> None:
     random_hub(load_base(resolve_model(args.model))[0], hub, n=args.modules, ranks=(8,),
                base_name=args.model, scale=0.25)
     examples = bigbench.split(bigbench.load_task(args.task), args.shots, 50, 0)[0]
-    engines, calls = {}, {}
+    calls = {}
     pop = SearchConfig().population(args.modules)
     w = np.random.default_rng(0).uniform(-0.5, 0.5, (pop, args.modules)).astype(np.float32)
     for dtype in ("float32", "bfloat16"):
         eng = Engine(args.model, str(hub), dtype=dtype)
         idx = eng.module_indices(args.modules, 0)
         eng.evaluator.add_task("t", examples)
-        engines[dtype] = eng
 
         def call(eng=eng, idx=idx):
             return eng.evaluator.losses(["t"] * pop, np.tile(idx, (pop, 1)), w)
 
         call()  # warm-up
         calls[dtype] = call
-    load_before = __import__("os").getloadavg()[0]
+    load_before = os.getloadavg()[0]
     runs = {d: [] for d in calls}
     for _ in range(args.repeats):  # alternate, so machine noise hits both dtypes
         for d, call in calls.items():
@@ -98,7 +98,7 @@ def main() -> None:
     f_cpu, b_cpu = f_gemm + f_other, b_gemm + b_other
     figures = {
         "population": pop, "calls": args.calls, "repeats": args.repeats, "threads": args.threads,
-        "load_before": load_before, "load_after": __import__("os").getloadavg()[0],
+        "load_before": load_before, "load_after": os.getloadavg()[0],
         "float32": {"wall_s": f_wall, "gemm_s": f_gemm, "other_s": f_other},
         "bfloat16": {"wall_s": b_wall, "gemm_s": b_gemm, "other_s": b_other},
         "speedup_wall": f_wall / b_wall, "speedup_cpu": f_cpu / b_cpu, "speedup_gemm": f_gemm / b_gemm,
