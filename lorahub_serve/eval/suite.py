@@ -53,6 +53,10 @@ SUITE_CANDIDATES: tuple[str, ...] = (
     "modified_arithmetic/three_digit_subtraction_plus_one", "simp_turing_concept/additional_set_1",
     # far generative tasks with >= 150 examples that fit 128 tokens, gated 2026-12-03 at 14 kept
     "gender_inclusive_sentences_german", "natural_instructions/subtask051_multirc_correct_answer_single_sentence",
+    # gated 2026-12-03 at 15 kept: short generative tasks with no input in common with a suite task
+    # (plural_regular_json and past_tense_regular_json are subsets of suite tasks, so left out)
+    "linguistic_mappings/de_past_tense_regular_json", "natural_instructions/subtask041_qasc_answer_generation",
+    "natural_instructions/subtask036_qasc_topic_word_to_generate_related_fact",
 )
 
 
