@@ -141,3 +141,58 @@ def test_leave_one_out_prompts_show_every_shot_but_the_one_scored():
         assert all(f"Q{j}: a{j}" in e.input for j in range(4) if j != i)
     assert "lorahub_icl_tuned" not in DEFAULT_METHODS
     assert "lorahub_icl_tuned" not in HeadroomConfig(suite=Path("s.json")).methods
+
+
+def test_a_subset_of_a_kept_task_is_not_a_second_task():
+    """de_past_tense_regular_json writes its verbs with other pronouns: its answers are all in
+    de_past_tense_json, so it would count one skill twice. plural_json shares its family, not
+    its answers."""
+    assert suite_build.answer_overlap("linguistic_mappings/de_past_tense_regular_json",
+                                      "linguistic_mappings/de_past_tense_json") > 0.99
+    kept = ["linguistic_mappings/plural_json", "linguistic_mappings/de_past_tense_json"]
+    assert suite_build.duplicate_of("linguistic_mappings/de_past_tense_regular_json", kept) == kept[1]
+    assert suite_build.duplicate_of("linguistic_mappings/past_tense_json", kept) is None
+    assert suite_build.duplicate_of("linguistic_mappings/de_past_tense_json", kept) is None  # not itself
+
+
+def test_a_duplicate_is_dropped_untrained_and_an_old_record_of_one_is_dropped(built, tmp_path):
+    """At gate time the twin of a kept task gets no oracle; a manifest gated before the rule
+    (the twin kept) loses it on the next build, and the earlier task stays."""
+    import shutil
+
+    root, _manifest, args = built
+    shutil.copytree(root / "oracles", tmp_path / "oracles")
+    twin = "linguistic_mappings/plural_regular_json"  # all of its plurals are plural_json's
+    tasks = (TASKS[0], twin)
+    again = suite_build.build_suite(args[0], args[1], tmp_path / "oracles", tmp_path / "s.json", tasks, CFG,
+                                    gate_n=8, min_gain=-1000.0, log=lambda *_: None)
+    rows = {c["task"]: c for c in again["candidates"]}
+    assert rows[twin]["duplicate_of"] == TASKS[0] and not rows[twin]["kept"]
+    assert again["tasks"] == [TASKS[0]]
+    assert not (tmp_path / "oracles" / "modules" / "linguistic_mappings__plural_regular_json").exists()
+    old = json.loads((tmp_path / "s.json").read_text())  # as a build before the rule wrote it
+    old["candidates"][1].update(kept=True, duplicate_of=None)
+    (tmp_path / "s.json").write_text(json.dumps(old))
+    migrated = suite_build.build_suite(args[0], args[1], tmp_path / "oracles", tmp_path / "s.json", tasks, CFG,
+                                       gate_n=8, min_gain=-1000.0, log=lambda *_: None)
+    assert migrated["tasks"] == [TASKS[0]]
+    assert {c["task"]: c["duplicate_of"] for c in migrated["candidates"]} == {TASKS[0]: None, twin: TASKS[0]}
+
+
+def test_a_later_build_with_another_recipe_records_it_on_its_candidates(built, tmp_path):
+    """The suite's oracle_recipe is the first build's; a later build with a longer max_length
+    (for a task whose examples do not fit) keeps it and writes the change on the candidates it gates."""
+    import dataclasses
+    import shutil
+
+    root, manifest, args = built
+    shutil.copytree(root / "oracles", tmp_path / "oracles")
+    shutil.copy(root / "suite.json", tmp_path / "s.json")
+    longer = dataclasses.replace(CFG, max_length=CFG.max_length + 28)
+    new_task = "linguistic_mappings/past_tense_json"
+    again = suite_build.build_suite(args[0], args[1], tmp_path / "oracles", tmp_path / "s.json",
+                                    (*TASKS, new_task), longer, gate_n=8, min_gain=-1000.0, log=lambda *_: None)
+    assert again["oracle_recipe"] == json.loads(json.dumps(manifest["oracle_recipe"]))
+    rows = {c["task"]: c for c in again["candidates"]}
+    assert rows[new_task]["recipe_changes"] == {"max_length": CFG.max_length + 28}
+    assert all(rows[t]["recipe_changes"] is None for t in TASKS)

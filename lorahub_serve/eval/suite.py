@@ -10,7 +10,8 @@ the model. For each candidate task (never in the hub, never BBH, never a reserve
    classification for multiple choice, greedy exact match for generative tasks), beside the
    majority-label rate and chance;
 4. the task is kept when the oracle beats both the base model and the majority-label rate by at
-   least `min_gain` points.
+   least `min_gain` points, unless a kept task of its family already holds most of its answers
+   (`duplicate_of`: the same skill in another prompt would count twice in the average).
 The manifest (`suites/<name>.json`) is rewritten atomically after every candidate, so a killed
 build resumes at the next one; oracles already trained are reused.
 """
@@ -54,9 +55,10 @@ SUITE_CANDIDATES: tuple[str, ...] = (
     # far generative tasks with >= 150 examples that fit 128 tokens, gated 2026-12-03 at 14 kept
     "gender_inclusive_sentences_german", "natural_instructions/subtask051_multirc_correct_answer_single_sentence",
     # gated 2026-12-03 at 15 kept: short generative tasks with no input in common with a suite task
-    # (plural_regular_json and past_tense_regular_json are subsets of suite tasks, so left out)
+    # (plural_regular_json and past_tense_regular_json are subsets of suite tasks, so left out;
+    # de_past_tense_regular_json passed the gate, 42 against 0, but repeats de_past_tense_json's answers)
     "linguistic_mappings/de_past_tense_regular_json", "natural_instructions/subtask041_qasc_answer_generation",
-    "natural_instructions/subtask036_qasc_topic_word_to_generate_related_fact",
+    "natural_instructions/subtask036_qasc_topic_word_to_generate_related_fact", "language_games/pig_latin_decode",
 )
 
 
@@ -98,6 +100,25 @@ class Candidate:
     kept: bool
     closeness: str
     oracle_seconds: float
+    duplicate_of: str | None = None  # a kept suite task that already holds most of its answers
+    recipe_changes: dict | None = None  # this oracle's departures from the manifest's oracle_recipe
+
+
+def answer_overlap(task: str, other: str) -> float:
+    """Share of `task`'s distinct answers that are also answers of `other` (a subset written in
+    another prompt, e.g. de_past_tense_regular_json inside de_past_tense_json, reads ~1)."""
+    mine = {e.output.strip() for e in bigbench.load_task(task)}
+    theirs = {e.output.strip() for e in bigbench.load_task(other)}
+    return len(mine & theirs) / max(len(mine), 1)
+
+
+def duplicate_of(task: str, kept: list[str], threshold: float = 0.5) -> str | None:
+    """The first kept suite task of the same family whose answers cover at least `threshold` of
+    `task`'s: such a task would count one skill twice in the suite's average."""
+    for other in kept:
+        if other != task and family(other) == family(task) and answer_overlap(task, other) >= threshold:
+            return other
+    return None
 
 
 def split_for_oracle(task: str, cap: int = 250):
@@ -133,9 +154,14 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
             raise ValueError(f"{t}: suite candidates must be neither BBH tasks nor hub modules")
     manifest = (json.loads(manifest_path.read_text()) if manifest_path.exists() else
                 {"format": 1, "candidates": []})
+    # The first build's recipe stays the suite's; a later build with another (e.g. a longer
+    # max_length for a task whose examples do not fit) records what it changed on its candidates.
+    asked = json.loads(json.dumps(asdict(cfg)))  # as the manifest holds it (tuples as lists)
+    recipe = manifest.get("oracle_recipe") or asked
+    changes = {k: v for k, v in asked.items() if recipe.get(k) != v} or None
     manifest.update({"model": str(model), "hub": str(hub_dir), "oracle_hub": str(oracle_dir),
                      "min_gain": min_gain, "gate_n": gate_n, "reserved_families": list(RESERVED_FAMILIES),
-                     "oracle_recipe": asdict(cfg), "eval_split": "first n_eval of a seed-0 shuffle "
+                     "oracle_recipe": recipe, "eval_split": "first n_eval of a seed-0 shuffle "
                      "(bigbench.split); oracles train on the rest"})
     done = {c["task"] for c in manifest["candidates"]}
     todo = [t for t in candidates if t not in done]
@@ -143,6 +169,16 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
     oracles.setdefault("base_model", str(model))
     net, tok = load_base(resolve_model(model))
     for task in tqdm(todo, desc="suite build", unit="task"):
+        twin = duplicate_of(task, [x["task"] for x in manifest["candidates"] if x["kept"]])
+        if twin is not None:
+            log(f"[suite] {task}: dropped, its answers are mostly {twin}'s (a suite task)")
+            info = bigbench.task_info(task)
+            manifest["candidates"].append(asdict(Candidate(
+                task, family(task), info.kind, "", info.n_examples, 0, 0, 100.0 * info.chance, 0.0, 0.0,
+                0.0, 0.0, False, closeness(task, hub_tasks), 0.0, duplicate_of=twin)))
+            _refresh_lists(manifest)
+            write_json_atomic(manifest_path, manifest)
+            continue
         train, evalset = split_for_oracle(task)
         gate = evalset[:gate_n]
         t0 = time.time()
@@ -166,7 +202,7 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
         c = Candidate(task, family(task), info.kind, metric, len(train) + len(evalset), len(evalset),
                       len(gate), round(chance, 1), round(majority, 1), round(base, 1), round(oracle, 1),
                       round(gain, 1), gain >= min_gain, closeness(task, hub_tasks),
-                      round(time.time() - t0, 1))
+                      round(time.time() - t0, 1), recipe_changes=changes)
         log(f"[suite] {task}: base {base:.0f}, majority {majority:.0f}, oracle {oracle:.0f} -> "
             f"{'kept' if c.kept else 'dropped'}")
         manifest["candidates"] = [x for x in manifest["candidates"] if x["task"] != task] + [asdict(c)]
@@ -175,6 +211,15 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
     hub_tasks = {m["source_task"] for m in read_hub_json(Path(hub_dir))["modules"]}  # it may have grown
     for c in manifest["candidates"]:
         c["closeness"] = closeness(c["task"], hub_tasks)
+    kept_before: list[str] = []  # a record gated before this check: dropped if it repeats an earlier one
+    for c in manifest["candidates"]:
+        if c["kept"] and c.get("duplicate_of") is None:
+            c["duplicate_of"] = duplicate_of(c["task"], kept_before)
+            c["kept"] = c["duplicate_of"] is None
+            if c["kept"]:
+                kept_before.append(c["task"])
+            else:
+                log(f"[suite] {c['task']}: dropped, its answers are mostly {c['duplicate_of']}'s")
     _refresh_lists(manifest)
     write_json_atomic(manifest_path, manifest)
     return manifest
