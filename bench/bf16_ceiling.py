@@ -7,6 +7,8 @@ dtype's CPU time into matrix products (aten::mm/bmm/baddbmm/addmm) and everythin
 (attention's softmax and copies, norms, SiLU, gathers, the LoRA term's indexing...). It reports:
 - the measured speed-up, float32 time / bfloat16 time;
 - the speed-up of the matrix products alone;
+- the rate (GFLOP/s) of the linear layers' matrix products in each dtype: how far bf16's GEMMs
+  are from fp32's at these shapes, whatever the other ops cost;
 - the ceiling: float32 time / bfloat16 matrix-product time, i.e. the speed-up if every other op
   in bf16 cost nothing. A target above the ceiling cannot be reached by trimming the other ops;
   it needs faster bf16 GEMMs for these shapes (or fewer FLOPs).
@@ -29,23 +31,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 GEMM_OPS = {"aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::baddbmm_"}
 
 
-def profiled_seconds(call, n_calls: int) -> tuple[float, float, float]:
-    """(wall s, matrix-product self-CPU s, other self-CPU s) per call, over `n_calls` calls."""
+def profiled_seconds(call, n_calls: int) -> tuple[float, float, float, float]:
+    """(wall s, matrix-product self-CPU s, other self-CPU s, GFLOP/s of the model's aten::mm) per
+    call, over `n_calls` calls. The mm rate is 2·m·k·n over their self time, from the recorded
+    input shapes: the linear layers' products, which bf16 is meant to speed up."""
     from torch.profiler import ProfilerActivity, profile
 
     t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(n_calls):
             call()
     wall = (time.perf_counter() - t0) / n_calls
-    gemm = other = 0.0
-    for ev in prof.key_averages():
+    gemm = other = mm_s = mm_flop = 0.0
+    for ev in prof.key_averages(group_by_input_shape=True):
         s = ev.self_cpu_time_total / 1e6 / n_calls
         if ev.key in GEMM_OPS:
             gemm += s
         else:
             other += s
-    return wall, gemm, other
+        shapes = ev.input_shapes
+        if ev.key == "aten::mm" and len(shapes) >= 2 and len(shapes[0]) == 2 and len(shapes[1]) == 2:
+            (m, k), (_, n) = shapes[0], shapes[1]
+            mm_s += s
+            mm_flop += 2.0 * m * k * n * ev.count / n_calls
+    return wall, gemm, other, mm_flop / mm_s / 1e9 if mm_s else float("nan")
 
 
 def main() -> None:
@@ -93,32 +102,34 @@ def main() -> None:
     for _ in range(args.repeats):  # alternate, so machine noise hits both dtypes
         for d, call in calls.items():
             runs[d].append(profiled_seconds(call, args.calls))
-    med = {d: tuple(statistics.median(r[i] for r in runs[d]) for i in range(3)) for d in runs}
-    (f_wall, f_gemm, f_other), (b_wall, b_gemm, b_other) = med["float32"], med["bfloat16"]
+    med = {d: tuple(statistics.median(r[i] for r in runs[d]) for i in range(4)) for d in runs}
+    (f_wall, f_gemm, f_other, f_rate), (b_wall, b_gemm, b_other, b_rate) = med["float32"], med["bfloat16"]
     f_cpu, b_cpu = f_gemm + f_other, b_gemm + b_other
     figures = {
         "population": pop, "calls": args.calls, "repeats": args.repeats, "threads": args.threads,
         "load_before": load_before, "load_after": os.getloadavg()[0],
-        "float32": {"wall_s": f_wall, "gemm_s": f_gemm, "other_s": f_other},
-        "bfloat16": {"wall_s": b_wall, "gemm_s": b_gemm, "other_s": b_other},
+        "float32": {"wall_s": f_wall, "gemm_s": f_gemm, "other_s": f_other, "mm_gflops": f_rate},
+        "bfloat16": {"wall_s": b_wall, "gemm_s": b_gemm, "other_s": b_other, "mm_gflops": b_rate},
         "speedup_wall": f_wall / b_wall, "speedup_cpu": f_cpu / b_cpu, "speedup_gemm": f_gemm / b_gemm,
         "ceiling": f_cpu / b_gemm, "gemm_share_float32": f_gemm / f_cpu, "gemm_share_bfloat16": b_gemm / b_cpu,
+        "mm_rate_ratio": b_rate / f_rate,
     }
     md = f"""Median of {args.repeats} alternating repeats of {args.calls} profiled population calls each
 (population {pop}, {args.modules} random rank-8 q,v modules, {args.shots} examples of {args.task},
 {args.threads} threads). Load average {figures['load_before']:.2f} before, {figures['load_after']:.2f} after.
 Self-CPU time of the profiled ops, per call:
 
-| dtype | wall s | matrix products s | other ops s | matrix-product share |
-|---|---|---|---|---|
-| float32 | {f_wall:.3f} | {f_gemm:.3f} | {f_other:.3f} | {100 * f_gemm / f_cpu:.0f} % |
-| bfloat16 | {b_wall:.3f} | {b_gemm:.3f} | {b_other:.3f} | {100 * b_gemm / b_cpu:.0f} % |
+| dtype | wall s | matrix products s | other ops s | matrix-product share | linear layers' mm, GFLOP/s |
+|---|---|---|---|---|---|
+| float32 | {f_wall:.3f} | {f_gemm:.3f} | {f_other:.3f} | {100 * f_gemm / f_cpu:.0f} % | {f_rate:.0f} |
+| bfloat16 | {b_wall:.3f} | {b_gemm:.3f} | {b_other:.3f} | {100 * b_gemm / b_cpu:.0f} % | {b_rate:.0f} |
 
 | speed-up of bf16 over fp32 | |
 |---|---|
 | measured (wall) | **{figures['speedup_wall']:.2f}x** |
 | matrix products alone | {figures['speedup_gemm']:.2f}x |
 | ceiling: every non-matrix op free in bf16 | **{figures['ceiling']:.2f}x** |
+| the linear layers' mm rate, bf16 / fp32 | {b_rate / f_rate:.2f}x |
 """
     print(md)
     for p in write_result("bf16_ceiling", figures, md):

@@ -7,7 +7,13 @@ shots are the same in every run. So on the task-seeds both reports hold, the pai
 trains in bf16 in both runs and the oracle is scored in fp32 in both: they are listed as controls.
 LoraHub's rows are left out when the two reports used different hubs.
 
-    .venv/bin/python bench/headroom_dtype_check.py A.json [A2.json ...] --vs B.json [B2.json ...]
+The same paired check measures a lever between two runs that differ in one setting (e.g.
+`eval --select retrieve` against the default `loss`): `--methods lorahub,zero_shot,oracle --name
+headroom_select_retrieve`. zero_shot and oracle do not depend on the lever, so their differences
+are the run-to-run noise (bf16 greedy answers flip by 1-2 points when a batch changes shape).
+
+    .venv/bin/python bench/headroom_dtype_check.py A.json [A2.json ...] --vs B.json [B2.json ...] \
+        [--methods zero_shot,icl,lora_ft,oracle] [--name headroom_dtype_check]
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("a", nargs="+", help="report(s) A (e.g. the fp32 run)")
     ap.add_argument("--vs", nargs="+", required=True, help="report(s) B (e.g. the bf16 run)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma list of the scores to pair")
+    ap.add_argument("--name", default="headroom_dtype_check", help="result name in bench/results")
     args = ap.parse_args()
     a, b = _rows(args.a), _rows(args.vs)
     shared = sorted(set(a) & set(b))
@@ -44,11 +52,15 @@ def main() -> None:
         raise SystemExit("the reports share no task-seed")
     dtype = {name: sorted({r.get("dtype", "float32 (before the field)") for k, r in rows.items() if k in shared})
              for name, rows in (("A", a), ("B", b))}
-    figures = {"task_seeds": len(shared), "dtype": dtype, "methods": {}}
+    select = {name: sorted({str(r.get("select")) for k, r in rows.items() if k in shared})
+              for name, rows in (("A", a), ("B", b))}
+    figures = {"task_seeds": len(shared), "dtype": dtype, "select": select, "methods": {},
+               "a": args.a, "b": args.vs}
     lines = [(f"{len(shared)} task-seeds in both reports; engine dtype A: {', '.join(dtype['A'])}, "
-             f"B: {', '.join(dtype['B'])}. Same evaluation sets, same shots."), "",
+             f"B: {', '.join(dtype['B'])}; module selection A: {', '.join(select['A'])}, "
+             f"B: {', '.join(select['B'])}. Same evaluation sets, same shots."), "",
              "| method | A mean | B mean | B - A, mean [95 % CI] | reading |", "|---|---|---|---|---|"]
-    for m in METHODS:
+    for m in args.methods.split(","):
         keys = [k for k in shared if a[k].get(m) is not None and b[k].get(m) is not None]
         if not keys:
             continue
@@ -59,7 +71,7 @@ def main() -> None:
         lines.append(f"| {m} | {ma:.1f} | {mb:.1f} | {mean:+.1f} [{lo:+.1f}, {hi:+.1f}] | {reading(ci)} |")
     md = "\n".join(lines) + "\n"
     print(md)
-    print("written:", *write_result("headroom_dtype_check", figures, md))
+    print("written:", *write_result(args.name, figures, md))
 
 
 if __name__ == "__main__":
