@@ -168,3 +168,37 @@ def test_heldout_backfill_rebuilds_the_training_split(built, tiny_llama_dir, tmp
     logs = []
     third = backfill_heldout(str(tiny_llama_dir), old, log=logs.append, progress=False)
     assert third.mismatched == [second] and any("saw its held-out rows" in line for line in logs)
+
+
+def test_format_robust_training_swaps_a_seeded_share_of_rows_to_the_generic_frame(tiny_llama_dir):
+    from lorahub_serve.data import bigbench
+
+    _, tok = load_base(tiny_llama_dir)
+    task = "unnatural_in_context_learning/dates"
+    natural, generic = bigbench.load_task(task)[:80], bigbench.load_task(task, generic=True)[:80]
+    cfg = TrainConfig(max_length=100, generic_share=0.5)
+    rows, held, held_examples, sources = hub_train._split(tok, natural, cfg)
+    assert (rows, held, held_examples) == hub_train.heldout_split(tok, natural, cfg)
+    as_generic = {i: hub_train.encode_rows(tok, [generic[i]], 100)[0] for i in sources}
+    assert all(as_generic[s] != r for s, r in zip(sources, rows))  # the two frames encode differently
+
+    mixed, swapped = hub_train.format_mixed_rows(tok, rows, sources, generic, cfg)
+    assert 0.3 * len(rows) < swapped < 0.7 * len(rows)
+    assert sum(m == as_generic[s] for m, s in zip(mixed, sources)) == swapped
+    assert sum(m == r for m, r in zip(mixed, rows)) == len(rows) - swapped
+    assert hub_train.format_mixed_rows(tok, rows, sources, generic, cfg) == (mixed, swapped)  # seeded
+    everything = TrainConfig(max_length=100, generic_share=1.0)
+    assert hub_train.format_mixed_rows(tok, rows, sources, generic, everything)[1] == len(rows)
+    with pytest.raises(ValueError, match="generic_share"):
+        TrainConfig(generic_share=1.5)
+
+
+def test_a_format_robust_module_records_its_share_and_keeps_the_natural_held_out_split(tiny_llama_dir, tmp_path):
+    cfg = TrainConfig(rank=4, alpha=8, steps=4, lr=1e-2, batch_size=2, max_length=100, generic_share=0.5)
+    hub = tmp_path / "hub"
+    hub_build.build_hub(str(tiny_llama_dir), hub, tasks=["unnatural_in_context_learning/dates"], cfg=cfg,
+                        log=lambda *_: None)
+    (entry,) = json.loads((hub / "hub.json").read_text())["modules"]
+    assert entry["generic_share"] == 0.5
+    assert 0.3 * entry["train_examples"] < entry["generic_rows"] < 0.7 * entry["train_examples"]
+    assert entry["heldout_examples"] == 32 and entry["heldout_loss"] > 0

@@ -146,8 +146,12 @@ def answer_style(task: str) -> str:
     return "letter"
 
 
-def format_example(raw: dict, spec: dict, task: str, index: int, seed: int = 0) -> Example | None:
+def format_example(raw: dict, spec: dict, task: str, index: int, seed: int = 0,
+                   generic: bool = False) -> Example | None:
     """One BIG-bench example as (prompt, answer); None when it has no usable target.
+
+    The task's own input/output prefixes frame the prompt (its natural format); `generic` uses
+    the generic `Q: …\nA:` frame instead (format-robust training), the rest unchanged.
 
     Multiple choice, options in a seeded random order (some files list the answer first):
     - text: `Q: …\nOptions: implausible, plausible\nA:` -> " plausible";
@@ -156,8 +160,8 @@ def format_example(raw: dict, spec: dict, task: str, index: int, seed: int = 0) 
     Options are shown for every multiple-choice task, also where the file sets
     append_choices_to_input=false, as BBH does.
     """
-    q_prefix = _clean_prefix(spec.get("example_input_prefix"), "Q: ")
-    a_prefix = _clean_prefix(spec.get("example_output_prefix"), "A:").rstrip()
+    q_prefix = "Q: " if generic else _clean_prefix(spec.get("example_input_prefix"), "Q: ")
+    a_prefix = "A:" if generic else _clean_prefix(spec.get("example_output_prefix"), "A:").rstrip()
     task_prefix = spec.get("task_prefix", "") or ""
     if task_prefix and not task_prefix[-1].isspace():
         task_prefix += "\n"
@@ -193,12 +197,13 @@ def format_example(raw: dict, spec: dict, task: str, index: int, seed: int = 0) 
     return Example(f"{head}\n{a_prefix}", " " + target)
 
 
-def load_task(task: str, seed: int = 0) -> list[Example]:
-    """Every usable example of a task, options in seeded random order."""
+def load_task(task: str, seed: int = 0, generic: bool = False) -> list[Example]:
+    """Every usable example of a task, options in seeded random order (`generic`: in the generic
+    `Q: …\nA:` frame; the same examples in the same order as the natural format's)."""
     spec = read_task_json(task)
     out = []
     for i, raw in enumerate(spec.get("examples", [])):
-        ex = format_example(raw, spec, task, i, seed)
+        ex = format_example(raw, spec, task, i, seed, generic)
         if ex is not None:
             out.append(ex)
     return out

@@ -170,11 +170,12 @@ def train_module(net, tok, task: str, cfg: TrainConfig, progress=None,
     import tempfile
 
     exs = bigbench.load_task(task) if examples is None else examples
+    generic = bigbench.load_task(task, generic=True) if cfg.generic_share > 0 and examples is None else None
     with tempfile.TemporaryDirectory(prefix="lorahub-module-") as tmp:
         out = Path(tmp) / module_name(task)
         t0 = time.time()
         try:
-            stats = train_lora(net, tok, exs, out, cfg, progress=progress)
+            stats = train_lora(net, tok, exs, out, cfg, progress=progress, generic=generic)
         except ValueError as e:  # too few usable examples for this context length
             return TrainedModule(task, skipped=str(e))
         _to_fp16(out)
@@ -199,6 +200,8 @@ def record_module(hub_dir: Path, manifest: dict, mod: TrainedModule, cfg: TrainC
         "heldout_metric": mod.stats.get("heldout_metric"), "train_dtype": cfg.dtype,
         "answer_style": trained_style(mod.task), "seconds": mod.stats["seconds"],
     }
+    if cfg.generic_share > 0:  # format-robust training (`hub build --format-robust`)
+        entry.update(generic_share=cfg.generic_share, generic_rows=mod.stats.get("generic_rows", 0))
     manifest["modules"] = [m for m in manifest["modules"] if m["name"] != name] + [entry]
     write_hub_json(hub_dir, manifest)
     return entry

@@ -12,7 +12,8 @@ def _cmd_hub_build(a) -> int:
     from lorahub_serve.hub.train import TrainConfig
 
     cfg = TrainConfig(rank=a.rank, alpha=2 * a.rank, steps=a.steps, lr=a.lr, max_length=a.max_length,
-                      target_modules=tuple(a.target_modules.split(",")), dtype=a.dtype)
+                      target_modules=tuple(a.target_modules.split(",")), dtype=a.dtype,
+                      generic_share=a.generic_share)
     if a.broad:
         a.tasks = list(a.tasks or []) + [t for t in BROAD_HUB_TASKS if t not in (a.tasks or [])]
     trainers = None  # --actors / --ray-address and their pool come from cluster/cli.py
@@ -57,6 +58,9 @@ def register(sub) -> None:
                     help="also train the broader hub's task list (hub.build.BROAD_HUB_TASKS)")
     hb.add_argument("--dtype", choices=TRAIN_DTYPES, default="float32",
                     help="training precision: bfloat16 autocast is ~1.5x faster on CPUs with AVX512-BF16")
+    hb.add_argument("--format-robust", dest="generic_share", action="store_const", const=0.5, default=0.0,
+                    help="format-robust modules: half the training examples in a generic `Q: ...\\nA:` "
+                         "frame, half in the task's own (default: the task's own only)")
     hb.set_defaults(func=_cmd_hub_build)
 
     hh = hub.add_parser("heldout", help="measure held-out loss and accuracy of modules recorded without them")

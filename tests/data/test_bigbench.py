@@ -138,3 +138,15 @@ def test_counts_are_digits_as_in_bbh_and_either_spelling_scores():
     gold = Example("Q: how many?\nA:", " 12")
     assert score(" 12\nQ: next", gold) and score(" twelve.", gold)
     assert not score(" 13", gold) and not score(" 120", gold)
+
+
+def test_the_generic_frame_replaces_only_the_tasks_own_prefixes():
+    task = "unnatural_in_context_learning/dates"  # its own frame: "Input: …\nOutput:"
+    natural, generic = bigbench.load_task(task)[:20], bigbench.load_task(task, generic=True)[:20]
+    assert natural[0].input.startswith("Input: ") and natural[0].input.endswith("\nOutput:")
+    for n, g in zip(natural, generic, strict=True):
+        assert g.output == n.output
+        body = n.input.removeprefix("Input: ").removesuffix("\nOutput:")
+        assert g.input == f"Q: {body}\nA:"
+    tense = "tense"  # already in the generic frame: unchanged
+    assert bigbench.load_task(tense)[:20] == bigbench.load_task(tense, generic=True)[:20]
