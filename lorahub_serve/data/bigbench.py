@@ -8,7 +8,9 @@ random order ("(A) ...") because some files list the correct answer first.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import random
 import tarfile
 from dataclasses import dataclass
@@ -20,6 +22,17 @@ from lorahub_serve.data.examples import LETTERS, Example
 SDIST_FILE = "bigbench-1.0.0.tar.gz"
 PYPI_SIMPLE = "https://pypi.org/simple/bigbench/"  # PyPI's JSON simple API (PEP 691)
 _TASK_DIR = "bigbench/benchmark_tasks/"
+SOURCE_ENV = "LORAHUB_BIGBENCH"  # a copy of the sdist, or a folder of task folders
+
+
+class BigBenchUnavailable(RuntimeError):
+    """The task data cannot be had: PyPI no longer serves the sdist, or the network is down."""
+
+
+def _how_to_supply() -> str:
+    return (f"Set {SOURCE_ENV} to a copy of {SDIST_FILE} or to a folder of BIG-bench task "
+            f"folders (a BIG-bench checkout's bigbench/benchmark_tasks), or copy the sdist into the cache "
+            f"with `lorahub-serve data fetch --from PATH`")
 
 
 def sdist_path(download: bool = True) -> Path:
@@ -40,17 +53,23 @@ def _download_sdist(target: Path) -> None:
     Not `pip download`: a current pip builds the sdist's metadata, and bigbench declares a
     direct-URL dependency that pip then refuses. We only need the file.
     """
-    import hashlib
+    import urllib.error
     import urllib.request
 
     from tqdm.auto import tqdm
 
     index = urllib.request.Request(PYPI_SIMPLE, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(index, timeout=60) as r:
-        files = json.load(r)["files"]
+    try:
+        with urllib.request.urlopen(index, timeout=60) as r:
+            files = json.load(r)["files"]
+    except (urllib.error.URLError, OSError) as e:
+        raise BigBenchUnavailable(f"cannot reach {PYPI_SIMPLE} for {SDIST_FILE} ({e}). {_how_to_supply()}") from e
     entry = next((f for f in files if f["filename"] == SDIST_FILE), None)
     if entry is None:
-        raise RuntimeError(f"{PYPI_SIMPLE} lists no {SDIST_FILE}")
+        # Seen 2026-12-07: PyPI lists only bigbench 0.0.1 (the API code, no task files).
+        listed = ", ".join(sorted(f["filename"] for f in files)) or "nothing"
+        raise BigBenchUnavailable(f"PyPI no longer serves {SDIST_FILE} ({PYPI_SIMPLE} lists {listed}, "
+                                  f"which hold no task files). {_how_to_supply()}")
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_suffix(".part")
     digest = hashlib.sha256()
@@ -67,13 +86,38 @@ def _download_sdist(target: Path) -> None:
     part.rename(target)
 
 
-def _extracted_dir() -> Path:
-    """Every task.json, extracted once from the tarball (one pass, ~10 s) into the cache."""
-    out = paths.downloads_dir() / "bigbench" / "tasks"
+def store_sdist(source: Path) -> Path:
+    """Copy a BIG-bench sdist from elsewhere into the cache (`data fetch --from`), after checking
+    that it holds task files."""
+    import shutil
+
+    source = Path(source).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such file")
+    if _count_tasks_in_tarball(source) == 0:
+        raise ValueError(f"{source} holds no {_TASK_DIR}*/task.json: not a BIG-bench sdist")
+    target = paths.downloads_dir() / "bigbench" / SDIST_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target.with_suffix(".part"))
+    target.with_suffix(".part").rename(target)
+    done = target.parent / "tasks" / ".complete"
+    done.unlink(missing_ok=True)  # re-extract from the new copy
+    _index.cache_clear()
+    read_task_json.cache_clear()
+    return target
+
+
+def _count_tasks_in_tarball(path: Path) -> int:
+    with tarfile.open(path) as tf:
+        return sum(1 for m in tf if m.isfile() and m.name.endswith("/task.json") and _TASK_DIR in m.name)
+
+
+def _extract(tarball: Path, out: Path) -> Path:
+    """Every task.json of an sdist, extracted once (one pass, ~10 s) into `out`."""
     done = out / ".complete"
     if done.exists():
         return out
-    with tarfile.open(sdist_path()) as tf:
+    with tarfile.open(tarball) as tf:
         for m in tf:
             name = m.name.split("/", 1)[1] if "/" in m.name else m.name  # drop "bigbench-1.0.0/"
             if m.isfile() and name.startswith(_TASK_DIR) and name.endswith("/task.json"):
@@ -82,6 +126,36 @@ def _extracted_dir() -> Path:
                 dest.write_bytes(tf.extractfile(m).read())
     done.touch()
     return out
+
+
+def _task_folder(folder: Path) -> Path:
+    """The folder whose sub-folders are tasks, given a checkout root, its bigbench/ or the folder itself."""
+    for cand in (folder / _TASK_DIR, folder / "benchmark_tasks", folder):
+        if cand.is_dir() and (any(cand.glob("*/task.json")) or any(cand.glob("*/*/task.json"))):
+            return cand
+    raise BigBenchUnavailable(f"{SOURCE_ENV}={folder}: no task.json below it (want <task>/task.json)")
+
+
+def _extracted_dir() -> Path:
+    """The folder of task folders: ${SOURCE_ENV} when set, else the cache's extraction of the sdist."""
+    source = os.environ.get(SOURCE_ENV)
+    if source:
+        src = Path(source).expanduser()
+        if src.is_dir():
+            return _task_folder(src)
+        if src.is_file():
+            key = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:12]
+            return _extract(src, paths.downloads_dir() / "bigbench" / f"tasks-{key}")
+        raise BigBenchUnavailable(f"{SOURCE_ENV}={source}: no such file or folder")
+    out = paths.downloads_dir() / "bigbench" / "tasks"
+    if (out / ".complete").exists():
+        return out
+    return _extract(sdist_path(), out)
+
+
+def source() -> str:
+    """Where the task data comes from, for reports."""
+    return os.environ.get(SOURCE_ENV) or str(paths.downloads_dir() / "bigbench" / SDIST_FILE)
 
 
 @functools.lru_cache(maxsize=1)
