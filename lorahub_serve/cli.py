@@ -33,7 +33,9 @@ def _cmd_data_list(a) -> int:
 def _cmd_data_fetch(a) -> int:
     from lorahub_serve.data import bigbench
 
-    print(f"{len(bigbench.list_tasks())} BIG-bench tasks in {bigbench.sdist_path()}")
+    if a.source:
+        print(f"[data] copied into {bigbench.store_sdist(a.source)}")
+    print(f"{len(bigbench.list_tasks())} BIG-bench tasks from {bigbench.source()}")
     return 0
 
 
@@ -50,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     dl = data.add_parser("list", help="list BIG-bench tasks")
     dl.add_argument("--bbh", action="store_true", help="only the held-out BBH tasks")
     dl.set_defaults(func=_cmd_data_list)
-    df = data.add_parser("fetch", help="download the BIG-bench sdist into the cache")
+    df = data.add_parser("fetch", help="download the BIG-bench sdist into the cache (or copy one: --from)")
+    df.add_argument("--from", dest="source", default=None, metavar="SDIST",
+                    help="a copy of bigbench-1.0.0.tar.gz to store in the cache instead of downloading")
     df.set_defaults(func=_cmd_data_fetch)
 
     for register in _extensions():

@@ -1,5 +1,10 @@
 """BIG-bench tasks read straight from the `bigbench==1.0.0` sdist tarball (never pip-installed).
 
+Where the files come from: `$LORAHUB_BIGBENCH` (a copy of the sdist, or a folder of task folders
+such as a BIG-bench checkout's `bigbench/benchmark_tasks`) when set, else the sdist downloaded once
+from PyPI into the cache. PyPI stopped serving 1.0.0 (seen 2026-12-07): without a copy, loading a
+task raises `BigBenchUnavailable`, which says how to supply one.
+
 A task is addressed by its folder below `bigbench/benchmark_tasks/`, e.g. `navigate` or
 `logical_deduction/three_objects`. Multiple-choice examples show their options in a seeded
 random order ("(A) ...") because some files list the correct answer first.
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from lorahub_serve import paths
 from lorahub_serve.data.examples import LETTERS, Example
+from lorahub_serve.errors import LorahubError
 
 SDIST_FILE = "bigbench-1.0.0.tar.gz"
 PYPI_SIMPLE = "https://pypi.org/simple/bigbench/"  # PyPI's JSON simple API (PEP 691)
@@ -25,7 +31,7 @@ _TASK_DIR = "bigbench/benchmark_tasks/"
 SOURCE_ENV = "LORAHUB_BIGBENCH"  # a copy of the sdist, or a folder of task folders
 
 
-class BigBenchUnavailable(RuntimeError):
+class BigBenchUnavailable(LorahubError, RuntimeError):
     """The task data cannot be had: PyPI no longer serves the sdist, or the network is down."""
 
 
@@ -104,6 +110,7 @@ def store_sdist(source: Path) -> Path:
     done.unlink(missing_ok=True)  # re-extract from the new copy
     _index.cache_clear()
     read_task_json.cache_clear()
+    answer_style.cache_clear()
     return target
 
 
@@ -151,6 +158,14 @@ def _extracted_dir() -> Path:
     if (out / ".complete").exists():
         return out
     return _extract(sdist_path(), out)
+
+
+def use_source(path: Path | str) -> None:
+    """Read tasks from `path` from now on (this process and its children): sets ${SOURCE_ENV}."""
+    os.environ[SOURCE_ENV] = str(path)
+    _index.cache_clear()
+    read_task_json.cache_clear()
+    answer_style.cache_clear()
 
 
 def source() -> str:
