@@ -27,6 +27,7 @@ from lorahub_serve.eval.headroom_report import bootstrap_ci, reading
 
 METHODS = ("zero_shot", "icl", "lorahub", "best_single", "soup")
 LEARNABLE_GAIN = 20.0
+MIN_ROWS_FOR_CI = 3  # a bootstrap over one or two task-seeds has no width to read
 
 
 def score(row: dict, method: str) -> float:
@@ -71,6 +72,11 @@ def build(rows: list[dict], floor: dict[str, dict]) -> tuple[str, dict]:
         if not subset:
             continue
         for other in ("icl", "zero_shot"):
+            if len(subset) < MIN_ROWS_FOR_CI:
+                lines.append(f"| LoraHub - {other}, {label} | {len(subset)} | "
+                             f"{np.mean([score(r, 'lorahub') - score(r, other) for r in subset]):+.1f} | "
+                             f"too few task-seeds for a CI |")
+                continue
             diff, read = _paired(subset, "lorahub", other)
             lines.append(f"| LoraHub - {other}, {label} | {len(subset)} | {diff} | {read} |")
             figures[f"lorahub - {other}, {label}"] = bootstrap_ci(
