@@ -1,4 +1,5 @@
-"""`lorahub-serve hub build` on a tiny Llama with real BIG-bench tasks: in process and on Ray.
+"""`lorahub-serve hub build` on a tiny Llama with BIG-bench tasks (the synthetic stand-in by
+default): in process and on Ray.
 
 Tokenized with the tiny word-level tokenizer, strategyqa and anachronisms fit in 100 tokens while
 every intent_recognition example is longer, so that task must be skipped and replaced.

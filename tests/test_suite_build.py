@@ -1,5 +1,5 @@
-"""The headroom suite builder on a tiny Llama with real BIG-bench tasks: oracles trained apart
-from the evaluation set, the gate's rule, the reserved families, resuming."""
+"""The headroom suite builder on a tiny Llama with BIG-bench tasks (the synthetic stand-in by
+default): oracles trained apart from the evaluation set, the gate's rule, the reserved families, resuming."""
 
 import json
 from pathlib import Path
