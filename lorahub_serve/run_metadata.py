@@ -68,5 +68,7 @@ def metadata() -> dict:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "loadavg_1m": os.getloadavg()[0],  # other work on the machine skews CPU timings
+        # BIG-bench's sdist left PyPI (2026-12-07): say which task files a figure was made on.
+        "task_data": os.environ.get("LORAHUB_BIGBENCH") or "bigbench-1.0.0 sdist",
         **_versions_and_gpu(),
     }

@@ -84,9 +84,8 @@ def test_a_folder_of_task_folders_loads(source, tmp_path):
         bigbench.list_tasks()
 
 
-def test_an_sdist_tarball_loads(source, tmp_path):
-    root = standin.write_standin(tmp_path / "tasks", SOME)
-    tarball = tmp_path / "bigbench-1.0.0.tar.gz"
+def _sdist(root, tarball):
+    """An sdist-shaped tarball of the task folders under `root`."""
     with tarfile.open(tarball, "w:gz") as tf:
         for task, data in _files(root).items():
             info = tarfile.TarInfo(f"bigbench-1.0.0/bigbench/benchmark_tasks/{task}")
@@ -94,6 +93,12 @@ def test_an_sdist_tarball_loads(source, tmp_path):
             tf.addfile(info, io.BytesIO(data))
         readme = tarfile.TarInfo("bigbench-1.0.0/README.md")  # not a task: left out
         tf.addfile(readme, io.BytesIO(b""))
+    return tarball
+
+
+def test_an_sdist_tarball_loads(source, tmp_path):
+    root = standin.write_standin(tmp_path / "tasks", SOME)
+    tarball = _sdist(root, tmp_path / "bigbench-1.0.0.tar.gz")
     source(tarball)
     assert bigbench.list_tasks() == sorted(SOME)
     folder = bigbench.load_task("linguistic_mappings/plural_json")
@@ -154,3 +159,31 @@ def test_unknown_names_get_a_generic_task_of_a_sensible_kind():
     assert standin.kind_of("linguistic_mappings/made_up_json") == "generative"
     generic = standin.make_task("made_up_task")["examples"]
     assert len(generic) == standin.N_EXAMPLES and all(e["target_scores"] for e in generic)
+
+
+def test_data_fetch_from_copies_an_sdist_into_the_cache_and_refuses_a_tarball_without_tasks(tmp_path):
+    """What a user does now that PyPI no longer serves the sdist: `data fetch --from COPY`; later
+    commands then read the cache without LORAHUB_BIGBENCH. A tarball with no task.json is refused."""
+    import subprocess
+    import sys
+
+    tarball = _sdist(standin.write_standin(tmp_path / "tasks", SOME), tmp_path / "copy.tar.gz")
+    env = {k: v for k, v in os.environ.items() if k != bigbench.SOURCE_ENV}
+    env["LORAHUB_HOME"] = str(tmp_path / "home")
+    cli = [sys.executable, "-m", "lorahub_serve.cli"]
+
+    def run(*args):
+        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True, check=False)
+
+    out = run("data", "fetch", "--from", str(tarball))
+    assert out.returncode == 0, out.stderr
+    assert f"{len(SOME)} BIG-bench tasks" in out.stdout
+    assert (tmp_path / "home" / "downloads" / "bigbench" / bigbench.SDIST_FILE).is_file()
+    listed = run("data", "list")
+    assert listed.returncode == 0 and "linguistic_mappings/plural_json" in listed.stdout
+
+    empty = tmp_path / "empty.tar.gz"
+    with tarfile.open(empty, "w:gz") as tf:
+        tf.addfile(tarfile.TarInfo("bigbench-0.0.1/README.md"), io.BytesIO(b""))
+    bad = run("data", "fetch", "--from", str(empty))
+    assert bad.returncode == 2 and "not a BIG-bench sdist" in bad.stderr and len(bad.stderr.splitlines()) == 1
