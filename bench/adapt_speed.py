@@ -27,6 +27,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import resource
 import subprocess
 import sys
@@ -148,7 +149,13 @@ def _run(fn, args):
     t0 = time.perf_counter()
     p = ctx.Process(target=fn, args=(args, q))
     p.start()
-    out = q.get()
+    while True:  # a child that dies (bad data, out of memory) must end the benchmark, not hang it
+        try:
+            out = q.get(timeout=5)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise SystemExit(f"{fn.__name__} died (exit code {p.exitcode}) before reporting; see above")
     p.join()
     out["process_s"] = time.perf_counter() - t0
     return out
