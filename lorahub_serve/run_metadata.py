@@ -56,6 +56,18 @@ def _versions_and_gpu() -> dict:
     return info
 
 
+def task_data() -> str:
+    """Which task files a figure was made on. BIG-bench's sdist left PyPI (2026-12-07), so a run may
+    read a copy named by LORAHUB_BIGBENCH, or the generated stand-in, whose figures say nothing
+    about BIG-bench: the record says which."""
+    source = os.environ.get("LORAHUB_BIGBENCH")
+    if not source:
+        return "bigbench-1.0.0 sdist"
+    from lorahub_serve.data.standin import standin_active
+
+    return f"{source} (generated stand-in, not BIG-bench)" if standin_active() else source
+
+
 def metadata() -> dict:
     """Machine, date, commit and command line of this run."""
     return {
@@ -68,7 +80,6 @@ def metadata() -> dict:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "loadavg_1m": os.getloadavg()[0],  # other work on the machine skews CPU timings
-        # BIG-bench's sdist left PyPI (2026-12-07): say which task files a figure was made on.
-        "task_data": os.environ.get("LORAHUB_BIGBENCH") or "bigbench-1.0.0 sdist",
+        "task_data": task_data(),
         **_versions_and_gpu(),
     }

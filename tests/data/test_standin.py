@@ -187,3 +187,17 @@ def test_data_fetch_from_copies_an_sdist_into_the_cache_and_refuses_a_tarball_wi
         tf.addfile(tarfile.TarInfo("bigbench-0.0.1/README.md"), io.BytesIO(b""))
     bad = run("data", "fetch", "--from", str(empty))
     assert bad.returncode == 2 and "not a BIG-bench sdist" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+def test_every_report_says_when_its_figures_come_from_the_stand_in(source, tmp_path):
+    """run_metadata (written into every eval report and benchmark) labels stand-in data as such,
+    and a real copy given by LORAHUB_BIGBENCH by its path alone."""
+    from lorahub_serve.run_metadata import metadata
+
+    source(standin.write_standin(tmp_path / "standin", SOME))
+    assert metadata()["task_data"].endswith("(generated stand-in, not BIG-bench)")
+    real = tmp_path / "real" / "navigate" / "task.json"
+    real.parent.mkdir(parents=True)
+    real.write_text('{"examples": [{"input": "x", "target_scores": {"True": 1, "False": 0}}]}')
+    source(tmp_path / "real")
+    assert metadata()["task_data"] == str(tmp_path / "real")
