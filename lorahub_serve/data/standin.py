@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 from lorahub_serve.data import bigbench
@@ -828,6 +829,17 @@ def standin_active() -> bool:
         return False
 
 
+def warn_if_active(command: str) -> bool:
+    """One warning line on stderr when a command that trains modules or makes figures reads the
+    stand-in (a LORAHUB_BIGBENCH left pointing at it, e.g. at the demo's copy); True then."""
+    if not standin_active():
+        return False
+    print(f"[{command}] warning: {bigbench.SOURCE_ENV}={os.environ[bigbench.SOURCE_ENV]} is the "
+          "generated stand-in, not BIG-bench: what this run makes says nothing about BIG-bench",
+          file=sys.stderr)
+    return True
+
+
 __all__ = ["MARKER", "default_tasks", "is_standin", "kind_of", "make_task", "standin_active",
-           "write_standin"]
+           "warn_if_active", "write_standin"]
 

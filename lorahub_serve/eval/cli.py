@@ -61,6 +61,9 @@ def _cmd_eval_headroom(a) -> int:
 
 
 def _cmd_eval(a) -> int:
+    from lorahub_serve.data.standin import warn_if_active
+
+    warn_if_active("eval")
     if a.suite == "headroom":
         return _cmd_eval_headroom(a)
     from lorahub_serve.data.bbh import BBH_TASKS
@@ -81,6 +84,9 @@ def _cmd_eval(a) -> int:
 
 
 def _cmd_suite_build(a) -> int:
+    from lorahub_serve.data.standin import warn_if_active
+
+    warn_if_active("suite build")
     from lorahub_serve.eval.suite import SUITE_CANDIDATES, build_suite
     from lorahub_serve.hub.train import TrainConfig
 

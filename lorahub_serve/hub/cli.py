@@ -8,6 +8,9 @@ from lorahub_serve.choices import TRAIN_DTYPES
 
 
 def _cmd_hub_build(a) -> int:
+    from lorahub_serve.data.standin import warn_if_active
+
+    warn_if_active("hub build")
     from lorahub_serve.hub.build import BROAD_HUB_TASKS, build_hub
     from lorahub_serve.hub.train import TrainConfig
 

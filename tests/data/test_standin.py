@@ -201,3 +201,14 @@ def test_every_report_says_when_its_figures_come_from_the_stand_in(source, tmp_p
     real.write_text('{"examples": [{"input": "x", "target_scores": {"True": 1, "False": 0}}]}')
     source(tmp_path / "real")
     assert metadata()["task_data"] == str(tmp_path / "real")
+
+
+def test_commands_that_make_modules_or_figures_warn_on_the_stand_in(source, tmp_path, capsys):
+    source(standin.write_standin(tmp_path / "standin", SOME))
+    assert standin.warn_if_active("hub build")
+    assert "[hub build] warning:" in capsys.readouterr().err
+    real = tmp_path / "real" / "navigate" / "task.json"
+    real.parent.mkdir(parents=True)
+    real.write_text('{"examples": [{"input": "x", "target_scores": {"True": 1, "False": 0}}]}')
+    source(tmp_path / "real")
+    assert not standin.warn_if_active("hub build") and capsys.readouterr().err == ""
