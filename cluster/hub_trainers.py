@@ -43,7 +43,7 @@ class HubTrainer:
         """Train `work.task` with `work.cfg` (a `hub_build.TrainWork`); returns a TrainedModule."""
         from lorahub_serve.hub.build import train_module
 
-        return train_module(self.net, self.tok, work.task, work.cfg)
+        return train_module(self.net, self.tok, work.task, work.cfg, examples=work.examples)
 
 
 @contextlib.contextmanager

@@ -203,3 +203,48 @@ def test_a_format_robust_module_records_its_share_and_keeps_the_natural_held_out
     assert entry["generic_share"] == 0.5
     assert 0.3 * entry["train_examples"] < entry["generic_rows"] < 0.7 * entry["train_examples"]
     assert entry["heldout_examples"] == 32 and entry["heldout_loss"] > 0
+
+
+def test_a_hub_from_your_own_examples_needs_no_big_bench(tiny_llama_dir, tmp_path):
+    """`hub build --examples-dir DIR`: one module per DIR/NAME.jsonl, trained and recorded like a
+    BIG-bench module (held-out loss, answer format), with BIG-bench unreachable; a second run
+    resumes (nothing left), and the hub loads as a stack."""
+    import os
+    import random
+    import subprocess
+    import sys
+
+    words = ["cat", "dog", "red", "blue", "green", "left", "right", "up", "down", "the"]
+    rng = random.Random(0)
+    own = tmp_path / "own"
+    own.mkdir()
+    with open(own / "copy.jsonl", "w") as f:
+        for _ in range(60):
+            xs = " ".join(rng.sample(words, 3))
+            f.write(json.dumps({"input": f"Q: {xs}\nA:", "output": f" {xs}"}) + "\n")
+    with open(own / "is_red.jsonl", "w") as f:
+        for _ in range(60):
+            w = rng.choice(words)
+            f.write(json.dumps({"input": f"Q: is {w} red?\nOptions: yes, no\nA:",
+                                "output": " yes" if w == "red" else " no", "options": ["yes", "no"]}) + "\n")
+    hub = tmp_path / "hub"
+    env = {**os.environ, "LORAHUB_BIGBENCH": str(tmp_path / "no-big-bench-here")}
+    cmd = [sys.executable, "-m", "lorahub_serve.cli", "hub", "build", "--model", str(tiny_llama_dir),
+           "--out", str(hub), "--examples-dir", str(own), "--rank", "4", "--steps", "10", "--lr", "1e-2",
+           "--max-length", "100"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    modules = {m["source_task"]: m for m in json.loads((hub / "hub.json").read_text())["modules"]}
+    assert set(modules) == {"copy", "is_red"}
+    assert modules["copy"]["answer_style"] == "" and modules["is_red"]["answer_style"] == "text"
+    for m in modules.values():
+        assert m["task_source"] == "examples" and m["heldout_examples"] > 0 and m["heldout_loss"] > 0
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0 and "0 to train" in again.stdout + again.stderr
+    model, _ = load_base(tiny_llama_dir)
+    stack = stack_modules(model, read_manifest(hub))
+    assert len(stack.modules) == 2 and all(stack.lora_b[layer].abs().sum() > 0 for layer in stack.layers)
+
+    no_files = [str(tmp_path) if x == str(own) else x for x in cmd]  # a folder without NAME.jsonl
+    bad = subprocess.run(no_files, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2 and "no NAME.jsonl files" in bad.stderr

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from lorahub_serve.atomic import atomic_dir
 from lorahub_serve.data import bigbench, is_bbh, refuse_bbh
+from lorahub_serve.data.examples import load_jsonl
 from lorahub_serve.formats import ADAPTER_WEIGHTS, HUB_FORMAT, read_hub_json, write_hub_json
 from lorahub_serve.hub.train import TrainConfig, train_lora
 from lorahub_serve.work_pool import InlinePool
@@ -146,10 +148,27 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def trained_style(task: str) -> str:
-    """How `task`'s examples are answered in training today: "text", "letter" or "" (generative)."""
-    style = bigbench.answer_style(task)
+def trained_style(task: str, examples=None) -> str:
+    """How `task`'s examples are answered in training today: "text", "letter" or "" (generative);
+    from `examples` (a user's own task) when given, else from the BIG-bench task."""
+    if examples is not None:
+        styles = Counter(e.answer_style for e in examples)
+        style = styles.most_common(1)[0][0] if styles else ""
+    else:
+        style = bigbench.answer_style(task)
     return "letter" if style == "letter-label" else style
+
+
+def examples_dir_tasks(folder: Path) -> dict[str, list]:
+    """A user's own tasks for `hub build --examples-dir`: one module per `NAME.jsonl` (the
+    examples format of `adapt`), named NAME. No BIG-bench needed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--examples-dir {folder}: no such folder")
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        raise ValueError(f"--examples-dir {folder}: no NAME.jsonl files in it (one per task)")
+    return {f.stem: load_jsonl(f) for f in files}
 
 
 @dataclass
@@ -183,8 +202,10 @@ def train_module(net, tok, task: str, cfg: TrainConfig, progress=None,
     return TrainedModule(task, files=files, stats={**stats, "seconds": round(time.time() - t0, 1)})
 
 
-def record_module(hub_dir: Path, manifest: dict, mod: TrainedModule, cfg: TrainConfig) -> dict:
-    """Write a trained module's folder (atomically) and its `hub.json` entry; returns the entry."""
+def record_module(hub_dir: Path, manifest: dict, mod: TrainedModule, cfg: TrainConfig,
+                  examples=None) -> dict:
+    """Write a trained module's folder (atomically) and its `hub.json` entry; returns the entry.
+    `examples`: the user's own examples it was trained on (`--examples-dir`), else BIG-bench's."""
     name = module_name(mod.task)
     with atomic_dir(hub_dir / "modules" / name) as tmp:
         for fname, data in mod.files.items():
@@ -198,7 +219,8 @@ def record_module(hub_dir: Path, manifest: dict, mod: TrainedModule, cfg: TrainC
         "heldout_loss": _round(mod.stats.get("heldout_loss")), "heldout_examples": mod.stats.get("heldout_examples", 0),
         "heldout_accuracy": _round(mod.stats.get("heldout_accuracy")),
         "heldout_metric": mod.stats.get("heldout_metric"), "train_dtype": cfg.dtype,
-        "answer_style": trained_style(mod.task), "seconds": mod.stats["seconds"],
+        "answer_style": trained_style(mod.task, examples), "seconds": mod.stats["seconds"],
+        "task_source": "examples" if examples is not None else "bigbench",
     }
     if cfg.generic_share > 0:  # format-robust training (`hub build --format-robust`)
         entry.update(generic_share=cfg.generic_share, generic_rows=mod.stats.get("generic_rows", 0))
@@ -234,8 +256,12 @@ class BuildPlan:
 
 def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modules: int = 32,
               cfg: TrainConfig | None = None, log=print,
-              trainers: Callable[[], AbstractContextManager] | None = None) -> dict:
+              trainers: Callable[[], AbstractContextManager] | None = None,
+              own_examples: dict[str, list] | None = None) -> dict:
     """Train the missing modules into `hub_dir`, writing each module as soon as it is done.
+
+    own_examples: the user's own tasks, name -> examples (`--examples-dir`): one module each,
+    instead of BIG-bench tasks.
 
     trainers: makes the trainer pool, a context manager yielding an object with the interface
     of `LocalTrainers` (e.g. `functools.partial(cluster.hub_trainers.trainer_pool, model, 4)`);
@@ -248,7 +274,13 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
     manifest = read_hub_json(hub_dir, missing_ok=True)
     manifest.update({"format": HUB_FORMAT, "base_model": str(model)})
     done = {m["source_task"] for m in manifest["modules"] if (hub_dir / m["path"] / ADAPTER_WEIGHTS).exists()}
-    plan = BuildPlan.make(tasks, n_modules, done)
+    if own_examples:
+        if tasks:
+            raise ValueError("name tasks with --tasks or give your own with --examples-dir, not both")
+        todo = [t for t in own_examples if t not in done]
+        plan = BuildPlan(todo, len(done) + len(todo))
+    else:
+        plan = BuildPlan.make(tasks, n_modules, done)
     missing = plan.target - len(done)
     if missing <= 0:
         log(f"[hub] {len(done)} modules present, 0 to train into {hub_dir}")
@@ -259,7 +291,7 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
         if mod.skipped:
             log(f"[hub] skipped {mod.task}: {mod.skipped}")
             return False
-        entry = record_module(hub_dir, manifest, mod, cfg)
+        entry = record_module(hub_dir, manifest, mod, cfg, (own_examples or {}).get(mod.task))
         bar.update(1)
         bar.set_postfix(task=mod.task[:24], loss=f"{entry['final_loss']:.3f}")
         log(f"[hub] {mod.task}: loss {mod.stats['first_loss']:.3f} -> {mod.stats['final_loss']:.3f} "
@@ -273,7 +305,7 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
     try:
         with make_pool() as pool:
             log(f"[hub] {len(done)} modules present, {missing} to train into {hub_dir} ({pool.where})")
-            trained = train_modules(pool, plan.candidates, missing, cfg, on_result)
+            trained = train_modules(pool, plan.candidates, missing, cfg, on_result, own_examples)
     finally:
         bar.close()
     trained += len(done)
@@ -289,10 +321,12 @@ class TrainWork:
     task: str
     cfg: TrainConfig
     attempts: int = 0
+    examples: list | None = None  # the user's own (`--examples-dir`); None: the BIG-bench task's
 
 
 def train_modules(pool, candidates: list[str], missing: int, cfg: TrainConfig,
-                  on_result: Callable[[TrainedModule], bool]) -> int:
+                  on_result: Callable[[TrainedModule], bool],
+                  own_examples: dict[str, list] | None = None) -> int:
     """Train candidates in order on `pool` until `missing` modules are recorded.
 
     `on_result(TrainedModule) -> bool` (True: recorded) runs here as each module finishes; a
@@ -301,7 +335,8 @@ def train_modules(pool, candidates: list[str], missing: int, cfg: TrainConfig,
     queue, running, recorded = list(candidates), 0, 0
     while running or (queue and recorded + running < missing):
         while pool.free() > 0 and queue and recorded + running < missing:
-            pool.submit(TrainWork(queue.pop(0), cfg))
+            task = queue.pop(0)
+            pool.submit(TrainWork(task, cfg, examples=(own_examples or {}).get(task)))
             running += 1
         finished = pool.wait()
         if not finished:
@@ -334,4 +369,4 @@ class LocalTrainers(InlinePool):
             self.net, self.tok = load_base(resolve_model(self.model))
         step = None if self.on_step is None else (
             lambda s, n, loss: self.on_step(work.task, s, n, loss))
-        return train_module(self.net, self.tok, work.task, work.cfg, progress=step)
+        return train_module(self.net, self.tok, work.task, work.cfg, progress=step, examples=work.examples)

@@ -10,8 +10,9 @@ from lorahub_serve.choices import TRAIN_DTYPES
 def _cmd_hub_build(a) -> int:
     from lorahub_serve.data.standin import warn_if_active
 
-    warn_if_active("hub build")
-    from lorahub_serve.hub.build import BROAD_HUB_TASKS, build_hub
+    if not a.examples_dir:  # your own tasks do not read BIG-bench
+        warn_if_active("hub build")
+    from lorahub_serve.hub.build import BROAD_HUB_TASKS, build_hub, examples_dir_tasks
     from lorahub_serve.hub.train import TrainConfig
 
     cfg = TrainConfig(rank=a.rank, alpha=2 * a.rank, steps=a.steps, lr=a.lr, max_length=a.max_length,
@@ -22,7 +23,10 @@ def _cmd_hub_build(a) -> int:
     trainers = None  # --actors / --ray-address and their pool come from cluster/cli.py
     if getattr(a, "actors", 1) > 1 or getattr(a, "ray_address", None):
         trainers = a.trainer_pool(a)
-    manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg, trainers=trainers)
+    own = examples_dir_tasks(Path(a.examples_dir)) if a.examples_dir else None
+    if own and (a.tasks or a.broad):
+        raise ValueError("--examples-dir trains your own tasks: leave out --tasks and --broad")
+    manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg, trainers=trainers, own_examples=own)
     print(f"hub {a.out}: {len(manifest['modules'])} modules")
     return 0
 
@@ -50,6 +54,9 @@ def register(sub) -> None:
     hb.add_argument("--model", default="smollm2-135m")
     hb.add_argument("--out", required=True)
     hb.add_argument("--tasks", nargs="*", default=None, help="task names (default: curated list)")
+    hb.add_argument("--examples-dir", default=None, metavar="DIR",
+                    help="your own tasks instead of BIG-bench: one module per DIR/NAME.jsonl (the examples "
+                         "format of `adapt`), named NAME")
     hb.add_argument("--modules", type=int, default=32,
                     help="modules the hub should hold, from the curated task list (default 32)")
     hb.add_argument("--rank", type=int, default=8)
