@@ -245,6 +245,11 @@ def test_a_hub_from_your_own_examples_needs_no_big_bench(tiny_llama_dir, tmp_pat
     stack = stack_modules(model, read_manifest(hub))
     assert len(stack.modules) == 2 and all(stack.lora_b[layer].abs().sum() > 0 for layer in stack.layers)
 
+    centroids = subprocess.run([sys.executable, "-m", "lorahub_serve.cli", "hub", "centroids", "--model",
+                                str(tiny_llama_dir), "--hub", str(hub), "--examples-dir", str(own)],
+                               env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert centroids.returncode == 0 and "2 centroids computed" in centroids.stdout, centroids.stderr[-1000:]
+
     no_files = [str(tmp_path) if x == str(own) else x for x in cmd]  # a folder without NAME.jsonl
     bad = subprocess.run(no_files, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "no NAME.jsonl files" in bad.stderr

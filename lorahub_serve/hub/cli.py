@@ -41,9 +41,18 @@ def _cmd_hub_heldout(a) -> int:
 
 
 def _cmd_hub_centroids(a) -> int:
-    from lorahub_serve.hub.centroids import compute_centroids
+    from lorahub_serve.hub.build import examples_dir_tasks
+    from lorahub_serve.hub.centroids import bigbench_inputs, compute_centroids
 
-    n = compute_centroids(a.model, Path(a.hub), a.inputs)
+    inputs_of = bigbench_inputs
+    if a.examples_dir:  # a hub built with --examples-dir: its modules' inputs are the user's files
+        own = examples_dir_tasks(Path(a.examples_dir))
+
+        def inputs_of(task: str, n: int) -> list[str]:
+            if task not in own:
+                raise ValueError(f"--examples-dir {a.examples_dir} has no {task}.jsonl for module {task!r}")
+            return [e.input for e in own[task][:n]]
+    n = compute_centroids(a.model, Path(a.hub), a.inputs, inputs_of=inputs_of)
     print(f"hub {a.hub}: {n} centroids computed")
     return 0
 
@@ -82,4 +91,6 @@ def register(sub) -> None:
     hc.add_argument("--model", default="smollm2-135m")
     hc.add_argument("--hub", required=True)
     hc.add_argument("--inputs", type=int, default=32, help="training inputs per module")
+    hc.add_argument("--examples-dir", default=None, metavar="DIR",
+                    help="the folder a hub was built from with `hub build --examples-dir`")
     hc.set_defaults(func=_cmd_hub_centroids)
