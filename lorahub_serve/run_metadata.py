@@ -60,11 +60,12 @@ def task_data() -> str:
     """Which task files a figure was made on. BIG-bench's sdist left PyPI (2026-12-07), so a run may
     read a copy named by LORAHUB_BIGBENCH, or the generated stand-in, whose figures say nothing
     about BIG-bench: the record says which."""
-    source = os.environ.get("LORAHUB_BIGBENCH")
-    if not source:
-        return "bigbench-1.0.0 sdist"
+    from lorahub_serve.data.bigbench import SOURCE_ENV
     from lorahub_serve.data.standin import standin_active
 
+    source = os.environ.get(SOURCE_ENV)
+    if not source:
+        return "bigbench-1.0.0 sdist"
     return f"{source} (generated stand-in, not BIG-bench)" if standin_active() else source
 
 

@@ -34,14 +34,14 @@ prepare() {
     # The speed benchmarks' task files: BIG-bench where it can be had, else the generated stand-in
     # (PyPI stopped serving the sdist; speed depends on token counts, not on the text).
     $py - "$PAYLOAD/tasks" $TASKS <<'PY'
-import shutil, sys
+import json, shutil, sys
 from pathlib import Path
 from lorahub_serve.data import bigbench
 out, tasks = Path(sys.argv[1]), sys.argv[2:]
 try:
     for t in tasks:
         (out / t).mkdir(parents=True, exist_ok=True)
-        (out / t / "task.json").write_text(__import__("json").dumps(bigbench.read_task_json(t)))
+        (out / t / "task.json").write_text(json.dumps(bigbench.read_task_json(t)))
 except bigbench.BigBenchUnavailable as e:
     from lorahub_serve.data.standin import write_standin
     shutil.rmtree(out); write_standin(out, tasks)

@@ -37,10 +37,7 @@ if not REAL_BIGBENCH:
     STANDIN_TASKS = (*default_tasks(), *DEFAULT_HUB_TASKS, *BROAD_HUB_TASKS, *SUITE_CANDIDATES)
     _standin = Path(tempfile.mkdtemp(prefix="lorahub-bigbench-standin-"))
     atexit.register(shutil.rmtree, _standin, True)
-    os.environ[bigbench.SOURCE_ENV] = str(write_standin(_standin, STANDIN_TASKS))
-    bigbench._index.cache_clear()
-    bigbench.read_task_json.cache_clear()
-    bigbench.answer_style.cache_clear()
+    bigbench.use_source(write_standin(_standin, STANDIN_TASKS))
 
 from lorahub_serve import testing
 

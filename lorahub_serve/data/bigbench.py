@@ -108,15 +108,21 @@ def store_sdist(source: Path) -> Path:
     target.with_suffix(".part").rename(target)
     done = target.parent / "tasks" / ".complete"
     done.unlink(missing_ok=True)  # re-extract from the new copy
-    _index.cache_clear()
-    read_task_json.cache_clear()
-    answer_style.cache_clear()
+    clear_caches()
     return target
+
+
+def _task_member(m: tarfile.TarInfo) -> str | None:
+    """A task file's path below `benchmark_tasks/` (e.g. `navigate/task.json`), else None."""
+    name = m.name.split("/", 1)[1] if "/" in m.name else m.name  # drop "bigbench-1.0.0/"
+    if m.isfile() and name.startswith(_TASK_DIR) and name.endswith("/task.json"):
+        return name[len(_TASK_DIR):]
+    return None
 
 
 def _count_tasks_in_tarball(path: Path) -> int:
     with tarfile.open(path) as tf:
-        return sum(1 for m in tf if m.isfile() and m.name.endswith("/task.json") and _TASK_DIR in m.name)
+        return sum(1 for m in tf if _task_member(m))
 
 
 def _extract(tarball: Path, out: Path) -> Path:
@@ -126,9 +132,8 @@ def _extract(tarball: Path, out: Path) -> Path:
         return out
     with tarfile.open(tarball) as tf:
         for m in tf:
-            name = m.name.split("/", 1)[1] if "/" in m.name else m.name  # drop "bigbench-1.0.0/"
-            if m.isfile() and name.startswith(_TASK_DIR) and name.endswith("/task.json"):
-                dest = out / name[len(_TASK_DIR):]
+            if rel := _task_member(m):
+                dest = out / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(tf.extractfile(m).read())
     done.touch()
@@ -163,6 +168,11 @@ def _extracted_dir() -> Path:
 def use_source(path: Path | str) -> None:
     """Read tasks from `path` from now on (this process and its children): sets ${SOURCE_ENV}."""
     os.environ[SOURCE_ENV] = str(path)
+    clear_caches()
+
+
+def clear_caches() -> None:
+    """Forget what was read (task index, files, answer styles): the source has changed."""
     _index.cache_clear()
     read_task_json.cache_clear()
     answer_style.cache_clear()

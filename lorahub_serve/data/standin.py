@@ -26,6 +26,7 @@ import random
 import sys
 from pathlib import Path
 
+from lorahub_serve import paths
 from lorahub_serve.data import bigbench
 from lorahub_serve.data.bbh import BBH_TASKS
 
@@ -790,7 +791,7 @@ def default_tasks() -> tuple[str, ...]:
     suite's candidate lists live above this layer (hub/, eval/ import data/, not the reverse):
     whoever needs them passes them to `write_standin` (tests/conftest.py does)."""
     names = set(BBH_TASKS) | set(TEST_TASKS)
-    suites = Path(__file__).resolve().parents[2] / "suites"
+    suites = paths.repo_root() / "suites"
     for manifest in sorted(suites.glob("*.json")) if suites.is_dir() else ():
         try:
             names.update(c["task"] for c in json.loads(manifest.read_text())["candidates"])

@@ -276,7 +276,7 @@ def build_hub(model: str, hub_dir: Path, tasks: list[str] | None = None, n_modul
     done = {m["source_task"] for m in manifest["modules"] if (hub_dir / m["path"] / ADAPTER_WEIGHTS).exists()}
     if own_examples:
         if tasks:
-            raise ValueError("name tasks with --tasks or give your own with --examples-dir, not both")
+            raise ValueError("--examples-dir trains your own tasks: leave out --tasks and --broad")
         todo = [t for t in own_examples if t not in done]
         plan = BuildPlan(todo, len(done) + len(todo))
     else:

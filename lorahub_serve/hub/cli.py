@@ -24,8 +24,6 @@ def _cmd_hub_build(a) -> int:
     if getattr(a, "actors", 1) > 1 or getattr(a, "ray_address", None):
         trainers = a.trainer_pool(a)
     own = examples_dir_tasks(Path(a.examples_dir)) if a.examples_dir else None
-    if own and (a.tasks or a.broad):
-        raise ValueError("--examples-dir trains your own tasks: leave out --tasks and --broad")
     manifest = build_hub(a.model, Path(a.out), a.tasks, a.modules, cfg, trainers=trainers, own_examples=own)
     print(f"hub {a.out}: {len(manifest['modules'])} modules")
     return 0

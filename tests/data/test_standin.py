@@ -15,10 +15,6 @@ SOME = ("navigate", "date_understanding", "linguistic_mappings/plural_json", "fa
         "logical_deduction/three_objects")
 
 
-def _clear():
-    bigbench._index.cache_clear()
-    bigbench.read_task_json.cache_clear()
-    bigbench.answer_style.cache_clear()
 
 
 @pytest.fixture
@@ -28,11 +24,11 @@ def source(monkeypatch, tmp_path):
 
     def use(path):
         monkeypatch.setenv(bigbench.SOURCE_ENV, str(path))
-        _clear()
+        bigbench.clear_caches()
 
     yield use
     monkeypatch.undo()
-    _clear()
+    bigbench.clear_caches()
 
 
 def _files(root):
