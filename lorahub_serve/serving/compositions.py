@@ -17,9 +17,13 @@ client sends it with `extra_body`), a composition of hub modules instead of a st
    format naming the field and the problem;
 2. names the composition by a hash of its content (rule and its parameters, module names, their
    sha256, weights): `lh-<24 hex>`;
-3. writes it into the store with the engine's export (`compose_factors` + `write_adapter`,
-   atomically) unless it is there already, keeping at most `max_cached` compositions (least
-   recently used ones are removed from the store and unloaded from vLLM);
+3. writes it into the store with the engine's export (`compose_factors` + `write_adapter`)
+   unless it is there already, keeping at most `max_cached` compositions (least recently used
+   ones are removed from the store and unloaded from vLLM). Several servers may share the store
+   (Ray Serve replicas): the build holds the name's file lock (`store_locks.name_lock`), so two
+   servers asked for one new composition at once build it once, and the folder is written in a
+   hidden temporary and renamed into place only if the name is still free (`publish_dir`), so
+   no reader ever sees half of it and no writer replaces another's;
 4. rewrites the body to `model: lh-...` without `lorahub`, and vLLM serves it like any stored
    adapter (same batches, its own bounded LoRA slots), and lists it in `GET /v1/models`.
 
@@ -33,6 +37,8 @@ import asyncio
 import hashlib
 import json
 import math
+import shutil
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +48,7 @@ from lorahub_serve.errors import LorahubError
 from lorahub_serve.serving.errors import error_body
 from lorahub_serve.serving.job_request import COMPOSITION_PREFIX
 from lorahub_serve.serving.store import AdapterStore, unload_from_vllm
+from lorahub_serve.serving.store_locks import name_lock, publish_dir
 
 if TYPE_CHECKING:
     from lorahub_serve.engine.merge import MergeSpec
@@ -72,6 +79,8 @@ class Compositions:
             (p.name, None) for p in sorted(cached, key=lambda p: p.stat().st_mtime))
         self._locks: dict[str, asyncio.Lock] = {}
         self._meta_model = None
+        self.made = 0  # compositions this server built
+        self.hits = 0  # requests served by a composition already in the store
 
     def check(self, spec, model) -> tuple[MergeSpec, list[str], list[float]]:
         """(rule and its parameters, module names, weights) of a valid specification, else
@@ -141,18 +150,38 @@ class Compositions:
         name = self.name(merge, names, weights)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            if not self.store.exists(name):
-                await asyncio.to_thread(self._build, name, merge, names, weights)
+            built = not self.store.exists(name) and await asyncio.to_thread(
+                self._build_once, name, merge, names, weights)
+        self.made, self.hits = self.made + bool(built), self.hits + (not built)
         self._lru[name] = None
         self._lru.move_to_end(name)
         evicted = []
         while len(self._lru) > self.max_cached:
             old, _ = self._lru.popitem(last=False)
-            self.store.remove(old)
+            with name_lock(self._jobs_dir, old):  # never while another server builds it
+                self.store.remove(old)
             evicted.append(old)
         return name, evicted
 
-    def _build(self, name: str, merge: MergeSpec, names: list[str], weights: list[float]) -> None:
+    @property
+    def _jobs_dir(self) -> Path:
+        from lorahub_serve.serving.jobs import JOBS_DIR
+
+        return self.store.root / JOBS_DIR
+
+    def _build_once(self, name: str, merge: MergeSpec, names: list[str], weights: list[float]) -> bool:
+        """Build `name` unless another server has meanwhile; True if this call built it."""
+        with name_lock(self._jobs_dir, name):
+            if self.store.exists(name):
+                return False
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=self.store.root))
+            try:
+                self._build(tmp / "adapter", merge, names, weights)
+                return publish_dir(tmp / "adapter", self.store.folder(name))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _build(self, out: Path, merge: MergeSpec, names: list[str], weights: list[float]) -> None:
         from lorahub_serve.engine.export import compose_factors, write_adapter
         from lorahub_serve.engine.hub import stack_modules
 
@@ -162,7 +191,7 @@ class Compositions:
                 "modules": [{"name": n, "sha256": self.modules[n].sha256, "weight": w}
                             for n, w in zip(names, weights)], "weights": weights}
         factors = compose_factors(stack, list(range(len(names))), weights, merge, model=self._meta())
-        write_adapter(self.store.folder(name), factors, self.base_name, meta)
+        write_adapter(out, factors, self.base_name, meta)
 
     def _meta(self):
         """The base model's layers on the `meta` device: shapes for `stack_modules`, no weights."""
