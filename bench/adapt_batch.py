@@ -27,9 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import write_result
 
-# Short multiple-choice upstream tasks: not BBH, and not in hub_build.DEFAULT_HUB_TASKS.
-TASKS = ["cause_and_effect/one_sentence", "crass_ai", "general_knowledge", "known_unknowns",
-         "nonsense_words_grammar", "riddle_sense", "human_organs_senses", "identify_odd_metaphor"]
+from lorahub_serve.eval.suite import RG_SUITE_CANDIDATES
+
+# Short reasoning-gym tasks that no hub module is trained on (the headroom suite's candidates).
+TASKS = list(RG_SUITE_CANDIDATES[:8])
 MODEL = "smollm2-135m"
 
 
@@ -48,11 +49,11 @@ def bench_hub(model_folder: Path) -> Path:
 
 
 def task_examples(n: int) -> list[tuple[str, list]]:
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
 
     out = []
     for task in TASKS[:n]:
-        shots, _ = bigbench.split(bigbench.load_task(task), 5, 50, seed=0)
+        shots, _ = tasks.split(tasks.load_task(task), 5, 50, seed=0)
         out.append((task.replace("/", "-"), shots))
     return out
 

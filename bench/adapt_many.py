@@ -35,13 +35,13 @@ MODEL = "smollm2-135m"
 
 
 def task_list(n: int) -> list[tuple[str, list]]:
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
 
-    data = {t: bigbench.load_task(t) for t in TASKS[:min(n, len(TASKS))]}
+    data = {t: tasks.load_task(t) for t in TASKS[:min(n, len(TASKS))]}
     out = []
     for i in range(n):
         task = TASKS[i % len(TASKS)]
-        shots, _ = bigbench.split(data[task], 5, 50, seed=i // len(TASKS))
+        shots, _ = tasks.split(data[task], 5, 50, seed=i // len(TASKS))
         out.append((f"{task.replace('/', '-')}-s{i // len(TASKS)}", shots))
     return out
 

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _examples(task: str, shots: int, seed: int) -> list[dict]:
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
 
-    few = bigbench.split(bigbench.load_task(task), shots, 50, seed)[0]
+    few = tasks.split(tasks.load_task(task), shots, 50, seed)[0]
     return [{"input": e.input, "output": e.output} for e in few]
 
 
@@ -97,7 +97,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--hub", default=str(Path(__file__).resolve().parent.parent / "hubs/smollm2-135m"))
-    p.add_argument("--task", default="navigate")
+    p.add_argument("--task", default="bbh/navigate")
     p.add_argument("--shots", type=int, default=5)
     p.add_argument("--budget", type=int, default=40)
     p.add_argument("--jobs", type=int, default=2)

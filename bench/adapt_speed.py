@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _examples(task: str, shots: int, seed: int):
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
 
-    return bigbench.split(bigbench.load_task(task), shots, 50, seed)[0]
+    return tasks.split(tasks.load_task(task), shots, 50, seed)[0]
 
 
 def _sync(device: str) -> None:
@@ -244,7 +244,7 @@ def main():
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--hub", default=None, help="hub folder (default: 20 random rank-8 q,v modules)")
     ap.add_argument("--modules", type=int, default=20)
-    ap.add_argument("--task", default="navigate", help="BIG-bench task supplying the few-shot examples")
+    ap.add_argument("--task", default="bbh/navigate", help="task supplying the few-shot examples (`data list`)")
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--budget", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)

@@ -25,10 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lorahub_serve.eval.headroom_report import binomial_ci
-
-# The tasks of the BBH table (bench/results/bbh_smollm2.md).
-TABLE_TASKS = ("sports_understanding", "navigate", "hyperbaton", "date_understanding",
-               "logical_deduction/three_objects", "disambiguation_qa", "snarks", "object_counting")
+from lorahub_serve.eval.run import BBH_TABLE_TASKS as TABLE_TASKS
 
 
 def _cell(acc: float, n: int) -> str:
@@ -40,7 +37,7 @@ def score_task(net, tok, task: str, cfg, oracle_dir: Path, n_eval: int) -> dict:
     from peft import PeftModel
 
     from lorahub_serve.adapter_scoring import accuracy, majority_rate
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
     from lorahub_serve.eval.suite import split_for_oracle
     from lorahub_serve.formats import read_hub_json
     from lorahub_serve.hub.build import module_name, record_module, train_module
@@ -60,7 +57,7 @@ def score_task(net, tok, task: str, cfg, oracle_dir: Path, n_eval: int) -> dict:
     _, oracle = accuracy(peft_model, tok, evalset, dtype=cfg.dtype)
     peft_model.unload()
     majority = majority_rate(evalset)
-    chance = 100.0 * bigbench.task_info(task).chance
+    chance = 100.0 * tasks.task_info(task).chance
     return {"task": task, "metric": metric, "n_eval": len(evalset), "n_train": len(train),
             "chance": round(chance, 1), "majority": round(majority, 1), "base": round(base, 1),
             "oracle": round(oracle, 1), "gain": round(oracle - max(base, majority), 1),

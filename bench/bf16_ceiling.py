@@ -62,7 +62,7 @@ def main() -> None:
     import torch
     from _meta import write_result
 
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
     from lorahub_serve.engine.adapt import Engine
     from lorahub_serve.engine.search import SearchConfig
     from lorahub_serve.models import cpu_has_native_bf16, load_base, resolve_model
@@ -71,7 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--modules", type=int, default=20)
-    ap.add_argument("--task", default="navigate")
+    ap.add_argument("--task", default="bbh/navigate")
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--calls", type=int, default=4, help="profiled population calls per repeat and dtype")
     ap.add_argument("--repeats", type=int, default=2)
@@ -83,7 +83,7 @@ def main() -> None:
     hub = Path(tempfile.mkdtemp(prefix="bench-hub-"))
     random_hub(load_base(resolve_model(args.model))[0], hub, n=args.modules, ranks=(8,),
                base_name=args.model, scale=0.25)
-    examples = bigbench.split(bigbench.load_task(args.task), args.shots, 50, 0)[0]
+    examples = tasks.split(tasks.load_task(args.task), args.shots, 50, 0)[0]
     calls = {}
     pop = SearchConfig().population(args.modules)
     w = np.random.default_rng(0).uniform(-0.5, 0.5, (pop, args.modules)).astype(np.float32)

@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _meta import write_result
 
+from lorahub_serve.eval.run import BBH_TABLE_TASKS
+
 # name -> SearchConfig fields (budget and seed added per run)
 CONFIGS: dict[str, dict] = {
     "old default (bounded CMA, pop 12, no start)": {"onehot_start": False, "sigma": 0.075, "popsize": 12},
@@ -37,8 +39,7 @@ CONFIGS: dict[str, dict] = {
     "start + line + CMA σ0.5 pop4": {"sigma": 0.5, "popsize": 4},
     "NGOpt (reference)": {"optimizer": "ngopt"},
 }
-TASKS = ("sports_understanding", "navigate", "hyperbaton", "date_understanding",
-         "logical_deduction/three_objects", "disambiguation_qa", "snarks", "object_counting")
+TASKS = BBH_TABLE_TASKS
 
 
 def memo_loss(engine, key: str, idx: list[int], cache: dict, seen: list):
@@ -65,7 +66,7 @@ def rc_of(engine, idx, weights: list[np.ndarray], evalset) -> list[float | None]
 
 
 def run(args) -> dict:
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
     from lorahub_serve.engine.adapt import Engine
     from lorahub_serve.engine.search import SearchConfig, run_search
 
@@ -74,7 +75,7 @@ def run(args) -> dict:
     rows = []
     for task in args.tasks:
         for seed in args.seeds:
-            shots, evalset = bigbench.split(bigbench.load_task(task), 5, 50, seed)  # the BBH table's split
+            shots, evalset = tasks.split(tasks.load_task(task), 5, 50, seed)  # the BBH table's split
             evalset = evalset[:args.rc]
             key = f"{task}@{seed}"
             engine.evaluator.add_task(key, shots)

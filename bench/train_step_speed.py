@@ -26,7 +26,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
 
     from lorahub_serve.adapter_scoring import autocast
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
     from lorahub_serve.hub.train import TrainConfig, heldout_split
     from lorahub_serve.models import load_base, resolve_model
     from lorahub_serve.prompting import causal_batch, pad_id
@@ -34,7 +34,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma3-270m")
-    ap.add_argument("--task", default="tense")
+    ap.add_argument("--task", default="rg/gcd@le20")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per repeat and loss")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=128)
@@ -43,7 +43,7 @@ def main() -> None:
 
     net, tok = load_base(resolve_model(a.model))
     cfg = TrainConfig(max_length=a.max_length, dtype=a.dtype)
-    rows, _, _ = heldout_split(tok, bigbench.load_task(a.task), cfg)
+    rows, _, _ = heldout_split(tok, tasks.load_task(a.task), cfg)
     batches = [causal_batch(rows[i * 8:(i + 1) * 8], pad_id(tok)) for i in range(a.steps)]
     model = get_peft_model(net, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

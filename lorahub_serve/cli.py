@@ -19,18 +19,38 @@ def _cmd_model_fetch(a) -> int:
 
 
 def _cmd_data_list(a) -> int:
-    from lorahub_serve.data import bigbench, is_bbh
+    from lorahub_serve.data import tasks
 
-    tasks = bigbench.list_tasks()
-    if a.bbh:
-        tasks = [t for t in tasks if is_bbh(t)]
-    for t in tasks:
-        print(f"{t}\t{'bbh (held out)' if is_bbh(t) else 'upstream'}")
-    print(f"# {len(tasks)} tasks", file=sys.stderr)
+    sources = [a.source] if a.source else list(tasks.SOURCES)
+    for src in sources:
+        names = [] if src == "jsonl" else tasks.list_tasks(src) if a.source else _listed_or_none(src)
+        state = ("name a file: path/to/examples.jsonl" if src == "jsonl" else
+                 f"{len(names)} tasks" if names else "not here (see `data fetch`)")
+        print(f"# {src}: {tasks.SOURCES[src]} -- {state}")
+        for t in names:
+            print(f"{t}\t{'held out: evaluation only' if tasks.is_eval_only(t) else ''}"
+                  f"{'reserved: never used' if tasks.is_reserved(t) else ''}".rstrip())
     return 0
 
 
+def _listed_or_none(source: str) -> list[str]:
+    from lorahub_serve.data import tasks
+
+    try:
+        return tasks.list_tasks(source)
+    except LorahubError:
+        return []
+
+
 def _cmd_data_fetch(a) -> int:
+    from pathlib import Path
+
+    if a.what == "bbh":
+        from lorahub_serve.data import bbh_official
+
+        folder = bbh_official.fetch(Path(a.source) if a.source else None)
+        print(f"{len(bbh_official.TASKS)} BBH tasks in {folder}")
+        return 0
     from lorahub_serve.data import bigbench
 
     if a.source:
@@ -48,13 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("name")
     f.set_defaults(func=_cmd_model_fetch)
 
-    data = sub.add_parser("data", help="BIG-bench task data").add_subparsers(dest="action", required=True)
-    dl = data.add_parser("list", help="list BIG-bench tasks")
-    dl.add_argument("--bbh", action="store_true", help="only the held-out BBH tasks")
+    data = sub.add_parser("data", help="task sources: reasoning-gym, BBH, BIG-bench, your JSONL").add_subparsers(
+        dest="action", required=True)
+    dl = data.add_parser("list", help="the task sources and their task names")
+    dl.add_argument("--source", choices=("rg", "bbh", "bigbench"), default=None, help="one source only")
     dl.set_defaults(func=_cmd_data_list)
-    df = data.add_parser("fetch", help="download the BIG-bench sdist into the cache (or copy one: --from)")
-    df.add_argument("--from", dest="source", default=None, metavar="SDIST",
-                    help="a copy of bigbench-1.0.0.tar.gz to store in the cache instead of downloading")
+    df = data.add_parser("fetch", help="fetch task files: `bbh` (the official BBH files) or `bigbench` (a copy)")
+    df.add_argument("what", choices=("bbh", "bigbench"))
+    df.add_argument("--from", dest="source", default=None, metavar="PATH",
+                    help="bbh: a folder with the 27 <task>.json files; bigbench: a copy of "
+                         "bigbench-1.0.0.tar.gz (instead of downloading)")
     df.set_defaults(func=_cmd_data_fetch)
 
     for register in _extensions():

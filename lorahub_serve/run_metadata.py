@@ -57,16 +57,14 @@ def _versions_and_gpu() -> dict:
 
 
 def task_data() -> str:
-    """Which task files a figure was made on. BIG-bench's sdist left PyPI (2026-12-07), so a run may
-    read a copy named by LORAHUB_BIGBENCH, or the generated stand-in, whose figures say nothing
-    about BIG-bench: the record says which."""
-    from lorahub_serve.data.bigbench import SOURCE_ENV
-    from lorahub_serve.data.standin import standin_active
+    """Where task files were read from, for sources read from files (generated reasoning-gym
+    tasks carry their provenance in each record instead)."""
+    from lorahub_serve.data import bbh_official, bigbench
 
-    source = os.environ.get(SOURCE_ENV)
-    if not source:
-        return "bigbench-1.0.0 sdist"
-    return f"{source} (generated stand-in, not BIG-bench)" if standin_active() else source
+    found = [f"bbh: {bbh_official.source()}"]
+    if os.environ.get(bigbench.SOURCE_ENV):
+        found.append(f"bigbench: {os.environ[bigbench.SOURCE_ENV]}")
+    return "; ".join(found)
 
 
 def metadata() -> dict:

@@ -15,29 +15,21 @@ if not torch.cuda.is_available():
 # is tested with explicit /proc/cpuinfo texts (tests/engine/test_dtype_warmup.py).
 os.environ.setdefault("LORAHUB_SERVE_CPU_BF16", "0")
 
-import atexit
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from lorahub_serve.data import bigbench
+from lorahub_serve.data import bbh_official, bigbench
 
-# BIG-bench task data: a synthetic stand-in written here (lorahub_serve/data/standin.py), so the
-# suite never needs the network or the real files, which PyPI no longer serves. Subprocesses,
-# vLLM workers and Ray actors inherit the variable. LORAHUB_TEST_REAL_BIGBENCH=1 keeps the
-# caller's LORAHUB_BIGBENCH (the real data) and runs the `realdata` tests as well.
+# Task data: reasoning-gym generates its tasks offline; the official BBH files are read from the
+# copy beside the project (../shared/data/bbh; never committed), unless LORAHUB_BBH names another.
+# Subprocesses, vLLM workers and Ray actors inherit the variable. BIG-bench left PyPI: its loader's
+# tests read small fixtures (tests/fixtures/bigbench); LORAHUB_TEST_REAL_BIGBENCH=1 with
+# LORAHUB_BIGBENCH=<copy> runs the `realdata` tests on the real files as well.
+SHARED_BBH = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
+if SHARED_BBH.is_dir():
+    os.environ.setdefault(bbh_official.SOURCE_ENV, str(SHARED_BBH))
 REAL_BIGBENCH = os.environ.get("LORAHUB_TEST_REAL_BIGBENCH") == "1"
-if not REAL_BIGBENCH:
-    from lorahub_serve.data.standin import default_tasks, write_standin
-    from lorahub_serve.eval.suite import SUITE_CANDIDATES
-    from lorahub_serve.hub.build import BROAD_HUB_TASKS, DEFAULT_HUB_TASKS
-
-    STANDIN_TASKS = (*default_tasks(), *DEFAULT_HUB_TASKS, *BROAD_HUB_TASKS, *SUITE_CANDIDATES)
-    _standin = Path(tempfile.mkdtemp(prefix="lorahub-bigbench-standin-"))
-    atexit.register(shutil.rmtree, _standin, True)
-    bigbench.use_source(write_standin(_standin, STANDIN_TASKS))
 
 from lorahub_serve import testing
 

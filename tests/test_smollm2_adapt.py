@@ -24,14 +24,14 @@ def smollm2():
 def test_adapt_cli_on_smollm2_exports_a_peft_adapter_with_the_reported_loss(smollm2, tmp_path):
     from peft import PeftModel
 
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
     from lorahub_serve.data.examples import write_jsonl
     from lorahub_serve.models import load_base
     from lorahub_serve.testing import random_hub, reference_loss
 
     base, tok = load_base(smollm2)
     hub = random_hub(base, tmp_path / "hub", n=20, ranks=(8,), base_name="smollm2-135m", scale=0.25)
-    shots, _ = bigbench.split(bigbench.load_task("navigate"), 5, 50, seed=1)
+    shots, _ = tasks.split(tasks.load_task("navigate"), 5, 50, seed=1)
     write_jsonl(tmp_path / "ex.jsonl", shots)
     out = tmp_path / "store" / "navigate"
     subprocess.run([sys.executable, "-m", "lorahub_serve.cli", "adapt", "--model", "smollm2-135m",

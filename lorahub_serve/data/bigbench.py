@@ -318,19 +318,6 @@ def task_info(task: str) -> TaskInfo:
     return TaskInfo(task, "generative", len(exs), 0)
 
 
-def split(examples: list[Example], shots: int, n_eval: int | None, seed: int) -> tuple[list[Example], list[Example]]:
-    """(few-shot, evaluation): the evaluation set is fixed (split seed 0) across search seeds;
-    the few-shot examples are drawn from the rest with `seed`."""
-    order = list(range(len(examples)))
-    random.Random(0).shuffle(order)
-    n_eval = len(order) - shots if n_eval is None else min(n_eval, len(order) - shots)
-    if n_eval < 0:
-        raise ValueError(f"task has {len(examples)} examples, fewer than shots={shots}")
-    eval_idx, pool = order[:n_eval], order[n_eval:]
-    shot_idx = random.Random(seed).sample(pool, shots)
-    return [examples[i] for i in shot_idx], [examples[i] for i in eval_idx]
-
-
 # BIG-bench spells these tasks' counts as words ("twelve"); BBH, and the model, write digits ("12").
 DIGIT_TARGETS = frozenset({"object_counting"})
 _UNITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",

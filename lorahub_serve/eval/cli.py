@@ -61,17 +61,13 @@ def _cmd_eval_headroom(a) -> int:
 
 
 def _cmd_eval(a) -> int:
-    from lorahub_serve.data.standin import warn_if_active
-
-    warn_if_active("eval")
     if a.suite == "headroom":
         return _cmd_eval_headroom(a)
-    from lorahub_serve.data.bbh import BBH_TASKS
     from lorahub_serve.eval.report import markdown_table, summarise, write_report
-    from lorahub_serve.eval.run import EvalConfig, run_eval
+    from lorahub_serve.eval.run import BBH_SUITE, EvalConfig, run_eval
 
     a.name = a.name or "bbh_smollm2"
-    cfg = EvalConfig(tasks=tuple(a.tasks or BBH_TASKS), seeds=a.seeds, shots=a.shots,
+    cfg = EvalConfig(tasks=tuple(a.tasks or BBH_SUITE), seeds=a.seeds, shots=a.shots,
                      limit=a.limit or 50, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt,
                      soup_k=a.soup_k, rc_limit=a.rc_limit, contrast=a.contrast)
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
@@ -84,15 +80,12 @@ def _cmd_eval(a) -> int:
 
 
 def _cmd_suite_build(a) -> int:
-    from lorahub_serve.data.standin import warn_if_active
-
-    warn_if_active("suite build")
-    from lorahub_serve.eval.suite import SUITE_CANDIDATES, build_suite
+    from lorahub_serve.eval.suite import RG_SUITE_CANDIDATES, build_suite
     from lorahub_serve.hub.train import TrainConfig
 
     cfg = TrainConfig(steps=a.steps, lr=a.lr, max_length=a.max_length, dtype=a.dtype)
     m = build_suite(a.model, Path(a.hub), Path(a.oracles), Path(a.out),
-                    tuple(a.tasks or SUITE_CANDIDATES), cfg, a.gate_n, a.min_gain)
+                    tuple(a.tasks or RG_SUITE_CANDIDATES), cfg, a.gate_n, a.min_gain)
     print(f"suite {a.out}: {len(m['tasks'])} of {len(m['candidates'])} candidates kept")
     return 0
 
@@ -105,7 +98,7 @@ def register(sub) -> None:
     sb.add_argument("--hub", required=True, help="the hub the suite is held out from")
     sb.add_argument("--oracles", required=True, help="folder for the oracle modules (a hub of its own)")
     sb.add_argument("--out", required=True, help="the suite manifest (JSON)")
-    sb.add_argument("--tasks", nargs="*", default=None, help="candidates (default: SUITE_CANDIDATES)")
+    sb.add_argument("--tasks", nargs="*", default=None, help="candidates, task names of any source (default: RG_SUITE_CANDIDATES)")
     sb.add_argument("--steps", type=int, default=24)
     sb.add_argument("--lr", type=float, default=2e-3)
     sb.add_argument("--max-length", type=int, default=128)
@@ -138,7 +131,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="headroom: the engine's dtype (auto: bf16 on CPUs with native bf16, else fp32)")
     p.add_argument("--hub", required=True)
-    p.add_argument("--tasks", nargs="*", default=None, help="BBH tasks (default: all 24 JSON ones)")
+    p.add_argument("--tasks", nargs="*", default=None, help="BBH tasks, bbh/<task> from the official files (default: all 27; `data list --source bbh`)")
     p.add_argument("--seeds", type=_seeds, default=(1, 2, 3), help="e.g. 1-5 or 1,3")
     p.add_argument("--shots", type=int, default=5)
     p.add_argument("--limit", type=int, default=None,

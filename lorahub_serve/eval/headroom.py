@@ -1,6 +1,6 @@
 """`lorahub-serve eval --suite headroom`: every method on the tasks this model can learn.
 
-Per suite task and seed, on the same 5 shots (`bigbench.split`: the evaluation set, the first
+Per suite task and seed, on the same 5 shots (`tasks.split`: the evaluation set, the first
 `limit` examples of a seed-0 shuffle, is the same for every seed and every method; the seed draws
 the shots, the random module choice and the search):
 - zero_shot, icl (the shots in the prompt), on the base model;
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lorahub_serve.data import bigbench
+from lorahub_serve.data import tasks as task_data
 from lorahub_serve.data.examples import Example
 from lorahub_serve.engine.adapt import Engine
 from lorahub_serve.engine.search import SearchConfig
@@ -132,7 +132,7 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
                    cache: dict, work: Path) -> dict:
     """One report row: every method's accuracy on `task` with `seed`'s shots."""
     net, tok = plain
-    shots, evalset = bigbench.split(bigbench.load_task(task), cfg.shots, cfg.limit, seed)
+    shots, evalset = task_data.split(task_data.load_task(task), cfg.shots, cfg.limit, seed)
     metric, key, t0 = meta["metric"], f"{task}@{seed}", time.perf_counter()
     k = cfg.modules
     search = SearchConfig(budget=cfg.budget, seed=seed, contrast=cfg.contrast, select=cfg.select)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lorahub_serve.data import bigbench
+from lorahub_serve.data import tasks as task_data
 from lorahub_serve.eval.run import METHODS, rc_key
 from lorahub_serve.run_metadata import metadata
 
@@ -41,7 +41,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         rs = [r for r in rows if r["task"] == task]
-        line = {"task": task, "chance": round(100 * bigbench.task_info(task).chance, 1), "seeds": len(rs)}
+        line = {"task": task, "chance": round(100 * task_data.task_info(task).chance, 1), "seeds": len(rs)}
         for m in METHODS:
             line[m] = _mean([r.get(m) for r in rs])
             line[rc_key(m)] = _mean([r.get(rc_key(m)) for r in rs])

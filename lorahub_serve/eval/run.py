@@ -29,14 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
-from lorahub_serve.data import bigbench
-from lorahub_serve.data.bbh import BBH_TASKS
+from lorahub_serve.data import tasks as task_data
 from lorahub_serve.data.examples import Example
 from lorahub_serve.engine.adapt import AdaptResult, Engine
 from lorahub_serve.engine.search import SearchConfig
 from lorahub_serve.eval.generation import STOP  # the few-shot separator is also where answers end
 from lorahub_serve.eval.rank_classification import Method, rank_classification
 from lorahub_serve.scoring import accuracy
+
+# `eval --suite bbh`: the official BBH files, every task of them
+BBH_SUITE: tuple[str, ...] = task_data.bbh_tasks()
+# The 8 tasks of the BBH table (bench/results/bbh_*): the paper's kind of tasks, short enough here
+BBH_TABLE_TASKS: tuple[str, ...] = tuple(f"bbh/{t}" for t in (
+    "sports_understanding", "navigate", "hyperbaton", "date_understanding",
+    "logical_deduction_three_objects", "disambiguation_qa", "snarks", "object_counting"))
 
 METHODS = ("zero_shot", "icl", "lorahub", "lorahub_ngopt", "best_single", "soup")
 
@@ -61,9 +67,9 @@ class EvalConfig:
     # n_options forward passes of every prompt, which dominates a CPU run
 
     def __post_init__(self):
-        unknown = [t for t in self.tasks if t not in BBH_TASKS]
+        unknown = [t for t in self.tasks if not task_data.is_eval_only(t)]
         if unknown:
-            raise ValueError(f"not BBH tasks: {unknown}; choose from {', '.join(BBH_TASKS)}")
+            raise ValueError(f"not BBH tasks: {unknown}; choose from {', '.join(BBH_SUITE)}")
         if self.soup_k < 1:
             raise ValueError(f"soup_k must be >= 1 (modules in the soup), got {self.soup_k}")
 
@@ -143,7 +149,7 @@ def method_plan(comps: dict, shots: list[Example], evalset: list[Example],
 def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalConfig, cache: dict) -> dict:
     """One report row: EM and RC of every method on `task`'s evaluation set with `seed`'s shots.
     `cache` keeps the zero-shot scores of a task (the same for every seed)."""
-    shots, evalset = bigbench.split(bigbench.load_task(task), cfg.shots, cfg.limit, seed)
+    shots, evalset = task_data.split(task_data.load_task(task), cfg.shots, cfg.limit, seed)
     key = f"{task}@{seed}"
     t0 = time.perf_counter()
     s = run_searches(engine, shots, key, seed, cfg)

@@ -1,9 +1,9 @@
-"""`lorahub-serve suite build`: the headroom suite, held-out BIG-bench tasks this model can learn.
+"""`lorahub-serve suite build`: the headroom suite, held-out tasks this model can learn.
 
 A composition can only be judged on a task where gradient training on the task itself moves
-the model. For each candidate task (never in the hub, never BBH, never a reserved family):
+the model. For each candidate task (never in the hub, never BBH, never reserved):
 1. the task's evaluation set is fixed: the first `n_eval` examples of a seed-0 shuffle (the same
-   `bigbench.split` the evaluation uses; shots are drawn from the rest);
+   `tasks.split` the evaluation uses; shots are drawn from the rest);
 2. an *oracle* LoRA is trained with the hub's recipe on the examples outside it and kept in its
    own hub folder (never in the hub the searches draw from);
 3. base model and oracle are scored on the first `gate_n` evaluation examples (rank
@@ -23,10 +23,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lorahub_serve.atomic import write_json_atomic
-from lorahub_serve.data import bigbench, is_bbh
+from lorahub_serve.data import tasks as task_data
+from lorahub_serve.data.tasks import RESERVED_FAMILIES
+from lorahub_serve.formats import ADAPTER_WEIGHTS
 
-# Kept for an independent check: their four hub modules stay, nothing else of theirs is used.
-RESERVED_FAMILIES = ("color", "arithmetic", "bbq_lite_json", "unit_conversion")
+# Candidates of the reasoning-gym suite: generators and configs no hub module is trained on
+# (`hub.build.RG_HUB_TASKS`); each is gated by its oracle and labelled by its distance from the hub.
+RG_SUITE_CANDIDATES: tuple[str, ...] = (
+    # config-shift: the generator is in the hub at another config
+    "rg/basic_arithmetic@add-2d", "rg/gcd@le100", "rg/count_bits@le1023", "rg/products@2d",
+    # near: another generator of the category is in the hub
+    "rg/lcm@le20", "rg/lcm@le50", "rg/decimal_arithmetic@2t1p", "rg/power_function@int",
+    # far: no generator of the category is in the hub (algebra, logic, geometry, probability)
+    "rg/simple_equations@2t20", "rg/syllogism", "rg/circuit_logic@small", "rg/coin_flip@small",
+    "rg/self_reference@d1", "rg/simple_geometry",
+)
 
 # Candidates: held-out tasks with >= 200 short examples, multiple choice and generative, from
 # families the hub covers ("near") and families it does not ("far").
@@ -63,13 +74,12 @@ SUITE_CANDIDATES: tuple[str, ...] = (
 
 
 def family(task: str) -> str:
-    return task.split("/")[0]
+    """The task's generator (reasoning-gym dataset, BIG-bench family)."""
+    return task_data.kinship(task)[0]
 
 
 def refuse_reserved(task: str, what: str) -> None:
-    if family(task) in RESERVED_FAMILIES:
-        raise ValueError(f"{task}: the {family(task)!r} family is reserved for an independent check; "
-                         f"it is not used for {what}")
+    task_data.refuse_reserved(task, what)
 
 
 def eval_size(n_examples: int, cap: int = 250) -> int:
@@ -79,8 +89,18 @@ def eval_size(n_examples: int, cap: int = 250) -> int:
 
 
 def closeness(task: str, hub_tasks: set[str]) -> str:
-    """"near": another subtask of the task's family is in the hub; "far": none is."""
-    return "near" if any(family(t) == family(task) and t != task for t in hub_tasks) else "far"
+    """How far `task` is from what the hub was trained on:
+    - "config-shift": its generator is in the hub at another config;
+    - "near": another generator of its category is in the hub;
+    - "far": nothing of its category is.
+    A BIG-bench family has no category above it: "near" when another subtask of it is in the hub."""
+    generator, category = task_data.kinship(task)
+    kin = [task_data.kinship(t) for t in hub_tasks if t != task]
+    if generator == category:  # BIG-bench: the family is the only level
+        return "near" if any(g == generator for g, _ in kin) else "far"
+    if any(g == generator for g, _ in kin):
+        return "config-shift"
+    return "near" if any(c == category for _, c in kin) else "far"
 
 
 @dataclass
@@ -102,13 +122,14 @@ class Candidate:
     oracle_seconds: float
     duplicate_of: str | None = None  # a kept suite task that already holds most of its answers
     recipe_changes: dict | None = None  # this oracle's departures from the manifest's oracle_recipe
+    provenance: dict | None = None  # where the task's examples come from (source, version, config, seed)
 
 
 def answer_overlap(task: str, other: str) -> float:
     """Share of `task`'s distinct answers that are also answers of `other` (a subset written in
     another prompt, e.g. de_past_tense_regular_json inside de_past_tense_json, reads ~1)."""
-    mine = {e.output.strip() for e in bigbench.load_task(task)}
-    theirs = {e.output.strip() for e in bigbench.load_task(other)}
+    mine = {e.output.strip() for e in task_data.load_task(task)}
+    theirs = {e.output.strip() for e in task_data.load_task(other)}
     return len(mine & theirs) / max(len(mine), 1)
 
 
@@ -123,13 +144,7 @@ def duplicate_of(task: str, kept: list[str], threshold: float = 0.5) -> str | No
 
 def split_for_oracle(task: str, cap: int = 250):
     """(oracle training examples, the fixed evaluation set) of `task`."""
-    import random
-
-    exs = bigbench.load_task(task)
-    n_eval = eval_size(len(exs), cap)
-    order = list(range(len(exs)))
-    random.Random(0).shuffle(order)  # bigbench.split's order: its evaluation set is order[:n_eval]
-    return [exs[i] for i in order[n_eval:]], [exs[i] for i in order[:n_eval]]
+    return task_data.train_and_eval(task, eval_size(len(task_data.load_task(task)), cap))
 
 
 def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path,
@@ -150,7 +165,7 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
     hub_tasks = {m["source_task"] for m in read_hub_json(Path(hub_dir))["modules"]}
     for t in candidates:
         refuse_reserved(t, "the headroom suite")
-        if is_bbh(t) or t in hub_tasks:
+        if task_data.is_eval_only(t) or t in hub_tasks:
             raise ValueError(f"{t}: suite candidates must be neither BBH tasks nor hub modules")
     manifest = (json.loads(manifest_path.read_text()) if manifest_path.exists() else
                 {"format": 1, "candidates": []})
@@ -162,7 +177,7 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
     manifest.update({"model": str(model), "hub": str(hub_dir), "oracle_hub": str(oracle_dir),
                      "min_gain": min_gain, "gate_n": gate_n, "reserved_families": list(RESERVED_FAMILIES),
                      "oracle_recipe": recipe, "eval_split": "first n_eval of a seed-0 shuffle "
-                     "(bigbench.split); oracles train on the rest"})
+                     "(tasks.split); oracles train on the rest"})
     done = {c["task"] for c in manifest["candidates"]}
     todo = [t for t in candidates if t not in done]
     oracles = read_hub_json(Path(oracle_dir), missing_ok=True)
@@ -172,7 +187,7 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
         twin = duplicate_of(task, [x["task"] for x in manifest["candidates"] if x["kept"]])
         if twin is not None:
             log(f"[suite] {task}: dropped, its answers are mostly {twin}'s (a suite task)")
-            info = bigbench.task_info(task)
+            info = task_data.task_info(task)
             manifest["candidates"].append(asdict(Candidate(
                 task, family(task), info.kind, "", info.n_examples, 0, 0, 100.0 * info.chance, 0.0, 0.0,
                 0.0, 0.0, False, closeness(task, hub_tasks), 0.0, duplicate_of=twin)))
@@ -183,7 +198,7 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
         gate = evalset[:gate_n]
         t0 = time.time()
         folder = Path(oracle_dir) / "modules" / module_name(task)
-        if not (folder / "adapter_model.safetensors").exists():
+        if not (folder / ADAPTER_WEIGHTS).exists():
             mod: TrainedModule = train_module(net, tok, task, cfg, examples=train)
             if mod.skipped:
                 log(f"[suite] {task}: no oracle ({mod.skipped})")
@@ -195,14 +210,15 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
         peft_model = PeftModel.from_pretrained(net, folder).eval()
         _, oracle = accuracy(peft_model, tok, gate, dtype=cfg.dtype)
         net = peft_model.unload()
-        info = bigbench.task_info(task)
+        info = task_data.task_info(task)
         majority = majority_rate(gate)
         chance = 100.0 * info.chance
         gain = oracle - max(base, majority)
         c = Candidate(task, family(task), info.kind, metric, len(train) + len(evalset), len(evalset),
                       len(gate), round(chance, 1), round(majority, 1), round(base, 1), round(oracle, 1),
                       round(gain, 1), gain >= min_gain, closeness(task, hub_tasks),
-                      round(time.time() - t0, 1), recipe_changes=changes)
+                      round(time.time() - t0, 1), recipe_changes=changes,
+                      provenance=task_data.provenance(task))
         log(f"[suite] {task}: base {base:.0f}, majority {majority:.0f}, oracle {oracle:.0f} -> "
             f"{'kept' if c.kept else 'dropped'}")
         manifest["candidates"] = [x for x in manifest["candidates"] if x["task"] != task] + [asdict(c)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import statistics
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lorahub_serve.atomic import atomic_dir
-from lorahub_serve.data import bigbench, is_bbh, refuse_bbh
+from lorahub_serve.data import tasks as task_data
 from lorahub_serve.data.examples import load_jsonl
 from lorahub_serve.formats import ADAPTER_WEIGHTS, HUB_FORMAT, read_hub_json, write_hub_json
 from lorahub_serve.hub.train import TrainConfig, train_lora
@@ -43,7 +43,7 @@ def sha256_file(path: Path) -> str:
 
 
 # The default hub's tasks: English multiple-choice tasks from upstream BIG-bench with enough short
-# examples (picked from `suitable_tasks()`, dropping non-English and ASCII-art ones), most
+# examples (dropping non-English and ASCII-art ones), most
 # broadly useful first so a partial build is still a good hub.
 DEFAULT_HUB_TASKS: tuple[str, ...] = (
     "logical_fallacy_detection", "strategyqa", "social_iqa", "epistemic_reasoning",
@@ -113,28 +113,34 @@ BROAD_HUB_TASKS: tuple[str, ...] = (
 )
 
 
-def suitable_tasks(min_examples: int = 80, max_chars: int = 700, limit: int | None = None,
-                   log=print) -> list[str]:
-    """Upstream (non-BBH) tasks with enough short examples, one per family, MC tasks first."""
-    chosen: dict[str, tuple[int, str]] = {}
-    for task in bigbench.list_tasks():
-        family = task.split("/")[0]
-        if is_bbh(task) or family in chosen:
-            continue
-        try:
-            exs = bigbench.load_task(task)
-        except Exception as e:  # noqa: BLE001 - a few upstream files are malformed; skip them
-            log(f"[hub] task {task} skipped: its task.json does not load ({type(e).__name__}: {e})")
-            continue
-        if len(exs) < min_examples:
-            continue
-        med = statistics.median(len(e.input) + len(e.output) for e in exs[:200])
-        if med > max_chars or max(len(e.output) for e in exs[:200]) > 120:
-            continue
-        mc = bigbench.task_info(task).kind == "multiple_choice"
-        chosen[family] = (0 if mc else 1, task)
-    ordered = [t for _, t in sorted(chosen.values())]
-    return ordered[:limit] if limit else ordered
+# The reasoning-gym modules of the default hub (issue 34), round-robin over categories so that a
+# partial build is diverse. Categories covered: arithmetic, algorithmic, games, cognition, graphs,
+# code, induction. algebra, logic, geometry and probability are left out on purpose: their
+# generators are the headroom suite's "far" tasks. Never here: the suite's tasks (other configs of
+# these generators, and generators of these categories that are not listed) and the reserved
+# datasets (chain_sum, family_relationships, aiw).
+_RG_BY_CATEGORY: tuple[tuple[str, ...], ...] = (
+    ("basic_arithmetic@add-1d", "gcd@le20", "count_bits@le255", "leg_counting@1-2x5", "products@1d",
+     "basic_arithmetic@mul-1d", "prime_factorization@le100", "decimal_chain_sum@2t1d",
+     "fraction_simplification@plain", "bitwise_arithmetic@d1", "calendar_arithmetic", "time_intervals",
+     "basic_arithmetic@add3-1d", "gcd@le60", "count_bits@le15", "leg_counting@3x3", "dice",
+     "number_format", "gsm_symbolic"),
+    ("letter_counting@3-6w", "word_sorting@short", "spell_backward@3-5", "base_conversion@le100",
+     "number_sorting@small", "count_primes@le100", "word_sequence_reversal@short", "caesar_cipher@short",
+     "number_filtering@small", "sentence_reordering@short", "binary_alternation@short",
+     "palindrome_generation@short", "letter_jumble@short", "isomorphic_strings", "ransom_note",
+     "base_conversion@hex-le255", "game_of_life_halting", "letter_counting", "number_sorting",
+     "word_sequence_reversal", "count_primes", "spell_backward", "word_sorting", "caesar_cipher",
+     "sentence_reordering", "binary_alternation", "letter_jumble"),
+    ("maze@small", "tsumego@9x9", "maze"),
+    ("color_cube_rotation@1rot", "number_sequence@short", "color_cube_rotation", "figlet_font"),
+    ("course_schedule@small", "largest_island@small", "shortest_path@small", "path_star@small",
+     "largest_island", "quantum_lock"),
+    ("bf",),
+    ("list_functions",),
+)
+RG_HUB_TASKS: tuple[str, ...] = tuple(
+    f"rg/{t}" for row in itertools.zip_longest(*_RG_BY_CATEGORY) for t in row if t)
 
 
 def _to_fp16(adapter_dir: Path) -> None:
@@ -150,12 +156,12 @@ def _round(x: float | None) -> float | None:
 
 def trained_style(task: str, examples=None) -> str:
     """How `task`'s examples are answered in training today: "text", "letter" or "" (generative);
-    from `examples` (a user's own task) when given, else from the BIG-bench task."""
+    from `examples` (a user's own task) when given, else from the task's source."""
     if examples is not None:
         styles = Counter(e.answer_style for e in examples)
         style = styles.most_common(1)[0][0] if styles else ""
     else:
-        style = bigbench.answer_style(task)
+        style = task_data.answer_style(task)
     return "letter" if style == "letter-label" else style
 
 
@@ -188,8 +194,8 @@ def train_module(net, tok, task: str, cfg: TrainConfig, progress=None,
     task's); factors stored in float16."""
     import tempfile
 
-    exs = bigbench.load_task(task) if examples is None else examples
-    generic = bigbench.load_task(task, generic=True) if cfg.generic_share > 0 and examples is None else None
+    exs = task_data.load_task(task) if examples is None else examples
+    generic = task_data.load_task(task, generic=True) if cfg.generic_share > 0 and examples is None else None
     with tempfile.TemporaryDirectory(prefix="lorahub-module-") as tmp:
         out = Path(tmp) / module_name(task)
         t0 = time.time()
@@ -220,8 +226,10 @@ def record_module(hub_dir: Path, manifest: dict, mod: TrainedModule, cfg: TrainC
         "heldout_accuracy": _round(mod.stats.get("heldout_accuracy")),
         "heldout_metric": mod.stats.get("heldout_metric"), "train_dtype": cfg.dtype,
         "answer_style": trained_style(mod.task, examples), "seconds": mod.stats["seconds"],
-        "task_source": "examples" if examples is not None else "bigbench",
+        "task_source": "examples" if examples is not None else task_data.source_of(mod.task),
     }
+    if examples is None:  # where the task came from: source, version, config, seed
+        entry["provenance"] = task_data.provenance(mod.task)
     if cfg.generic_share > 0:  # format-robust training (`hub build --format-robust`)
         entry.update(generic_share=cfg.generic_share, generic_rows=mod.stats.get("generic_rows", 0))
     manifest["modules"] = [m for m in manifest["modules"] if m["name"] != name] + [entry]
@@ -242,10 +250,10 @@ class BuildPlan:
     def make(cls, tasks: list[str] | None, n_modules: int, done: set[str]) -> BuildPlan:
         if tasks:
             for t in tasks:
-                refuse_bbh(t, "hub training")
-            unknown = sorted(set(tasks) - set(bigbench.list_tasks()))
+                task_data.refuse_for_training(t)
+            unknown = [t for t in tasks if not task_data.exists(t)]
             if unknown:
-                raise ValueError(f"unknown BIG-bench tasks {unknown}; see `lorahub-serve data list`")
+                raise ValueError(f"unknown tasks {unknown}; see `lorahub-serve data list`")
             todo = [t for t in tasks if t not in done]
             return cls(todo, len(done) + len(todo))
         if n_modules > len(DEFAULT_HUB_TASKS):

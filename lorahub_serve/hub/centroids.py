@@ -11,17 +11,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
-def bigbench_inputs(task: str, n: int) -> list[str]:
-    from lorahub_serve.data import bigbench
+def task_inputs(task: str, n: int) -> list[str]:
+    """The first `n` inputs of a module's source task, whatever its source."""
+    from lorahub_serve.data import tasks
 
-    return [e.input for e in bigbench.load_task(task)[:n]]
+    return [e.input for e in tasks.load_task(task)[:n]]
 
 
 def compute_centroids(model: str, hub_dir: Path, n_inputs: int = 32,
-                      inputs_of: Callable[[str, int], Sequence[str]] = bigbench_inputs,
+                      inputs_of: Callable[[str, int], Sequence[str]] = task_inputs,
                       log=print) -> int:
     """Centroids of the hub's modules that have none yet; returns how many were computed.
-    `inputs_of(source_task, n)` gives a module's training inputs (default: BIG-bench)."""
+    `inputs_of(source_task, n)` gives a module's training inputs (default: its task's)."""
     from safetensors.numpy import load_file
     from tqdm.auto import tqdm
 

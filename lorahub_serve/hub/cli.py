@@ -8,18 +8,15 @@ from lorahub_serve.choices import TRAIN_DTYPES
 
 
 def _cmd_hub_build(a) -> int:
-    from lorahub_serve.data.standin import warn_if_active
-
-    if not a.examples_dir:  # your own tasks do not read BIG-bench
-        warn_if_active("hub build")
-    from lorahub_serve.hub.build import BROAD_HUB_TASKS, build_hub, examples_dir_tasks
+    from lorahub_serve.hub.build import BROAD_HUB_TASKS, RG_HUB_TASKS, build_hub, examples_dir_tasks
     from lorahub_serve.hub.train import TrainConfig
 
     cfg = TrainConfig(rank=a.rank, alpha=2 * a.rank, steps=a.steps, lr=a.lr, max_length=a.max_length,
                       target_modules=tuple(a.target_modules.split(",")), dtype=a.dtype,
                       generic_share=a.generic_share)
-    if a.broad:
-        a.tasks = list(a.tasks or []) + [t for t in BROAD_HUB_TASKS if t not in (a.tasks or [])]
+    for wanted, listed in ((a.broad, BROAD_HUB_TASKS), (a.reasoning_gym, RG_HUB_TASKS)):
+        if wanted:
+            a.tasks = list(a.tasks or []) + [t for t in listed if t not in (a.tasks or [])]
     trainers = None  # --actors / --ray-address and their pool come from cluster/cli.py
     if getattr(a, "actors", 1) > 1 or getattr(a, "ray_address", None):
         trainers = a.trainer_pool(a)
@@ -40,9 +37,9 @@ def _cmd_hub_heldout(a) -> int:
 
 def _cmd_hub_centroids(a) -> int:
     from lorahub_serve.hub.build import examples_dir_tasks
-    from lorahub_serve.hub.centroids import bigbench_inputs, compute_centroids
+    from lorahub_serve.hub.centroids import compute_centroids, task_inputs
 
-    inputs_of = bigbench_inputs
+    inputs_of = task_inputs
     if a.examples_dir:  # a hub built with --examples-dir: its modules' inputs are the user's files
         own = examples_dir_tasks(Path(a.examples_dir))
 
@@ -57,10 +54,10 @@ def _cmd_hub_centroids(a) -> int:
 
 def register(sub) -> None:
     hub = sub.add_parser("hub", help="LoRA hubs").add_subparsers(dest="action", required=True)
-    hb = hub.add_parser("build", help="train one LoRA per upstream BIG-bench task (resumable)")
+    hb = hub.add_parser("build", help="train one LoRA per task (rg/..., bigbench/..., or --examples-dir; resumable)")
     hb.add_argument("--model", default="smollm2-135m")
     hb.add_argument("--out", required=True)
-    hb.add_argument("--tasks", nargs="*", default=None, help="task names (default: curated list)")
+    hb.add_argument("--tasks", nargs="*", default=None, help="task names of any source (`data list`), e.g. rg/gcd@le20 (default: curated BIG-bench list)")
     hb.add_argument("--examples-dir", default=None, metavar="DIR",
                     help="your own tasks instead of BIG-bench: one module per DIR/NAME.jsonl (the examples "
                          "format of `adapt`), named NAME")
@@ -73,6 +70,8 @@ def register(sub) -> None:
     hb.add_argument("--max-length", type=int, default=256, help="skip training examples longer than this")
     hb.add_argument("--broad", action="store_true",
                     help="also train the broader hub's task list (hub.build.BROAD_HUB_TASKS)")
+    hb.add_argument("--reasoning-gym", action="store_true",
+                    help="also train the reasoning-gym modules of the default hub (hub.build.RG_HUB_TASKS)")
     hb.add_argument("--dtype", choices=TRAIN_DTYPES, default="float32",
                     help="training precision: bfloat16 autocast is ~1.5x faster on CPUs with AVX512-BF16")
     hb.add_argument("--format-robust", dest="generic_share", action="store_const", const=0.5, default=0.0,

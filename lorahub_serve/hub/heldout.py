@@ -55,7 +55,7 @@ def backfill_heldout(model: str, hub_dir: Path, log=print, progress: bool = True
     after each one, so a stopped run resumes where it was."""
     from tqdm.auto import tqdm
 
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
     from lorahub_serve.hub.train import TrainConfig, heldout_split
     from lorahub_serve.models import load_base, resolve_model
 
@@ -69,15 +69,15 @@ def backfill_heldout(model: str, hub_dir: Path, log=print, progress: bool = True
         log(f"[hub] every module of {hub_dir} has its held-out accuracy")
         return report
     net, tok = load_base(resolve_model(model))
-    known = set(bigbench.list_tasks())
+    known = {m["source_task"] for m in todo if m.get("source_task") and tasks.exists(m["source_task"])}
     for entry in tqdm(todo, desc="held-out", unit="module", disable=not progress):
         task = entry.get("source_task")
         if not task or task not in known:
             report.skipped.append(entry["name"])
-            log(f"[hub] {entry['name']}: no BIG-bench source task recorded, skipped")
+            log(f"[hub] {entry['name']}: its source task is not recorded or cannot be loaded here, skipped")
             continue
         cfg = TrainConfig(rank=entry.get("rank", 8), max_length=entry.get("max_length", 256))
-        split = heldout_split(tok, bigbench.load_task(task), cfg)
+        split = heldout_split(tok, tasks.load_task(task), cfg)
         if entry.get("train_examples") != len(split[0]):  # e.g. trained on every example
             report.mismatched.append(entry["name"])
             log(f"[hub] {entry['name']}: trained on {entry.get('train_examples')} examples, the split "

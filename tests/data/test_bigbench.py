@@ -1,12 +1,36 @@
-"""BIG-bench task files (by default the synthetic stand-in tests/conftest.py writes; the real ones
-with LORAHUB_TEST_REAL_BIGBENCH=1): task list, BBH families, formatting, option order, splits.
-The `realdata` tests check facts of the real files only."""
+"""The BIG-bench loader (`bigbench/<task>`, from a copy named by LORAHUB_BIGBENCH): formatting,
+option order, answer kinds, splits.
+
+BIG-bench left PyPI, so these tests read small fixture files in BIG-bench's task.json schema
+(`tests/fixtures/bigbench/`, 40 examples each, not BIG-bench data): one per formatting rule the
+loader has (per-example lettered options, a fixed label set answered as text, letter labels bound
+to the input, task and example prefixes, answer-first files, counts spelt as words). The `realdata`
+tests check facts of the real files; they run with LORAHUB_TEST_REAL_BIGBENCH=1 and a copy."""
 
 import collections
+import os
+from pathlib import Path
 
 import pytest
 
-from lorahub_serve.data import BBH_TASKS, bigbench, is_bbh, refuse_bbh
+from lorahub_serve.data import bigbench, is_bbh, refuse_bbh
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bigbench"
+REAL = os.environ.get("LORAHUB_TEST_REAL_BIGBENCH") == "1"
+# The fixtures' BBH tasks (the real files' full list is data.bbh.BBH_TASKS)
+BBH_FIXTURES = ("causal_judgment", "date_understanding", "hyperbaton", "logical_deduction/three_objects",
+                "navigate", "object_counting", "snarks", "sports_understanding", "temporal_sequences",
+                "word_sorting")
+
+
+@pytest.fixture(autouse=True)
+def _fixture_tasks(monkeypatch):
+    """Read the fixture files (or, for `realdata` runs, the caller's copy)."""
+    if not REAL:
+        monkeypatch.setenv(bigbench.SOURCE_ENV, str(FIXTURES))
+    bigbench.clear_caches()
+    yield
+    bigbench.clear_caches()
 
 EXPECTED_COUNTS = {"penguins_in_a_table": 149, "causal_judgment": 190,
                    "logical_deduction/three_objects": 300, "word_sorting": 1900}
@@ -14,18 +38,18 @@ EXPECTED_COUNTS = {"penguins_in_a_table": 149, "causal_judgment": 190,
 
 def test_lists_tasks_and_subtasks():
     tasks = bigbench.list_tasks()
-    assert tasks == sorted(tasks) and set(BBH_TASKS) <= set(tasks)
+    assert tasks == sorted(tasks) and set(BBH_FIXTURES) <= set(tasks)
     assert "navigate" in tasks and "logical_deduction/three_objects" in tasks
 
 
-@pytest.mark.parametrize("task", BBH_TASKS)
+@pytest.mark.parametrize("task", BBH_FIXTURES)
 def test_every_bbh_task_loads_all_its_examples(task):
     raw = bigbench.read_task_json(task)["examples"]
     exs = bigbench.load_task(task)
     assert len(exs) == len(raw) > 0
 
 
-# Facts of the real files (the sdist's), not of the stand-in the suite runs on by default.
+# Facts of the real files (the sdist's), not of the fixtures.
 @pytest.mark.realdata
 def test_the_real_data_lists_at_least_150_tasks():
     assert len(bigbench.list_tasks()) >= 150
@@ -34,7 +58,6 @@ def test_the_real_data_lists_at_least_150_tasks():
 @pytest.mark.realdata
 @pytest.mark.parametrize("task", sorted(EXPECTED_COUNTS))
 def test_the_real_files_hold_their_known_example_counts(task):
-    assert not bigbench.read_task_json(task).get("lorahub_serve_standin")
     assert len(bigbench.load_task(task)) == EXPECTED_COUNTS[task]
 
 
@@ -66,7 +89,7 @@ BBH_TARGET_KIND = {
 }
 
 
-@pytest.mark.parametrize("task", BBH_TASKS)
+@pytest.mark.parametrize("task", BBH_FIXTURES)
 def test_answer_kind_matches_bbh(task):
     """Words for yes/no-style label sets, letters where BBH letters the options, free text else."""
     want = BBH_TARGET_KIND.get(task, "letter")
@@ -111,7 +134,7 @@ def test_correct_option_position_is_spread(task):
     counts = collections.Counter(e.output for e in exs)
     n_opts = bigbench.task_info(task).n_options
     assert len(counts) == n_opts
-    assert max(counts.values()) / len(exs) < 1.5 / n_opts  # roughly uniform, far from 99%
+    assert max(counts.values()) / len(exs) < 2 / n_opts  # roughly uniform (40 examples), far from 99%
 
 
 def test_option_order_is_seeded():
@@ -120,13 +143,15 @@ def test_option_order_is_seeded():
 
 
 def test_split_is_deterministic_and_disjoint():
+    from lorahub_serve.data.tasks import split
+
     exs = bigbench.load_task("navigate")
-    shots1, ev1 = bigbench.split(exs, 5, 50, seed=1)
-    shots1b, ev1b = bigbench.split(exs, 5, 50, seed=1)
-    shots2, ev2 = bigbench.split(exs, 5, 50, seed=2)
+    shots1, ev1 = split(exs, 5, 20, seed=1)
+    shots1b, ev1b = split(exs, 5, 20, seed=1)
+    shots2, ev2 = split(exs, 5, 20, seed=2)
     assert (shots1, ev1) == (shots1b, ev1b)
     assert ev1 == ev2 and shots1 != shots2  # fixed evaluation set, seeded few-shot draw
-    assert len(ev1) == 50 and not set(map(id, shots1)) & set(map(id, ev1))
+    assert len(ev1) == 20 and not set(map(id, shots1)) & set(map(id, ev1))
     assert not set(shots1) & set(ev1)
 
 
@@ -151,6 +176,13 @@ def test_counts_are_digits_as_in_bbh_and_either_spelling_scores():
     gold = Example("Q: how many?\nA:", " 12")
     assert score(" 12\nQ: next", gold) and score(" twelve.", gold)
     assert not score(" 13", gold) and not score(" 120", gold)
+
+
+def test_a_missing_copy_is_one_error_that_says_how_to_supply_one(monkeypatch, tmp_path):
+    monkeypatch.setenv(bigbench.SOURCE_ENV, str(tmp_path / "nowhere"))
+    bigbench.clear_caches()
+    with pytest.raises(bigbench.BigBenchUnavailable, match=f"{bigbench.SOURCE_ENV}=.*nowhere"):
+        bigbench.list_tasks()
 
 
 def test_the_generic_frame_replaces_only_the_tasks_own_prefixes():

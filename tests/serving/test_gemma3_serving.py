@@ -67,7 +67,7 @@ def test_served_gemma3_with_a_lora_equals_peft(tmp_path):
 
 def test_adapt_on_the_gemma_hub_then_serve_equals_peft(tmp_path):
     """The issue's chain: model fetch -> adapt with the committed Gemma hub -> serve."""
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
     from lorahub_serve.data.examples import write_jsonl
     from lorahub_serve.models import load_base, resolve_model
     from lorahub_serve.paths import repo_root
@@ -76,7 +76,7 @@ def test_adapt_on_the_gemma_hub_then_serve_equals_peft(tmp_path):
     if not (hub / "hub.json").exists():
         pytest.skip("no committed Gemma hub (lorahub-serve hub build --model gemma3-270m)")
     model, tok = load_base(resolve_model("gemma3-270m", fetch=True))
-    shots, evalset = bigbench.split(bigbench.load_task("linguistic_mappings/past_tense_json"), 5, 50, seed=1)
+    shots, evalset = tasks.split(tasks.load_task("linguistic_mappings/past_tense_json"), 5, 50, seed=1)
     write_jsonl(tmp_path / "ex.jsonl", shots)
     store = tmp_path / "store"
     subprocess.run([sys.executable, "-m", "lorahub_serve.cli", "adapt", "--model", "gemma3-270m",
