@@ -21,7 +21,7 @@ CONFIGS: dict[str, dict[str, dict]] = {
     "products": {"1d": {"min_digits": 1, "max_digits": 1}, "2d": {"min_digits": 1, "max_digits": 2}},
     "gcd": {"le20": {"max_value": 20}, "le60": {"max_value": 60}, "le100": {"max_value": 100}},
     "lcm": {"le20": {"max_value": 20}, "le50": {"max_value": 50}},
-    "count_bits": {"le15": {"max_n": 15}, "le255": {"max_n": 255}, "le1023": {"max_n": 1023}},
+    "count_bits": {"le255": {"max_n": 255}, "le1023": {"max_n": 1023}},
     "leg_counting": {
         "1-2x5": {"min_animals": 1, "max_animals": 2, "max_instances": 5},
         "3x3": {"min_animals": 3, "max_animals": 3, "max_instances": 3},
