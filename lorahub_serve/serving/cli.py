@@ -38,7 +38,8 @@ def register(subparsers) -> None:
                    help="adaptation jobs that may wait in the queue; more get HTTP 429 (default 16)")
     p.add_argument("--ray-address", default=None,
                    help="run the adaptation workers as Ray actors of this cluster ('local': start "
-                   "one here); the store must be visible to every node")
+                   "one here), and with --replicas the replicas too; the store must be visible "
+                   "to every node")
     add_engine_arguments(p)  # for the adaptation workers (POST /v1/adapters)
     p.add_argument("vllm_args", nargs=argparse.REMAINDER,
                    help="`-- ARGS...`: passed to vLLM's server unchanged")
@@ -58,7 +59,10 @@ def _cmd_serve(a) -> int:
                       adapt_timeout_s=a.adapt_timeout, adapt_workers=a.adapt_workers,
                       adapt_queue=a.adapt_queue, ray_address=a.ray_address,
                       vllm_args=tuple(extra), engine=EngineConfig.from_args(a))
+    replicas = getattr(a, "replicas", 0)  # --replicas: added by lorahub_serve.cluster.cli
     try:
+        if replicas:
+            return a.serve_replicas(cfg, replicas)
         return serve(cfg)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         raise  # cli.main: one line, exit 2

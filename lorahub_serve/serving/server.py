@@ -191,6 +191,7 @@ async def _serve(cfg: ServeConfig, args: Namespace, store: AdapterStore, folder:
 
                 compositions = Compositions(store, cfg.hub, folder, cfg.model, args.max_lora_rank)
             app = await _build_app(engine, args, store, jobs, cfg.api_key, compositions)
+            _attach_metrics(jobs, compositions)
             announcer = asyncio.create_task(_announce_when_ready(app, cfg, args, store))
             shutdown = await _serve_http(app, sock, args)
             announcer.cancel()
@@ -204,6 +205,15 @@ async def _serve(cfg: ServeConfig, args: Namespace, store: AdapterStore, folder:
             import ray
 
             ray.shutdown()  # leave Ray (and stop the cluster ray.init started for 'local')
+
+
+def _attach_metrics(jobs: AdaptJobs, compositions) -> None:
+    """Adaptation metrics into vLLM's Prometheus registry (`/metrics`; serving/metrics.py)."""
+    from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+    from lorahub_serve.serving.metrics import AdaptMetrics
+
+    jobs.on_change = AdaptMetrics(jobs, compositions, get_prometheus_registry()).on_change
 
 
 def _ray_workers(cfg: ServeConfig):
