@@ -59,7 +59,9 @@ class AdaptResult:
         idx = [int(i) for i in module_idx]
         return cls(task, [hub_modules[i] for i in idx], state.best_weights, state.best_loss,
                    state.best_objective, state.history, state.optimizer_name, config, rule,
-                   state.evaluations, seconds, start_losses=state.start_losses, module_idx=idx)
+                   state.evaluations, seconds, start_losses=state.start_losses, module_idx=idx,
+                   # start-batch losses taken from the selection pass, not evaluated again
+                   extra={"reused_evaluations": state.reused_evaluations})
 
     @property
     def evals_per_second(self) -> float:
@@ -85,6 +87,25 @@ class AdaptResult:
             "seconds": round(self.seconds, 3), "evals_per_second": round(self.evals_per_second, 3),
             **self.extra,
         }
+
+
+@dataclass
+class ModuleChoice:
+    """A task's K modules and how they were chosen (`Engine.choose_modules`)."""
+
+    idx: list[int]  # [K] hub positions
+    record: dict  # for lorahub.json: select_evaluations (modules scored alone), select_losses
+    onehot_losses: np.ndarray | None = None  # [K] each chosen module alone (`loss`): the start
+    # batch reuses them
+
+
+def choice_extra(select: str, record: dict, seconds: float) -> dict:
+    """lorahub.json's account of the module choice, the same from `adapt` and `adapt-batch`: the
+    mode, its record, and the seconds spent choosing (`select_seconds`, in `record` when any)
+    apart from the search's (`search_seconds`); `seconds` is both together."""
+    select_s = float(record.get("select_seconds", 0.0))
+    return {"select": select, **record, "select_seconds": round(select_s, 3),
+            "search_seconds": round(seconds - select_s, 3)}
 
 
 def exported_spec(meta: dict) -> MergeSpec:
@@ -142,22 +163,23 @@ class Engine:
         return resolve_modules(self.hub_modules, modules, seed)
 
     def choose_modules(self, task: str, exs: list[Example], modules: int | Sequence[str] | None,
-                       config: SearchConfig) -> tuple[list[int], dict]:
-        """[K] hub positions for a task already added to the evaluator, and what to record of
-        the choice (`engine/selection.py`); names in `modules` are taken as given."""
+                       config: SearchConfig) -> ModuleChoice:
+        """The K hub modules for a task already added to the evaluator (`engine/selection.py`);
+        names in `modules` are taken as given. `loss` scores every module alone only when K < N."""
         from lorahub_serve.engine import selection
 
-        if config.select == "random" or isinstance(modules, (list, tuple)):
-            return self.module_indices(modules, config.seed), {}
-        k = default_k(len(self.hub_modules)) if modules is None else modules
-        if config.select == "loss":
-            losses = selection.single_losses(self.evaluator, task, len(self.hub_modules))
-            idx = selection.lowest_k(losses, k)
-            return idx, {"select_losses": [round(float(losses[i]), 5) for i in idx]}
-        names = [m.name for m in self.hub_modules]
-        cents = selection.read_centroids(self.hub_dir, names)
-        query = selection.input_centroid(self.net, self.tokenizer, [e.input for e in exs])
-        return selection.nearest_k(cents, query, k), {}
+        named = isinstance(modules, (list, tuple))
+        n = len(self.hub_modules)
+        k = default_k(n) if modules is None else modules
+        if config.select == "retrieve" and not named:
+            cents = selection.read_centroids(self.hub_dir, [m.name for m in self.hub_modules])
+            query = selection.input_centroid(self.net, self.tokenizer, [e.input for e in exs])
+            return ModuleChoice(selection.nearest_k(cents, query, k), {"select_evaluations": 0})
+        if not selection.scores_every_module(config.select, modules, n):  # random, named, or K >= N
+            return ModuleChoice(self.module_indices(modules, config.seed), {"select_evaluations": 0})
+        losses = selection.single_losses(self.evaluator, task, n)
+        idx, chosen, record = selection.choose_by_loss(losses, k)
+        return ModuleChoice(idx, record, chosen)
 
     def adapt(self, examples, task: str = "task", modules: int | Sequence[str] | None = None,
               config: SearchConfig | None = None, out: str | Path | None = None, merge: bool = False,
@@ -172,7 +194,8 @@ class Engine:
         exs: list[Example] = load_examples(examples)
         self.evaluator.add_task(task, exs, contrast=config.contrast)
         t0 = time.perf_counter()
-        idx, selection = self.choose_modules(task, exs, modules, config)
+        choice = self.choose_modules(task, exs, modules, config)
+        idx = choice.idx
         t_search = time.perf_counter()  # the bar's rate is the search's: --select loss scores N modules first
         if export is not None and out is not None:  # e.g. a PEFT merge of mixed ranks: fail now
             composed_rank([self.hub_modules[i].rank for i in idx], export)
@@ -188,15 +211,15 @@ class Engine:
             if on_generation is not None:
                 on_generation(s)
 
-        state = run_search(loss_fn, len(idx), config, on_gen)
+        start = SearchState(len(idx), config, known_onehot=choice.onehot_losses)
+        state = run_search(loss_fn, len(idx), config, on_gen, state=start)
         if bar is not None:
             bar.close()
         result = AdaptResult.from_state(task, self.hub_modules, idx, state, config, self.rule,
                                         time.perf_counter() - t0)
         result.extra["dtype"] = self.dtype
-        result.extra["select"] = config.select
-        result.extra.update(selection)
-        result.extra["select_seconds"] = round(t_search - t0, 3)
+        record = {**choice.record, "select_seconds": t_search - t0}
+        result.extra.update(choice_extra(config.select, record, result.seconds))
         if out is not None:
             self.export(result, Path(out), merge=merge, export_rule=export)
         return result

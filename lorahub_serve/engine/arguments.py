@@ -17,13 +17,13 @@ def modules_arg(value: str):
 
 
 def add_search_arguments(p, budget_help: str = "candidate evaluations, the start batch included",
-                         select_modes: tuple[str, ...] = SELECT_MODES, default_select: str = "random") -> None:
+                         select_modes: tuple[str, ...] = SELECT_MODES) -> None:
     """--modules, --budget, --seed, --optimizer, --popsize, --sigma, --select, --no-onehot-start.
-    `adapt` passes default_select=None: loss in this process (measured on the headroom suite: +4.3
-    points over random, CI 1.8 to 7.6, bench/results/headroom_smollm2.md), random with --actors, whose driver fixes each task's
-    modules before any actor runs; adapt-batch offers random only."""
+    --select defaults to loss on every path, as `SearchConfig` does (measured on the headroom
+    suite: +4.3 points over random, CI 1.8 to 7.6, bench/results/headroom_smollm2.md); random is
+    the paper's. adapt-batch and adapt --actors score the modules alone on their workers."""
     p.add_argument("--modules", type=modules_arg, default=None,
-                   help="K (seeded-random modules, default min(20, hub size)) or comma-separated names")
+                   help="K (default min(20, hub size); which K: --select) or comma-separated names")
     p.add_argument("--budget", type=int, default=40, help=budget_help)
     p.add_argument("--seed", type=int, default=0, help="search seed")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="cma",
@@ -34,9 +34,9 @@ def add_search_arguments(p, budget_help: str = "candidate evaluations, the start
     p.add_argument("--popsize", type=int, default=None,
                    help="population (default: leaves at least four updates after the start batch)")
     p.add_argument("--sigma", type=float, default=None, help="CMA-ES initial step in weight units (default 0.1)")
-    p.add_argument("--select", choices=select_modes, default=default_select,
-                   help="which K modules: seeded random (the paper's), the K lowest few-shot losses "
-                   "alone, or the K nearest by input centroid")
+    p.add_argument("--select", choices=select_modes, default="loss",
+                   help="which K modules: the K lowest few-shot losses alone (default; with K >= hub size "
+                   "every module, no pass), seeded random (the paper's), or the K nearest by input centroid")
     p.add_argument("--no-onehot-start", action="store_true", help="start the population search at w = 0")
     add_contrast_argument(p)
 
@@ -55,7 +55,7 @@ def search_config(a):
     extra = {} if a.sigma is None else {"sigma": a.sigma}
     return SearchConfig(budget=a.budget, seed=a.seed, optimizer=a.optimizer, popsize=a.popsize,
                         onehot_start=not a.no_onehot_start, contrast=a.contrast,
-                        select=getattr(a, "select", None) or "random", **extra)
+                        select=a.select, **extra)
 
 
 def add_cluster_arguments(p, default_actors: int = 1) -> None:

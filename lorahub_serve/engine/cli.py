@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from lorahub_serve.choices import EXPORT_RULES, SIGN_METHODS
@@ -25,8 +24,6 @@ def _cmd_adapt(a) -> int:
     config = search_config(a)
     export = export_spec(a)
     out = Path(a.out)
-    if a.select is None and not getattr(a, "actors", 0):
-        config = dataclasses.replace(config, select="loss")  # the measured default in process
     if getattr(a, "actors", 0):  # --actors is added, with its runner, by cluster/cli.py
         if a.merge:
             raise ValueError("--merge is not supported with --actors")
@@ -50,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--hub", required=True, help="hub folder (hub.json + adapter folders)")
     p.add_argument("--examples", required=True, help="JSONL of {\"input\", \"output\"}")
     p.add_argument("--out", required=True, help="adapter folder to write (e.g. STORE/NAME)")
-    add_search_arguments(p, default_select=None)
+    add_search_arguments(p)
     add_engine_arguments(p)
     p.add_argument("--merge", action="store_true", help="also write OUT-merged, a full merged model")
     add_export_arguments(p)

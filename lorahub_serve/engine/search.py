@@ -4,7 +4,9 @@ The search sees only a function from a batch of weight vectors [P, K] to few-sho
 it knows nothing of models, kernels or clusters. Objective = loss + l1 · mean|w| (the paper's).
 
 Population optimisers ("cma" default, "de") run in phases, each one batch or more:
-1. start: w = 0 and the K one-hot vectors (each module alone at weight 1);
+1. start: w = 0 and the K one-hot vectors (each module alone at weight 1); when those K losses
+   are already known (`--select loss` scored every module alone to choose K), only w = 0 is
+   evaluated and the known losses are told with it, so no module is evaluated alone twice;
 2. the population search, centred on the best point so far, with its step size `sigma` stated
    in weight units (default 0.1: around a module at weight 1, steps of 0.3 in 20 directions at
    once broke it, steps of 0.1 refined it; bench/search_compare.py), each generation asked at
@@ -46,7 +48,8 @@ class SearchConfig:
     popsize: int | None = None  # population optimisers; default `population(k)`
     sigma: float = 0.1  # CMA-ES initial step size, in weight units (bench/search_compare.py)
     onehot_start: bool = True  # population optimisers: first evaluate w = 0 and the one-hots
-    select: str = "random"  # which K hub modules: "random" | "loss" | "retrieve" (engine/selection.py)
+    select: str = "loss"  # which K hub modules: "loss" (measured default) | "random" (the paper's) |
+    # "retrieve" (engine/selection.py)
 
     def __post_init__(self):
         if not isinstance(self.budget, int) or self.budget < 1:
@@ -107,9 +110,17 @@ class SearchState:
     history: list[float] = field(default_factory=list)  # objective (loss + L1) of each evaluation
     optimizer_name: str = ""
     start_losses: np.ndarray | None = None  # [1 + K]: w = 0, then each module alone
+    # [K] each module alone, known before the search (the selection pass's): the start batch
+    # tells them instead of evaluating them again. Plain defaults are class attributes, so a
+    # state pickled before these fields existed still resumes.
+    known_onehot: np.ndarray | None = None
+    reused_evaluations: int = 0  # losses told from `known_onehot`, counted in `evaluations`
 
     def __post_init__(self):
         cfg = self.config
+        if self.known_onehot is not None and np.shape(self.known_onehot) != (self.k,):
+            raise ValueError(f"known_onehot must hold one loss per module ([{self.k}]), "
+                             f"got shape {np.shape(self.known_onehot)}")
         if cfg.optimizer == "ngopt" and self.optimizer is None:
             import nevergrad as ng
 
@@ -141,7 +152,9 @@ class SearchState:
         """The next generation (fewer at the end of the budget)."""
         left = self.config.budget - self.evaluations
         if self.in_start:
-            points = np.vstack([np.zeros((1, self.k)), np.eye(self.k)])[: self.config.start_size(self.k)]
+            points = self._start_points()
+            if self.known_onehot is not None:
+                points = points[:1]  # w = 0 only; `tell` adds the known one-hots
             return [Candidate(w) for w in points]
         if self.optimizer is None:
             self.optimizer = self._make_population_optimizer()
@@ -149,6 +162,17 @@ class SearchState:
         cands = [self.optimizer.ask() for _ in range(n)]
         bound = self.config.bound
         return [Candidate(np.clip(np.asarray(c.value, dtype=np.float64), -bound, bound), c) for c in cands]
+
+    def _start_points(self) -> np.ndarray:
+        """[S, K]: w = 0, then the one-hots, cut to the start batch's size S."""
+        return np.vstack([np.zeros((1, self.k)), np.eye(self.k)])[: self.config.start_size(self.k)]
+
+    def _with_known_onehots(self, candidates: list, losses: np.ndarray) -> tuple[list, np.ndarray]:
+        """The whole start batch: the evaluated w = 0, then the one-hots with their known losses."""
+        onehots = self._start_points()[1:]
+        known = np.asarray(self.known_onehot, dtype=np.float64)[: len(onehots)]
+        self.reused_evaluations += len(onehots)
+        return [*candidates, *(Candidate(w) for w in onehots)], np.concatenate([losses, known])
 
     def _make_population_optimizer(self):
         """Centred on the best start point (or w = 0); unbounded, so σ is `sigma` weight units."""
@@ -166,6 +190,8 @@ class SearchState:
     def tell(self, candidates: list, losses: np.ndarray) -> None:
         losses = np.asarray(losses, dtype=np.float64)
         if self.in_start:
+            if self.known_onehot is not None:
+                candidates, losses = self._with_known_onehots(candidates, losses)
             self.start_losses = losses.copy()
         for cand, loss in zip(candidates, losses):
             w = np.asarray(cand.value, dtype=np.float64)

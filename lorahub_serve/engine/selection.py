@@ -1,9 +1,10 @@
 """Which K hub modules a search composes (`adapt --select`).
 
 - `random`: K seeded-random modules (the paper's choice, kept for comparison);
-- `loss`: every hub module alone at weight 1 on the few-shot examples, in batched passes of the
-  evaluator, and the K with the lowest loss (the search's start batch does this for K; here it
-  covers all N);
+- `loss` (the default): every hub module alone at weight 1 on the few-shot examples, in batched
+  passes of the evaluator, and the K with the lowest loss. Paid once: the search's start batch
+  reuses the chosen K's losses (`SearchState.known_onehot`) instead of scoring them again, and
+  with K >= N (every module is taken anyway) no pass runs;
 - `retrieve`: the K modules whose centroid (the base model's mean final hidden state over the
   module's training inputs, stored at hub build in `centroids.safetensors`) is nearest, by
   cosine, to the few-shot inputs' centroid.
@@ -40,6 +41,15 @@ def lowest_k(losses: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in np.argsort(losses, kind="stable")[:k]]
 
 
+def choose_by_loss(losses: np.ndarray, k: int) -> tuple[list[int], np.ndarray, dict]:
+    """From `losses` [N] (every hub module alone): the K lowest (best first), their losses [K]
+    (the search's start batch reuses them) and what lorahub.json records of the choice."""
+    idx = lowest_k(losses, k)
+    chosen = np.asarray(losses, dtype=np.float64)[idx]
+    return idx, chosen, {"select_losses": [round(float(x), 5) for x in chosen],
+                         "select_evaluations": len(losses)}
+
+
 def nearest_k(centroids: np.ndarray, query: np.ndarray, k: int) -> list[int]:
     """Positions of the k rows of `centroids` [N, d] nearest to `query` [d] by cosine, best first."""
     c = np.asarray(centroids, dtype=np.float64)
@@ -50,6 +60,17 @@ def nearest_k(centroids: np.ndarray, query: np.ndarray, k: int) -> list[int]:
         raise ValueError(f"K = {k}: choose 1..{len(c)} modules")
     sim = (c @ q) / (np.linalg.norm(c, axis=1) * np.linalg.norm(q) + 1e-12)
     return [int(i) for i in np.argsort(-sim, kind="stable")[:k]]
+
+
+def scores_every_module(select: str, modules: int | Sequence[str] | None, n_modules: int) -> bool:
+    """Whether the choice needs the pass of every hub module alone: `loss` with K < N (named
+    modules are taken as given; with K >= N every module is taken, as `random` takes them)."""
+    if select != "loss" or isinstance(modules, (list, tuple)):
+        return False
+    from lorahub_serve.engine.hub import default_k
+
+    k = default_k(n_modules) if modules is None else modules
+    return k < n_modules
 
 
 def single_losses(evaluator, task: str, n_modules: int, chunk: int = 64) -> np.ndarray:

@@ -127,6 +127,26 @@ def test_budget_smaller_than_the_start_evaluates_part_of_it():
     assert state.evaluations == 5 and len(state.start_losses) == 5
 
 
+@pytest.mark.parametrize("budget", [40, 5])
+def test_known_onehot_losses_are_told_not_evaluated_and_the_search_is_unchanged(budget):
+    loss = quadratic(np.eye(K)[4] * 0.7)
+    cfg = SearchConfig(budget=budget, seed=5)
+    full = run_search(loss, K, cfg)
+    asked = []
+    known = SearchState(K, cfg, known_onehot=loss(np.eye(K)))
+    reused = run_search(lambda w: (asked.append(w), loss(w))[1], K, cfg, state=known)
+    np.testing.assert_array_equal(asked[0], np.zeros((1, K)))  # the start batch asks w = 0 only
+    assert sum(len(w) for w in asked) == budget - (cfg.start_size(K) - 1)
+    assert reused.history == full.history and reused.evaluations == budget
+    np.testing.assert_array_equal(reused.start_losses, full.start_losses)
+    assert reused.reused_evaluations == cfg.start_size(K) - 1
+
+
+def test_known_onehot_losses_must_match_k():
+    with pytest.raises(ValueError, match=r"one loss per module \(\[20\]\)"):
+        SearchState(K, SearchConfig(), known_onehot=np.ones(3))
+
+
 def test_state_pickles_mid_search_and_resumes_identically():
     loss = quadratic(np.eye(K)[4] * 0.7)
     cfg = SearchConfig(budget=40, seed=5)

@@ -113,3 +113,69 @@ def test_retrieve_without_centroids_names_the_command(tiny_llama_dir, tiny_llama
                          config=SearchConfig(budget=2, select="retrieve"))
     finally:
         engine.close()
+
+
+class EvaluationCounter:
+    """Records every candidate row the engine's real evaluator scores (it still scores them)."""
+
+    def __init__(self, engine):
+        self.rows: list[tuple[np.ndarray, np.ndarray]] = []  # (hub indices [K], weights [K])
+        real = engine.evaluator.losses
+
+        def losses(tasks, module_idx, weights):
+            self.rows += list(zip(np.array(module_idx), np.array(weights, dtype=np.float64)))
+            return real(tasks, module_idx, weights)
+
+        engine.evaluator.losses = losses
+
+    def alone(self) -> dict[int, int]:
+        """Hub index -> rows that had that module alone at weight 1."""
+        counts: dict[int, int] = {}
+        for idx, w in self.rows:
+            on = np.flatnonzero(w)
+            if len(on) == 1 and w[on[0]] == 1.0:
+                counts[int(idx[on[0]])] = counts.get(int(idx[on[0]]), 0) + 1
+        return counts
+
+
+def test_loss_selection_with_k_at_hub_size_runs_no_selection_pass(tiny_llama_dir, tiny_llama_hub, few_shot):
+    engine = Engine(str(tiny_llama_dir), tiny_llama_hub, backend="torch", warmup=False)
+    try:
+        counter = EvaluationCounter(engine)
+        res = engine.adapt(few_shot, task="t", progress=False, config=SearchConfig(budget=12, seed=1, select="loss"))
+        assert len(counter.rows) == 12 == res.evaluations  # the search's budget, nothing before it
+        assert counter.alone() == {i: 1 for i in range(4)}  # each module alone once: the start batch
+        assert res.extra["select_evaluations"] == 0 and res.extra["reused_evaluations"] == 0
+        rand = engine.adapt(few_shot, task="t", progress=False, config=SearchConfig(budget=12, seed=1, select="random"))
+        assert res.module_idx == rand.module_idx and res.history == rand.history  # every module either way
+    finally:
+        engine.close()
+
+
+def test_loss_selection_evaluates_each_module_alone_once(tiny_llama_dir, hub_with_task_module, tmp_path):
+    engine = Engine(str(tiny_llama_dir), hub_with_task_module, backend="torch", warmup=False)
+    try:
+        counter = EvaluationCounter(engine)
+        res = engine.adapt(TASK, task="t", modules=2, progress=False, out=tmp_path / "out",
+                           config=SearchConfig(budget=10, seed=0, select="loss"))
+        assert counter.alone() == {i: 1 for i in range(6)}  # selection pass and search together
+        assert len(counter.rows) == 6 + 10 - 2  # N alone, then the budget less the K reused
+        assert res.evaluations == 10 and res.extra["reused_evaluations"] == 2
+        np.testing.assert_allclose(res.start_losses[1:], res.extra["select_losses"], atol=1e-5)
+        meta = json.loads((tmp_path / "out" / "lorahub.json").read_text())
+        assert meta["select_evaluations"] == 6 and meta["reused_evaluations"] == 2
+        assert meta["select_seconds"] > 0 and meta["search_seconds"] > 0
+        assert meta["select_seconds"] + meta["search_seconds"] == pytest.approx(meta["seconds"], abs=2e-3)
+    finally:
+        engine.close()
+
+
+def test_select_defaults_to_loss_in_the_python_api_and_the_cli():
+    import argparse
+
+    from lorahub_serve.engine.arguments import add_search_arguments, search_config
+
+    p = argparse.ArgumentParser()
+    add_search_arguments(p)
+    assert SearchConfig().select == "loss" == search_config(p.parse_args([])).select
+    assert search_config(p.parse_args(["--select", "random"])).select == "random"  # the paper's
