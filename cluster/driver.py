@@ -4,7 +4,9 @@ The driver holds the per-task optimisers (a `Scheduler`), a pool of workers (Ray
 in-process worker when actors=0) and the job journal. Each generation of every task is cut into
 batches that mix tasks (so their candidates share forward passes), results are told back in the
 order asked, and after every told generation the task's state is saved; a finished task is
-composed on a worker and written to STORE/<name> exactly as `adapt` writes it.
+composed on a worker and written to STORE/<name> exactly as `adapt` writes it. With
+`--select loss` (K < N) each task's first batch rows score every hub module alone on the
+workers, and the task searches its K lowest from those losses (scheduler.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,14 @@ from lorahub_serve.cluster.pools import InlineBatchPool
 from lorahub_serve.cluster.scheduler import Scheduler, TaskRun, Work
 from lorahub_serve.cluster.tasks import TaskSpec, specs_from_pairs
 from lorahub_serve.cluster.worker import BadTaskError, BatchWorker, examples_digest
-from lorahub_serve.engine.adapt import AdaptResult, exported_spec
+from lorahub_serve.engine.adapt import AdaptResult, choice_extra, exported_spec
 from lorahub_serve.engine.config import EngineConfig
 from lorahub_serve.engine.export import composed_rank, write_adapter
-from lorahub_serve.engine.hub import ModuleInfo, default_k, read_manifest, resolve_modules
+from lorahub_serve.engine.hub import HubError, ModuleInfo, default_k, read_manifest, resolve_modules
 from lorahub_serve.engine.job import finite
 from lorahub_serve.engine.merge import MergeSpec, as_spec
 from lorahub_serve.engine.search import SearchConfig, SearchState
+from lorahub_serve.engine.selection import scores_every_module
 from lorahub_serve.formats import is_adapter, read_lorahub_json
 
 Callback = Callable[[str, dict], None]  # (event, data): actors, generation, task_done, task_failed, ...
@@ -66,17 +70,17 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
     engine_config = (engine_config or EngineConfig()).with_options(**engine_options)
     rule = engine_config.rule
     config = config or SearchConfig()
-    if config.select != "random":  # the driver fixes each task's modules before any actor runs
-        raise ValueError(f"--select {config.select} is not supported by adapt-batch / --actors yet; "
-                         "use --select random, or adapt without --actors")
+    if config.select == "retrieve":
+        raise ValueError("--select retrieve is not supported by adapt-batch / --actors; use --select "
+                         "loss (the default) or random, or adapt without --actors")
     specs = specs_from_pairs(tasks)
     hub_modules = read_manifest(Path(hub))
     if modules is None:  # resolved here, as the job id hashes what was chosen
         modules = default_k(len(hub_modules))
-    idx = np.asarray(resolve_modules(hub_modules, modules, config.seed), dtype=np.int64)
+    plan = ModulePlan.of(hub_modules, modules, config)
     export = None if export_rule is None else as_spec(export_rule)
-    if export is not None:  # e.g. a PEFT merge of mixed ranks: fail before any search
-        composed_rank([hub_modules[i].rank for i in idx], export)
+    if export is not None and plan.fixed is not None:  # e.g. a PEFT merge of mixed ranks: fail
+        composed_rank([hub_modules[i].rank for i in plan.fixed], export)  # before any search
     if ray_address is None and engine is None:
         from lorahub_serve.models import resolve_model
 
@@ -88,7 +92,7 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
         journal = JobJournal(Path(job_dir) if job_dir else store / ".jobs" / jid, key)
     t0 = time.perf_counter()
     try:
-        runs, entries = _prepare(specs, journal, idx, config, store, export)
+        runs, entries = _prepare(specs, journal, plan, config, store, export)
         stats: dict = {"evaluations": 0, "actor_failures": 0, "results": {}}
         if runs:
             worker_kwargs = {"model": _local_path(model), "model_name": str(model),
@@ -129,10 +133,38 @@ def _adapter_matches(folder: Path, weights, export: MergeSpec | None = None) -> 
         return False
 
 
-def _prepare(specs: list[TaskSpec], journal: JobJournal | None, idx: np.ndarray, config: SearchConfig,
+@dataclass(frozen=True)
+class ModulePlan:
+    """How the job's tasks get their K modules: `fixed` [K] for every task (random, named, or
+    the whole hub), or with `fixed` None each task's K lowest losses alone among the hub's
+    `hub_size` modules, scored on the workers (`--select loss`, K < N)."""
+
+    k: int
+    hub_size: int
+    fixed: np.ndarray | None
+
+    @classmethod
+    def of(cls, hub_modules: list[ModuleInfo], modules: int | Sequence[str], config: SearchConfig) -> ModulePlan:
+        n = len(hub_modules)
+        if scores_every_module(config.select, modules, n):
+            if modules < 1:
+                raise HubError(f"--modules must be >= 1, got {modules}")
+            return cls(modules, n, None)
+        idx = np.asarray(resolve_modules(hub_modules, modules, config.seed), dtype=np.int64)
+        return cls(len(idx), n, idx)
+
+    def fresh(self, config: SearchConfig) -> tuple[str, np.ndarray, SearchState, dict]:
+        """A new task's (status, module_idx, state, selection record)."""
+        if self.fixed is None:
+            return "selecting", np.empty(0, dtype=np.int64), SearchState(self.k, config), {}
+        return "running", self.fixed, SearchState(self.k, config), {"select_evaluations": 0}
+
+
+def _prepare(specs: list[TaskSpec], journal: JobJournal | None, plan: ModulePlan, config: SearchConfig,
              store: Path | None, export: MergeSpec | None = None) -> tuple[list[TaskRun], dict[str, dict]]:
     """TaskRuns to work on (fresh, resumed, or only left to export) and report entries of the
-    tasks that need nothing (unusable examples, finished earlier)."""
+    tasks that need nothing (unusable examples, finished earlier). A resumed task keeps the
+    modules its record names (chosen by loss, they differ from task to task)."""
     runs, entries = [], {}
     for spec in specs:
         if spec.error is not None:
@@ -141,18 +173,19 @@ def _prepare(specs: list[TaskSpec], journal: JobJournal | None, idx: np.ndarray,
         digest = examples_digest(spec.examples)
         rec = journal.load(spec.name, digest) if journal is not None else None
         status = rec["status"] if rec else None
+        if status in ("done", "exporting", "running"):
+            state = restore_state(rec, plan.k, config)
+            idx, selection = np.asarray(rec["module_idx"], dtype=np.int64), rec.get("selection", {})
         if status in ("done", "exporting"):
-            state = restore_state(rec, len(idx), config)
             if store is None or _adapter_matches(store / spec.name, state.best_weights, export):
                 entries[spec.name] = _entry("done-earlier", spec.name, state, store, rec["seconds"])
                 continue
             status = "exporting"
-        elif status == "running":
-            state = restore_state(rec, len(idx), config)
-        else:
-            status, state = "running", SearchState(len(idx), config)
+        elif status != "running":
+            status, idx, state, selection = plan.fresh(config)
         runs.append(TaskRun(spec.name, spec.examples, digest, idx, state,
-                            seconds=rec["seconds"] if rec else 0.0, status=status))
+                            seconds=rec["seconds"] if rec else 0.0, status=status,
+                            hub_size=plan.hub_size, selection=selection))
     return runs, entries
 
 
@@ -231,24 +264,37 @@ class _Loop:
             self._export(work.task, outcome)
             return
         for event, run in self.sched.complete(work, outcome):
-            if event == "generation":
+            if event == "selected":
+                self._selected(run)
+            elif event == "select_failed":
+                self._fail(run.name, run.error)
+            elif event == "generation":
                 self._progress()
                 self.callback("generation", {"task": run.name, "evaluations": run.state.evaluations,
                                              "best_objective": run.state.best_objective})
             elif event == "searched" and self.store is None:
                 self._finished(run)
 
+    def _selected(self, run: TaskRun) -> None:
+        names = [self.hub_modules[i].name for i in run.module_idx]
+        if self.sched.export_rule is not None:  # e.g. a PEFT merge of these modules' mixed ranks
+            try:
+                composed_rank([self.hub_modules[i].rank for i in run.module_idx], self.sched.export_rule)
+            except ValueError as e:
+                self._fail(run.name, f"modules chosen by loss ({', '.join(names)}): {e}")
+                return
+        self.callback("task_selected", {"task": run.name, "modules": names})
+
     def _checkpoint(self, run: TaskRun) -> None:
         run.seconds = self.base_seconds[run.name] + time.perf_counter() - self.t0
+        if run.selection.get("select_evaluations") and "select_seconds" not in run.selection:
+            run.selection["select_seconds"] = run.seconds  # the selection pass has just ended
         if self.journal is not None:
             self.journal.save(run)
 
     def _export(self, name: str, factors: dict) -> None:
         run = self.sched.runs[name]
         result = self._result(run)
-        result.extra.setdefault("dtype", self.info.get("dtype"))  # as `Engine.adapt` records them
-        result.extra.setdefault("select", self.config.select)
-        result.extra.setdefault("select_seconds", 0.0)  # random modules, fixed before the search
         try:
             write_adapter(self.store / name, factors, self.info["model_name"],
                           result.metadata(self.info["model_name"], self.info["fingerprint"], self.sched.export_rule))
@@ -273,8 +319,11 @@ class _Loop:
         self.callback("task_failed", {"task": name, "error": error})
 
     def _result(self, run: TaskRun) -> AdaptResult:
-        return AdaptResult.from_state(run.name, self.hub_modules, run.module_idx, run.state,
-                                      self.config, self.rule, run.seconds)
+        result = AdaptResult.from_state(run.name, self.hub_modules, run.module_idx, run.state,
+                                        self.config, self.rule, run.seconds)
+        result.extra["dtype"] = self.info.get("dtype")  # as `Engine.adapt` records them
+        result.extra.update(choice_extra(self.config.select, run.selection, run.seconds))
+        return result
 
     def _progress(self) -> None:
         if self.bar is None:

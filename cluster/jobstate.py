@@ -117,6 +117,7 @@ class JobJournal:
             "evaluations": s.evaluations, "best_weights": s.best_weights,
             "best_objective": s.best_objective, "best_loss": s.best_loss,
             "history": list(s.history), "optimizer_name": s.optimizer_name, "state": state_bytes,
+            "selection": run.selection,  # how its modules were chosen (lorahub.json records it)
         })
 
     def write_report(self, report: dict) -> Path:

@@ -5,6 +5,10 @@ candidates wait in one queue, task after task; `take(limit)` cuts the next `Work
 batch mixes the populations of several tasks and one task's generation may be split across
 workers. A generation is told to its optimiser only when all its losses are in, in the order it
 was asked, so the search is the same as `run_search` however candidates were split.
+A task that chooses its modules by loss (`--select loss`, K < N) first has one "generation" of
+N candidates, each hub module alone, packed into the same batches as the others' candidates;
+its K lowest become its modules and their losses its search's start batch (told, not evaluated
+again), as `Engine.adapt` does.
 Nothing here knows about Ray; a `Work` is executed by a pool (pools.py, actors.py).
 """
 
@@ -20,9 +24,11 @@ import numpy as np
 
 from lorahub_serve.cluster.worker import Batch
 from lorahub_serve.data.examples import Example
-from lorahub_serve.engine.search import SearchState
+from lorahub_serve.engine.search import Candidate, SearchState
+from lorahub_serve.engine.selection import choose_by_loss
 
-Status = Literal["running", "exporting", "done", "failed"]
+Status = Literal["selecting", "running", "exporting", "done", "failed"]
+EVALUATING = ("selecting", "running")  # the statuses whose candidates are queued
 Item = tuple[str, int, int]  # (task, generation number, position in the generation)
 
 
@@ -33,7 +39,7 @@ class TaskRun:
     name: str
     examples: tuple[Example, ...]
     digest: str
-    module_idx: np.ndarray  # [K] indices into the hub
+    module_idx: np.ndarray  # [K] indices into the hub (empty while selecting)
     state: SearchState
     seconds: float = 0.0  # wall time spent on this task (earlier runs of the job included)
     status: Status = "running"
@@ -42,6 +48,8 @@ class TaskRun:
     cands: list = field(default_factory=list)  # the open generation's nevergrad candidates
     losses: np.ndarray = field(default_factory=lambda: np.empty(0))  # [P]
     filled: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))  # [P] known yet
+    hub_size: int = 0  # selecting: N, the hub modules each scored alone
+    selection: dict = field(default_factory=dict)  # lorahub.json's record of the choice
 
 
 @dataclass
@@ -61,7 +69,7 @@ class Work:
         return list(dict.fromkeys(t for t, _, _ in self.items)) if self.items else [self.task]
 
 
-Event = tuple[str, TaskRun]  # ("generation" | "searched", run)
+Event = tuple[str, TaskRun]  # ("selected" | "select_failed" | "generation" | "searched", run)
 
 
 class Scheduler:
@@ -78,14 +86,16 @@ class Scheduler:
         for run in runs:
             if run.status == "running" and run.state.done:  # budget spent before a checkpoint
                 run.status = "exporting" if export else "done"
-            if run.status == "running":
+            if run.status == "selecting":
+                self._open_selection(run)
+            elif run.status == "running":
                 self._open(run)
             elif run.status == "exporting":
                 self.priority.append(_compose_work(run, export_rule))
 
     # -- state -------------------------------------------------------------------------------
     def active(self) -> bool:
-        return any(r.status in ("running", "exporting") for r in self.runs.values())
+        return any(r.status in (*EVALUATING, "exporting") for r in self.runs.values())
 
     def pending(self) -> int:
         """Candidates (and steps) waiting to be handed out."""
@@ -125,19 +135,28 @@ class Scheduler:
     def complete(self, work: Work, losses: np.ndarray) -> list[Event]:
         """Record a batch's losses [C]; tell every generation that is now complete.
 
-        Returns ("generation", run) for each told generation and ("searched", run) when the
-        task's budget is spent (its compose step is queued when exporting).
+        Returns ("selected", run) when a task's modules are chosen ("select_failed" when its
+        losses alone could not choose them: the task failed), ("generation", run) for each told
+        generation and ("searched", run) when the task's budget is spent (its compose step is
+        queued when exporting).
         """
         touched: dict[str, TaskRun] = {}
         for (task, gen, pos), loss in zip(work.items, np.asarray(losses, dtype=np.float64)):
             run = self.runs[task]
-            if run.status != "running" or run.generation != gen or run.filled[pos]:
+            if run.status not in EVALUATING or run.generation != gen or run.filled[pos]:
                 continue  # a failed task, or a stale duplicate
             run.losses[pos], run.filled[pos] = loss, True
             touched[task] = run
         events: list[Event] = []
         for run in touched.values():
             if not run.filled.all():
+                continue
+            if run.status == "selecting":
+                events.append(self._selected(run))
+                if run.status == "running":
+                    if self.checkpoint is not None:
+                        self.checkpoint(run)
+                    self._open(run)
                 continue
             run.state.tell(run.cands, run.losses)
             _clear(run)
@@ -174,20 +193,51 @@ class Scheduler:
         run.filled = np.zeros(len(run.cands), dtype=bool)
         self.queue.extend((run.name, run.generation, i) for i in range(len(run.cands)))
 
+    def _open_selection(self, run: TaskRun) -> None:
+        """Queue every hub module alone: candidate m is module m at weight 1, written as a row
+        of K (module m in every slot, weight 1 on the first) so it packs with search rows."""
+        run.generation += 1
+        alone = np.eye(run.state.k)[0]
+        run.cands = [Candidate(alone) for _ in range(run.hub_size)]
+        run.losses = np.zeros(run.hub_size)
+        run.filled = np.zeros(run.hub_size, dtype=bool)
+        self.queue.extend((run.name, run.generation, m) for m in range(run.hub_size))
+
+    def _selected(self, run: TaskRun) -> Event:
+        """The K lowest of the losses alone become the task's modules; a fresh search state
+        holds their losses, so its start batch tells them instead of evaluating them again.
+        A loss that is not finite fails the task alone ("select_failed", run.error says why)."""
+        try:
+            idx, chosen, record = choose_by_loss(run.losses, run.state.k)
+        except ValueError as e:
+            self.fail(run.name, f"choosing modules by their losses alone: {e}")
+            return ("select_failed", run)
+        run.module_idx = np.asarray(idx, dtype=np.int64)
+        run.state = SearchState(run.state.k, run.state.config, known_onehot=chosen)
+        run.selection = record
+        run.status = "running"
+        _clear(run)
+        return ("selected", run)
+
     def _wanted(self, item: Item) -> bool:
         run = self.runs[item[0]]
-        return (run.status == "running" and run.generation == item[1]
+        return (run.status in EVALUATING and run.generation == item[1]
                 and not run.filled[item[2]])
 
     def _evaluate_work(self, items: list[Item]) -> Work:
         runs = [self.runs[t] for t, _, _ in items]
         weights = np.stack([np.asarray(r.cands[p].value, dtype=np.float64)
                             for r, (_, _, p) in zip(runs, items)])
-        module_idx = np.stack([r.module_idx for r in runs]).astype(np.int64)
+        module_idx = np.stack([_row_modules(r, p) for r, (_, _, p) in zip(runs, items)]).astype(np.int64)
         examples = {r.name: r.examples for r in runs}
         batch = Batch(tuple(r.name for r in runs), module_idx, weights, examples,
                       contrast=runs[0].state.config.contrast)  # one search config per job
         return Work("evaluate", items, batch=batch)
+
+
+def _row_modules(run: TaskRun, pos: int) -> np.ndarray:
+    """[K] hub indices of candidate `pos`: the task's modules, or module `pos` while selecting."""
+    return np.full(run.state.k, pos) if run.status == "selecting" else run.module_idx
 
 
 def _clear(run: TaskRun) -> None:

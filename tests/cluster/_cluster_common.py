@@ -23,8 +23,34 @@ TASKS = {
     "delta": [_FEW[0], _FEW[4]],
 }
 CONFIG = SearchConfig(budget=24, seed=3)  # K = 4 (the tiny hub): start 5, then generations of 4
+# --select loss with K < N: each task scores the tiny hub's 4 modules alone, then searches its 2 lowest
+LOSS_CONFIG, LOSS_K = SearchConfig(budget=16, seed=3, select="loss"), 2
 LOSS_TOL = 1e-5  # per-candidate losses move by ~1e-7 with the batch they share (fp32 GEMM order)
 TOO_LONG = [{"input": "x " * 400, "output": " no"}]  # 800 tokens > the tiny model's 512
+
+
+class TaskEvaluationCounter:
+    """Records every (task, row) the engine's real evaluator scores (it still scores them)."""
+
+    def __init__(self, engine):
+        self.rows: list[tuple[str, np.ndarray, np.ndarray]] = []  # (task, hub indices [K], weights [K])
+        real = engine.evaluator.losses
+
+        def losses(tasks, module_idx, weights):
+            self.rows += list(zip(tasks, np.array(module_idx), np.array(weights, dtype=np.float64)))
+            return real(tasks, module_idx, weights)
+
+        engine.evaluator.losses = losses
+
+    def alone(self) -> dict[tuple[str, int], int]:
+        """(task, hub index) -> rows that scored that module alone at weight 1 for that task."""
+        counts: dict[tuple[str, int], int] = {}
+        for task, idx, w in self.rows:
+            on = np.flatnonzero(w)
+            if len(on) == 1 and w[on[0]] == 1.0:
+                key = (task, int(idx[on[0]]))
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
 
 def task_pairs(names=None):

@@ -6,8 +6,11 @@ import pytest
 import torch
 from _cluster_common import (
     CONFIG,
+    LOSS_CONFIG,
+    LOSS_K,
     TASKS,
     TOO_LONG,
+    TaskEvaluationCounter,
     assert_same_results,
     assert_store_like_reference,
     resume_and_check,
@@ -36,6 +39,50 @@ def test_equals_single_process_adapt(tiny_llama_dir, tiny_llama_hub, reference, 
     assert_store_like_reference(tmp_path / "store", reference)
     saved = json.loads((tmp_path / "store" / ".jobs").glob("*/report.json").__next__().read_text())
     assert saved["tasks"]["alpha"]["status"] == "done" and "results" not in saved
+
+
+def test_select_loss_picks_what_adapt_picks_scoring_each_module_alone_once(
+        tiny_llama_dir, tiny_llama_hub, loss_reference, tmp_path):
+    from lorahub_serve.engine.adapt import Engine
+
+    engine = Engine(str(tiny_llama_dir), tiny_llama_hub)
+    counter = TaskEvaluationCounter(engine)
+    try:  # max_batch 5: selection rows of several tasks share batches, and with search rows
+        report = _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "store", config=LOSS_CONFIG,
+                      modules=LOSS_K, engine=engine, max_batch=5)
+    finally:
+        engine.close()
+    assert report["done"] == 4
+    for name, ref in loss_reference.items():
+        assert report["results"][name].module_idx == ref.module_idx, name
+        assert ref.extra["select_evaluations"] == 4 and len(ref.module_idx) == LOSS_K
+    random_idx = engine.module_indices(LOSS_K, LOSS_CONFIG.seed)
+    assert all(r.module_idx != random_idx for r in loss_reference.values())  # a choice random would not make
+    assert_same_results(report["results"], loss_reference)
+    assert_store_like_reference(tmp_path / "store", loss_reference)
+    assert counter.alone() == {(t, m): 1 for t in TASKS for m in range(4)}  # selection and search together
+    assert len(counter.rows) == 4 * (4 + LOSS_CONFIG.budget - LOSS_K)
+    meta = json.loads((tmp_path / "store" / "alpha" / "lorahub.json").read_text())
+    assert meta["select"] == "loss" and meta["reused_evaluations"] == LOSS_K
+    assert 0 < meta["select_seconds"] < meta["seconds"] and meta["search_seconds"] > 0
+
+
+def test_select_loss_resumes_with_the_modules_it_chose(tiny_llama_dir, tiny_llama_hub, loss_reference, tmp_path):
+    store = tmp_path / "store"
+
+    def crash_mid_search(event, data):
+        if event == "generation" and data["evaluations"] > LOSS_CONFIG.start_size(LOSS_K):
+            raise Crash
+
+    kw = {"config": LOSS_CONFIG, "modules": LOSS_K, "max_batch": 3}
+    with pytest.raises(Crash):
+        _run(tiny_llama_dir, tiny_llama_hub, store, callback=crash_mid_search, **kw)
+    events = []
+    report = _run(tiny_llama_dir, tiny_llama_hub, store, callback=lambda e, d: events.append(e), **kw)
+    assert report["done"] == 4
+    assert events.count("task_selected") < 4  # the task that crashed mid-search was not scored again
+    assert_same_results(report["results"], loss_reference)
+    assert_store_like_reference(store, loss_reference)
 
 
 def test_resume_after_a_crash_redoes_nothing(tiny_llama_dir, tiny_llama_hub, reference, tmp_path):

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from _cluster_common import (
     CONFIG,
+    LOSS_CONFIG,
+    LOSS_K,
     TASKS,
     TOO_LONG,
     StartupKiller,
@@ -46,6 +48,20 @@ def test_distributed_equals_single_process(ray_address, tiny_llama_dir, tiny_lla
     assert report["done"] == 4 and report["actor_failures"] == 0
     assert_same_results(report["results"], reference)
     assert_store_like_reference(tmp_path / "store", reference)
+
+
+def test_select_loss_on_actors_picks_what_adapt_picks(ray_address, tiny_llama_dir, tiny_llama_hub,
+                                                      loss_reference, tmp_path):
+    """Every hub module alone, scored on the actors, then each task's search from those losses:
+    the same modules, search and store as single-process `adapt --select loss`."""
+    selected = {}
+    report = _run(tiny_llama_dir, tiny_llama_hub, tmp_path / "store", config=LOSS_CONFIG, modules=LOSS_K,
+                  max_batch=5, callback=lambda e, d: selected.update({d["task"]: d["modules"]})
+                  if e == "task_selected" else None)
+    assert report["done"] == 4 and report["actor_failures"] == 0
+    assert selected == {n: [m.name for m in r.modules] for n, r in loss_reference.items()}
+    assert_same_results(report["results"], loss_reference)
+    assert_store_like_reference(tmp_path / "store", loss_reference)
 
 
 def test_killed_actor_job_completes_with_same_results(ray_address, tiny_llama_dir, tiny_llama_hub,

@@ -125,3 +125,65 @@ def test_no_export_marks_done_without_compose():
     sched = Scheduler(_runs(["t0"]), export=False)
     assert _drain(sched, 1000) == []
     assert sched.runs["t0"].status == "done"
+
+
+N = 9  # hub modules; a task choosing by loss scores them all alone, then searches its K = 5 lowest
+HUB_CENTRES = {f"s{i}": np.sin(np.arange(N) * (i + 1)) * 0.8 for i in range(3)}
+
+
+def _hub_loss(task, module_idx, w):
+    """Loss of the composition Σ w_j e_(module_idx_j) in the hub's N dimensions (repeats add up)."""
+    v = np.zeros(N)
+    np.add.at(v, np.asarray(module_idx), np.asarray(w, dtype=np.float64))
+    return float(np.sum((v - HUB_CENTRES[task]) ** 2))
+
+
+def _selecting_runs():
+    ex = tuple(from_records([{"input": "q", "output": " a"}]))
+    return [TaskRun(n, ex, "digest", np.empty(0, dtype=np.int64), SearchState(K, CONFIG), status="selecting",
+                    hub_size=N) for n in HUB_CENTRES]
+
+
+def _drain_hub(sched, limit, loss=_hub_loss):
+    """Run to the end in order; returns every (task, module row, weights) evaluated and the events."""
+    rows, events = [], []
+    while sched.active():
+        work = sched.take(limit)
+        if work.kind == "compose":
+            sched.mark_done(work.task)
+            continue
+        b = work.batch
+        rows += list(zip(b.tasks, b.module_idx, b.weights))
+        events += [e for e, _ in sched.complete(work, np.array([loss(*r) for r in zip(b.tasks, b.module_idx, b.weights)]))]
+    return rows, events
+
+
+@pytest.mark.parametrize("limit", [4, 13, 1000])
+def test_selection_by_loss_chooses_the_lowest_and_then_searches_as_run_search(limit):
+    from lorahub_serve.engine.selection import lowest_k
+
+    sched = Scheduler(_selecting_runs())
+    rows, events = _drain_hub(sched, limit)
+    assert events.count("selected") == len(HUB_CENTRES)
+    for name, run in sched.runs.items():
+        singles = [_hub_loss(name, [m], [1.0]) for m in range(N)]
+        idx = lowest_k(singles, K)
+        ref = run_search(lambda W, idx=idx, name=name: np.array([_hub_loss(name, idx, w) for w in W]), K, CONFIG)
+        assert run.status == "done" and list(run.module_idx) == idx
+        assert run.state.history == ref.history and run.state.reused_evaluations == K
+        assert run.selection["select_evaluations"] == N
+        mine = [(m, w) for t, m, w in rows if t == name]
+        assert len(mine) == N + CONFIG.budget - K  # each module alone once: the start batch reuses K
+        alone = [int(m[np.flatnonzero(w)[0]]) for m, w in mine if np.count_nonzero(w) == 1 and w.max() == 1.0]
+        assert sorted(alone) == list(range(N))
+
+
+def test_a_task_whose_losses_alone_are_not_finite_fails_alone():
+    def loss(task, module_idx, w):
+        return float("nan") if task == "s1" else _hub_loss(task, module_idx, w)
+
+    sched = Scheduler(_selecting_runs())
+    _, events = _drain_hub(sched, 7, loss)
+    assert "select_failed" in events
+    assert sched.runs["s1"].status == "failed" and "finite" in sched.runs["s1"].error
+    assert sched.runs["s0"].status == sched.runs["s2"].status == "done"
