@@ -14,8 +14,9 @@ replicas, health checks, replacement, and routing by model multiplexing.
   a replica that has already loaded it; the response streams back. A replica that dies before
   it answered is retried on another (the request had no effect there); after `retries` it is a
   503 in OpenAI's error format with `Retry-After`, which clients retry.
-- `ServerReplica` (N replicas): starts `lorahub-serve serve` on 127.0.0.1 with the same store
-  and options; the child dies with the replica (PR_SET_PDEATHSIG), and its own reaper stops
+- `ServerReplica` (N replicas; no CPU reserved, since vLLM runs in the child outside Ray's
+  accounting; one GPU each when the cluster has a GPU per replica): starts `lorahub-serve serve`
+  on 127.0.0.1 with the same store and options; the child dies with the replica (PR_SET_PDEATHSIG), and its own reaper stops
   vLLM's processes. Its adaptation workers are Ray actors of the same cluster. `check_health`
   fails when the child has exited, so Ray Serve replaces the replica.
 
@@ -201,8 +202,10 @@ def serve_replicas(cfg, replicas: int, log_dir: Path | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
-        app = Ingress.bind(ServerReplica.options(num_replicas=replicas).bind(cfg, str(log_dir)),
-                           cfg.model)
+        gpus = ray.cluster_resources().get("GPU", 0) >= replicas  # then one GPU each
+        replica = ServerReplica.options(num_replicas=replicas, ray_actor_options={
+            "num_cpus": 0, "num_gpus": 1 if gpus else 0})
+        app = Ingress.bind(replica.bind(cfg, str(log_dir)), cfg.model)
         print(f"lorahub-serve: starting {replicas} replica(s) of {cfg.model} on Ray Serve "
               f"(store {Path(cfg.store).resolve()}; replica logs {log_dir})", flush=True)
         serve.run(app, name=APP_NAME, route_prefix="/")

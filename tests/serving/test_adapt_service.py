@@ -255,6 +255,44 @@ def test_composition_named_in_the_request(world):
     assert _post(world, {"name": "lh-mine", "examples": EXAMPLES}).status_code == 400
 
 
+def _scrape(world) -> dict[str, float]:
+    """`/metrics` as {series: value} (Prometheus text format)."""
+    r = httpx.get(f"{world['url']}/metrics", headers=AUTH, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text[:200]
+    series = {}
+    for line in r.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            series[name] = float(value)
+    return series
+
+
+def test_metrics_hold_the_adaptation_jobs_and_compositions(world):
+    """After a job and a composition (made once, then a cache hit), `/metrics` counts them, in
+    Prometheus format, beside vLLM's own metrics."""
+    before = _scrape(world)
+    assert _post(world, {"name": "metered", "examples": EXAMPLES, "budget": 4}).status_code == 202
+    assert _wait(world, "metered")["state"] == "succeeded"
+    spec = {"lorahub": {"modules": {"task2": 0.3, "task3": 0.9}}}
+    for _ in range(2):
+        world["client"].completions.create(model=str(world["model_dir"]), prompt="the",
+                                           max_tokens=2, extra_body=spec)
+    after = _scrape(world)
+
+    def grew(series: str) -> float:
+        return after.get(series, 0.0) - before.get(series, 0.0)
+
+    assert grew('lorahub_adapt_jobs{state="succeeded"}') == 1
+    assert after['lorahub_adapt_jobs{state="running"}'] == 0
+    assert grew('lorahub_adapt_jobs_finished_total{state="succeeded"}') == 1
+    assert grew('lorahub_adapt_job_duration_seconds_count{state="succeeded"}') == 1
+    assert grew("lorahub_adapt_search_evaluations_per_second_count") == 1
+    assert grew("lorahub_adapt_search_evaluations_per_second_sum") > 0
+    assert grew("lorahub_compositions_made_total") == 1
+    assert grew("lorahub_composition_cache_hits_total") == 1
+    assert any(k.startswith("vllm:") for k in after), "vLLM's own metrics should be there too"
+
+
 LOAD_PROMPTS = ["Q: what is the capital of France?\nA:", "Q: is the cat blue?\nA:",
                 "Q: sort the words: dog cat\nA:"]
 COMPOSED = {"lorahub": {"modules": {"task1": 0.8, "task3": -0.5}}}
