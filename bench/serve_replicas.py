@@ -68,8 +68,6 @@ def run_config(args, replicas: int) -> dict:
                         free_port(), "--replicas", replicas, "--adapt-workers", 0, "--", *vllm],
                        work / "serve.log", start_timeout_s=900)
     t0 = time.perf_counter()
-    srv.start()
-    start_s = time.perf_counter() - t0
     plan = kinds(args.hub)
 
     def ask(i: int) -> tuple[float, int, str | None]:
@@ -88,6 +86,8 @@ def run_config(args, replicas: int) -> dict:
         return time.perf_counter() - t, r.json()["usage"]["completion_tokens"], None
 
     try:
+        srv.start()
+        start_s = time.perf_counter() - t0
         warm = [ask(i) for i in range(len(plan))]
         errors = [e for *_, e in warm if e]
         assert not errors, f"warm-up failed: {errors}"

@@ -88,8 +88,10 @@ def child_options(cfg, port: int, ray_address: str | None) -> list[str]:
     return opts + (["--", *cfg.vllm_args] if cfg.vllm_args else [])
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=2,
-                  health_check_timeout_s=30, graceful_shutdown_timeout_s=60)
+# vLLM batches and queues itself: let many requests through to it (Ray Serve's default is 5).
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64,
+                  health_check_period_s=2, health_check_timeout_s=30,
+                  graceful_shutdown_timeout_s=60)
 class ServerReplica:
     """One `lorahub-serve serve` child process, and the HTTP forwarding to it."""
 
@@ -147,7 +149,7 @@ class ServerReplica:
             server.stop()
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 class Ingress:
     """The one endpoint: route each request to a replica by the adapter it names."""
 
@@ -197,9 +199,15 @@ def serve_replicas(cfg, replicas: int, log_dir: Path | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     address = None if cfg.ray_address in (None, "local") else cfg.ray_address
     ray.init(address=address, include_dashboard=False, logging_level="WARNING")
-    stop = threading.Event()
+    stop, ready = threading.Event(), threading.Event()
+
+    def on_signal(*_) -> None:
+        stop.set()
+        if not ready.is_set():  # still deploying: interrupt serve.run, then clean up
+            raise KeyboardInterrupt
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         gpus = ray.cluster_resources().get("GPU", 0) >= replicas  # then one GPU each
@@ -209,6 +217,7 @@ def serve_replicas(cfg, replicas: int, log_dir: Path | None = None) -> int:
         print(f"lorahub-serve: starting {replicas} replica(s) of {cfg.model} on Ray Serve "
               f"(store {Path(cfg.store).resolve()}; replica logs {log_dir})", flush=True)
         serve.run(app, name=APP_NAME, route_prefix="/")
+        ready.set()
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
         print(f"{READY_MARK}http://{host}:{cfg.port}/v1 (model {cfg.model!r}, {replicas} "
               f"replica(s) on Ray Serve{', API key required' if cfg.api_key else ''}); "
