@@ -79,7 +79,7 @@ def _markdown(args, runs: dict, loads: dict, ratios: list[float]) -> str:
              f"`--dtype {args.dtype}`, {args.threads} torch thread(s), task `{args.task}` ({args.shots} shots, seed "
              f"{args.seed}); median of {args.repeats} alternating run(s), range in brackets. Load average "
              f"(1/5/15 min) before: {loads['before']}; after: {loads['after']}, on {os.cpu_count()} cores: other jobs "
-             "(hub training, other sessions' tests) shared the CPU, so single runs move by up to a third."), "",
+             "(hub training, other sessions' tests) shared the CPU."), "",
              "| measure | `--select loss` | `--select random` |", "|---|---|---|"]
     for label, key in rows:
         cells = []
