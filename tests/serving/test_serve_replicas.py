@@ -169,3 +169,19 @@ def test_a_replica_killed_under_load_costs_no_later_request(world):
         time.sleep(0.2)
     assert not _alive(victim["server_pid"]), "the killed replica's server outlived it"
     _store_is_clean(world)
+
+
+@pytest.mark.slow
+def test_ray_serve_replaces_the_killed_replica(world):
+    """After the SIGKILL above, Ray Serve starts a replacement (a fresh vLLM: a minute or two on
+    a 2-core CPU), and it serves what the store holds: the late adapter and the job's."""
+    deadline = time.monotonic() + 420
+    while len(replicas := _replicas(world)) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(replicas) == 2, f"no replacement replica within 420 s: {replicas}"
+    newest = max(world["logs"].glob("replica-*.json"), key=lambda p: p.stat().st_mtime)
+    fresh = json.loads(newest.read_text())
+    assert fresh in replicas
+    for model in ("late", "posted"):
+        assert _complete(fresh["url"], model, [5, 6]).status_code == 200, model
+    _store_is_clean(world)
