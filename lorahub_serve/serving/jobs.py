@@ -121,8 +121,9 @@ class AdaptJobs:
         return done
 
     def _take_back(self, job: AdaptJob) -> str:
-        """A running job whose server is gone (call under the lock)."""
-        was = job.state
+        """A running job whose server is gone (call under the lock). The claim is cleared, so an
+        owner that only lost its lease (stalled, not dead) finds it gone at its next write."""
+        was, job.owner = job.state, None
         if self._adapter_ok(job.request.name):
             job.loss = final_loss(self.store.folder(job.request.name) / LORAHUB_FILE, job.loss)
             self._finish(job, "succeeded", note="the adapter was written whole before its "

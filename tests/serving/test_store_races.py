@@ -210,3 +210,36 @@ def _wait_record(root: Path, ok, timeout: float = 120) -> dict:
                     return last
         time.sleep(0.1)
     pytest.fail(f"no job record as expected within {timeout:.0f} s; last {last}")
+
+
+def test_a_lapsed_lease_is_taken_back_and_the_stalled_owner_finds_out(tmp_path, tiny_llama_dir,
+                                                                       tiny_llama_hub):
+    """A live owner whose lease lapsed (stalled past LEASE_S) loses the job: another server
+    takes it back, and the owner's next write raises LeaseLost instead of overwriting it."""
+    from lorahub_serve.serving.job_records import AdaptJob, LeaseLost
+
+    root = tmp_path / "store"
+    root.mkdir()
+    owner, other = (AdaptJobs(_store(root, tiny_llama_dir), str(tiny_llama_dir), tiny_llama_hub)
+                    for _ in range(2))
+    owner.records.member.join()
+    other.records.member.join()
+    job = AdaptJob(id="adapt-00000000000000aa",
+                   request=parse_request({"name": "slow", "examples": GOOD}))
+    owner.records.write_request(job)
+    with owner.records.lock():
+        owner.records.claim(job)
+    assert other.records.owner_alive(other.records.read(job.id))  # lock held, lease fresh
+    job.lease_until = time.time() - 1
+    owner.records.write(job)
+    seen = other.records.read(job.id)
+    assert other.records.member.alive(seen.owner) and not other.records.owner_alive(seen)
+    other._sync(force=True)
+    with other.records.lock():
+        assert other._take_back(other.jobs[job.id]).endswith("running -> queued")
+    with pytest.raises(LeaseLost, match="taken over"):
+        owner.records.renew(job)
+    record = json.loads((root / ".jobs" / job.id / "job.json").read_text())
+    assert record["state"] == "queued" and record["owner"] is None and "re-run" in record["note"]
+    owner.records.member.leave()
+    other.records.member.leave()
