@@ -45,6 +45,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=why))
 
 
+BIGBENCH_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "bigbench"
+
+
+@pytest.fixture
+def bigbench_fixtures(monkeypatch):
+    """BIG-bench read from the schema fixtures (or, in `realdata` runs, from the caller's copy)."""
+    if not REAL_BIGBENCH:
+        monkeypatch.setenv(bigbench.SOURCE_ENV, str(BIGBENCH_FIXTURES))
+    bigbench.clear_caches()
+    yield BIGBENCH_FIXTURES
+    bigbench.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_llama")

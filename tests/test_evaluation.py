@@ -1,6 +1,6 @@
 """`lorahub-serve eval`: scoring, rank classification, the report, and the two answer back ends agreeing.
 
-The back-end test runs one real BBH task (sports_understanding) end to end on a tiny random
+The back-end test runs one real BBH task (bbh/sports_understanding, official file) end to end on a tiny random
 Llama with a random hub: search, best single module, soup, then greedy answers from the engine and
 from vLLM behind our server. Both must give the same answers for every method, since vLLM serves
 the exported compositions that the engine applies on the fly.
@@ -32,7 +32,7 @@ from lorahub_serve.models import load_base
 from lorahub_serve.prompting import prompt_ids
 from lorahub_serve.scoring import accuracy, extract_option, score
 
-TASK = "sports_understanding"
+TASK = "bbh/sports_understanding"  # from the official BBH files (tests/conftest.py)
 LETTER = Example("Q: ?\nOptions:\n(A) implausible\n(B) plausible\nA:", " (B)", ("implausible", "plausible"),
                  "letter")
 
@@ -117,7 +117,7 @@ def test_rank_classification_picks_the_lowest_independent_loss(tiny_llama_dir, t
 
 def test_eval_config_refuses_tasks_outside_bbh():
     with pytest.raises(ValueError, match="not BBH tasks"):
-        EvalConfig(tasks=("navigate", "arithmetic"))
+        EvalConfig(tasks=("bbh/navigate", "rg/gcd@le20"))
 
 
 def test_unknown_generator_is_refused(tiny_llama_dir, tiny_llama_hub):

@@ -1,8 +1,8 @@
-"""`lorahub-serve hub build` on a tiny Llama with BIG-bench tasks (the synthetic stand-in by
-default): in process and on Ray.
+"""`lorahub-serve hub build` on a tiny Llama with reasoning-gym tasks: in process and on Ray.
 
-Tokenized with the tiny word-level tokenizer, strategyqa and anachronisms fit in 100 tokens while
-every intent_recognition example is longer, so that task must be skipped and replaced.
+Tokenized with the tiny word-level tokenizer, 1-digit sums and number sequences fit in 100 tokens
+while every rectangle_count question (an ASCII drawing) is longer, so that task must be skipped
+and replaced.
 """
 
 import json
@@ -30,7 +30,8 @@ def built(tiny_llama_dir, tmp_path_factory):
     HELDOUT.clear()
     logs = []
     mp = pytest.MonkeyPatch()
-    mp.setattr(hub_build, "DEFAULT_HUB_TASKS", ("strategyqa", "intent_recognition", "anachronisms", "winowhy"))
+    mp.setattr(hub_build, "DEFAULT_HUB_TASKS", ("rg/basic_arithmetic@add-1d", "rg/rectangle_count",
+                                                "rg/number_sequence@short", "rg/products@1d"))
     mean_loss = hub_train.mean_loss
 
     def recorded(model, rows, pad, batch_size):  # what train_lora measures its held-out loss on
@@ -50,8 +51,8 @@ def built(tiny_llama_dir, tmp_path_factory):
 def test_unusable_task_is_replaced_by_the_next(built):
     hub, logs = built
     manifest = json.loads((hub / "hub.json").read_text())
-    assert [m["source_task"] for m in manifest["modules"]] == ["strategyqa", "anachronisms"]
-    assert any("skipped intent_recognition" in line and "usable examples" in line for line in logs)
+    assert [m["source_task"] for m in manifest["modules"]] == ["rg/basic_arithmetic@add-1d", "rg/number_sequence@short"]
+    assert any("skipped rg/rectangle_count" in line and "usable examples" in line for line in logs)
     for m in manifest["modules"]:
         assert m["rank"] == 4 and m["steps"] == CFG.steps and m["final_loss"] > 0 and len(m["sha256"]) == 64
 
@@ -78,10 +79,15 @@ def test_resume_trains_nothing_new(built, tiny_llama_dir):
 
 
 def test_bad_task_lists_are_refused_before_training(tiny_llama_dir, tmp_path):
-    with pytest.raises(ValueError, match="held-out Big-Bench Hard"):
+    with pytest.raises(ValueError, match="held out for evaluation"):
+        hub_build.build_hub(str(tiny_llama_dir), tmp_path / "h", tasks=["bbh/navigate"], cfg=CFG)
+    with pytest.raises(ValueError, match="held out for evaluation"):  # BBH as BIG-bench names it
         hub_build.build_hub(str(tiny_llama_dir), tmp_path / "h", tasks=["navigate"], cfg=CFG)
-    with pytest.raises(ValueError, match="unknown BIG-bench tasks"):
-        hub_build.build_hub(str(tiny_llama_dir), tmp_path / "h", tasks=["no_such_task"], cfg=CFG)
+    for reserved in ("rg/chain_sum", "rg/family_relationships", "rg/aiw", "arithmetic/1_digit_addition"):
+        with pytest.raises(ValueError, match="reserved for an independent check"):
+            hub_build.build_hub(str(tiny_llama_dir), tmp_path / "h", tasks=["rg/gcd@le20", reserved], cfg=CFG)
+    with pytest.raises(ValueError, match="unknown tasks"):
+        hub_build.build_hub(str(tiny_llama_dir), tmp_path / "h", tasks=["rg/no_such_task"], cfg=CFG)
     with pytest.raises(ValueError, match="curated list has"):
         hub_build.build_hub(str(tiny_llama_dir), tmp_path / "h", n_modules=10_000, cfg=CFG)
     assert not (tmp_path / "h").exists()
@@ -101,23 +107,31 @@ def test_ray_actors_add_modules_to_an_existing_hub(built, tiny_llama_dir, tmp_pa
     logs = []
     trainers = functools.partial(trainer_pool, str(tiny_llama_dir), 2)
     try:
-        hub_build.build_hub(str(tiny_llama_dir), hub, tasks=["strategyqa", "odd_one_out", "implicatures"],
+        hub_build.build_hub(str(tiny_llama_dir), hub, tasks=["rg/basic_arithmetic@add-1d", "rg/products@1d",
+                                                             "rg/basic_arithmetic@add3-1d"],
                             cfg=CFG, log=logs.append, trainers=trainers)
     finally:
         ray.shutdown()
     assert logs[0] == f"[hub] 2 modules present, 2 to train into {hub} (on 2 Ray actors)"
     names = sorted(m.source_task for m in read_manifest(hub))
-    assert names == ["anachronisms", "implicatures", "odd_one_out", "strategyqa"]
+    assert names == ["rg/basic_arithmetic@add-1d", "rg/basic_arithmetic@add3-1d", "rg/number_sequence@short",
+                     "rg/products@1d"]
     net, _ = load_base(tiny_llama_dir)
     stack = stack_modules(net, read_manifest(hub))
     assert all(len(stack.lora_a[layer]) == 4 for layer in stack.layers)
 
 
-def test_modules_record_answer_format_and_held_out_loss(built):
+def test_modules_record_answer_format_held_out_loss_and_provenance(built):
+    from lorahub_serve.data import rg
+
     hub, _ = built
     for m in json.loads((hub / "hub.json").read_text())["modules"]:
-        assert m["answer_style"] == "text"  # strategyqa and anachronisms answer Yes/No in words
-        assert m["heldout_examples"] > 0 and m["heldout_loss"] > 0
+        assert m["answer_style"] == ""  # generated tasks answer in free text
+        assert m["heldout_examples"] > 0 and m["heldout_loss"] > 0 and m["heldout_accuracy"] is not None
+        dataset, config = m["source_task"].removeprefix("rg/").split("@")
+        assert m["task_source"] == "rg" and m["provenance"]["dataset"] == dataset
+        assert m["provenance"]["config"] == config and m["provenance"]["seed"] == rg.DATA_SEED
+        assert m["provenance"]["version"] == rg.VERSION and m["provenance"]["params"]
 
 
 def test_training_lowers_the_held_out_loss_below_the_base_model(built, tiny_llama_dir):
@@ -171,6 +185,7 @@ def test_heldout_backfill_rebuilds_the_training_split(built, tiny_llama_dir, tmp
     assert third.mismatched == [second] and any("saw its held-out rows" in line for line in logs)
 
 
+@pytest.mark.usefixtures("bigbench_fixtures")  # a BIG-bench task with its own frame (Input:/Output:)
 def test_format_robust_training_swaps_a_seeded_share_of_rows_to_the_generic_frame(tiny_llama_dir):
     from lorahub_serve.data import bigbench
 
@@ -194,6 +209,7 @@ def test_format_robust_training_swaps_a_seeded_share_of_rows_to_the_generic_fram
         TrainConfig(generic_share=1.5)
 
 
+@pytest.mark.usefixtures("bigbench_fixtures")
 def test_a_format_robust_module_records_its_share_and_keeps_the_natural_held_out_split(tiny_llama_dir, tmp_path):
     cfg = TrainConfig(rank=4, alpha=8, steps=4, lr=1e-2, batch_size=2, max_length=100, generic_share=0.5)
     hub = tmp_path / "hub"
@@ -202,7 +218,8 @@ def test_a_format_robust_module_records_its_share_and_keeps_the_natural_held_out
     (entry,) = json.loads((hub / "hub.json").read_text())["modules"]
     assert entry["generic_share"] == 0.5
     assert 0.3 * entry["train_examples"] < entry["generic_rows"] < 0.7 * entry["train_examples"]
-    assert entry["heldout_examples"] == 32 and entry["heldout_loss"] > 0
+    assert entry["heldout_examples"] == min(32, (entry["train_examples"] + entry["heldout_examples"]) // 5)
+    assert entry["heldout_loss"] > 0 and entry["task_source"] == "bigbench"
 
 
 def test_a_hub_from_your_own_examples_needs_no_big_bench(tiny_llama_dir, tmp_path):

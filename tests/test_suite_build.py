@@ -1,5 +1,6 @@
-"""The headroom suite builder on a tiny Llama with BIG-bench tasks (the synthetic stand-in by
-default): oracles trained apart from the evaluation set, the gate's rule, the reserved families, resuming."""
+"""The headroom suite builder on a tiny Llama with reasoning-gym tasks: oracles trained apart from
+the evaluation set, the gate's rule, distance labels, reserved tasks, resuming; and the rules of the
+committed task lists and suite manifest."""
 
 import json
 from pathlib import Path
@@ -11,7 +12,8 @@ from lorahub_serve.eval import suite as suite_build
 from lorahub_serve.hub.train import TrainConfig
 
 CFG = TrainConfig(rank=4, alpha=8, steps=2, batch_size=2, max_length=100, heldout=4)
-TASKS = ("linguistic_mappings/plural_json", "fact_checker/politifact")
+TASKS = ("rg/basic_arithmetic@add-2d", "rg/lcm@le20")
+RG_SUITE = Path(__file__).resolve().parent.parent / "suites" / "headroom-rg-smollm2-135m.json"
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +29,15 @@ def test_every_candidate_is_recorded_with_its_figures(built):
     _, manifest, _ = built
     rows = {c["task"]: c for c in manifest["candidates"]}
     assert set(rows) == set(TASKS)
-    assert rows["fact_checker/politifact"]["metric"] == "rc"
-    assert rows["fact_checker/politifact"]["chance"] == 50.0
-    assert rows["linguistic_mappings/plural_json"]["metric"] == "em"
     for c in rows.values():
+        assert c["metric"] == "em" and c["chance"] == 0.0 and c["kind"] == "generative"
+        assert c["provenance"]["source"] == "reasoning-gym" and c["closeness"] == "far"  # the tiny hub's tasks are unrelated
         assert c["gain"] == pytest.approx(c["oracle"] - max(c["base"], c["majority"]), abs=0.11)
         assert c["kept"]  # min_gain -1000 keeps all
         assert c["gate_n"] == 8 and c["n_eval"] >= 100
     assert manifest["tasks"] == [c["task"] for c in manifest["candidates"]]
     assert set(manifest["reserved_families"]) == {"color", "arithmetic", "bbq_lite_json", "unit_conversion"}
-    assert manifest["not_yet_gated"] == [t for t in suite_build.SUITE_CANDIDATES if t not in TASKS]
+    assert manifest["asked"] == list(TASKS) and manifest["not_yet_gated"] == []
 
 
 def test_the_gate_drops_tasks_below_the_gain(built, tmp_path):
@@ -50,18 +51,19 @@ def test_the_gate_drops_tasks_below_the_gain(built, tmp_path):
 
 
 def test_oracles_never_train_on_the_evaluation_set():
-    train, evalset = suite_build.split_for_oracle("fact_checker/politifact")
-    assert len(evalset) == 200 and len(train) == 200
-    assert not {e.input for e in train} & {e.input for e in evalset}
-    from lorahub_serve.data import bigbench
+    from lorahub_serve.data import tasks
 
-    _, fixed = bigbench.split(bigbench.load_task("fact_checker/politifact"), 5, 100, seed=3)
+    train, evalset = suite_build.split_for_oracle("rg/lcm@le20")
+    n = len(tasks.load_task("rg/lcm@le20"))
+    assert len(evalset) == min(250, n // 2) and len(train) == n - len(evalset)
+    assert not {e.input for e in train} & {e.input for e in evalset}
+    _, fixed = tasks.split(tasks.load_task("rg/lcm@le20"), 5, 100, seed=3)
     assert [e.input for e in fixed] == [e.input for e in evalset[:100]]  # the eval's set is inside
 
 
 def test_a_finished_build_resumes_without_training(built):
     root, manifest, args = built
-    oracle = root / "oracles" / "modules" / "fact_checker__politifact" / "adapter_model.safetensors"
+    oracle = root / "oracles" / "modules" / "rg__lcm@le20" / "adapter_model.safetensors"
     before = oracle.stat().st_mtime_ns
     again = suite_build.build_suite(*args, gate_n=8, min_gain=-1000.0, log=lambda *_: None)
     assert oracle.stat().st_mtime_ns == before
@@ -78,18 +80,61 @@ def test_a_build_stopped_midway_leaves_a_true_manifest(built, tmp_path):
     shutil.copytree(root / "oracles", tmp_path / "oracles")
     with pytest.raises(Exception, match="no_such_task"):
         suite_build.build_suite(args[0], args[1], tmp_path / "oracles", tmp_path / "s.json",
-                                (TASKS[0], "no_such_task"), CFG, gate_n=8, min_gain=-1000.0, log=lambda *_: None)
+                                (TASKS[0], "rg/no_such_task"), CFG, gate_n=8, min_gain=-1000.0, log=lambda *_: None)
     on_disk = json.loads((tmp_path / "s.json").read_text())
     assert [c["task"] for c in on_disk["candidates"]] == [TASKS[0]]
     assert on_disk["tasks"] == [TASKS[0]]
-    assert TASKS[0] not in on_disk["not_yet_gated"] and TASKS[1] in on_disk["not_yet_gated"]
+    assert on_disk["not_yet_gated"] == ["rg/no_such_task"]
 
 
-@pytest.mark.parametrize("task", ["color/rgb", "arithmetic/2_digit_addition", "bbq_lite_json/age_disambig",
+@pytest.mark.parametrize("task", ["rg/chain_sum", "rg/family_relationships", "rg/aiw", "color/rgb",
+                                  "arithmetic/2_digit_addition", "bbq_lite_json/age_disambig",
                                   "unit_conversion/si_conversion"])
-def test_reserved_families_are_refused(task, tiny_llama_dir, tiny_llama_hub, tmp_path):
+def test_reserved_tasks_are_refused(task, tiny_llama_dir, tiny_llama_hub, tmp_path):
     with pytest.raises(ValueError, match="reserved for an independent check"):
-        suite_build.build_suite(str(tiny_llama_dir), tiny_llama_hub, tmp_path / "o", tmp_path / "s.json", (task,))
+        suite_build.build_suite(str(tiny_llama_dir), tiny_llama_hub, tmp_path / "o", tmp_path / "s.json",
+                                ("rg/lcm@le20", task))
+    assert not (tmp_path / "s.json").exists()  # refused before anything was written
+
+
+def test_distance_labels():
+    hub = {"rg/basic_arithmetic@add-1d", "rg/gcd@le20", "rg/word_sorting@short"}
+    assert suite_build.closeness("rg/basic_arithmetic@add-2d", hub) == "config-shift"
+    assert suite_build.closeness("rg/lcm@le20", hub) == "near"  # arithmetic, like gcd
+    assert suite_build.closeness("rg/simple_equations@2t20", hub) == "far"  # no algebra in the hub
+    assert suite_build.closeness("linguistic_mappings/plural_json", {"linguistic_mappings/tense"}) == "near"
+    assert suite_build.closeness("fact_checker/fever", hub) == "far"
+
+
+def test_the_reasoning_gym_lists_keep_the_rules():
+    """Hub modules and suite candidates never share a task; neither holds a reserved or BBH task;
+    the candidates cover every distance label; the hub holds 60+ modules of 40+ generators."""
+    from lorahub_serve.data import tasks
+    from lorahub_serve.hub.build import RG_HUB_TASKS
+
+    hub, suite = set(RG_HUB_TASKS), set(suite_build.RG_SUITE_CANDIDATES)
+    assert len(hub) == len(RG_HUB_TASKS) >= 60 and len({tasks.kinship(t)[0] for t in hub}) >= 40
+    assert not hub & suite
+    assert not [t for t in hub | suite if tasks.is_reserved(t) or tasks.is_eval_only(t) or not tasks.exists(t)]
+    labels = {suite_build.closeness(t, hub) for t in suite}
+    assert labels == {"config-shift", "near", "far"}
+
+
+@pytest.mark.skipif(not RG_SUITE.exists(), reason="the reasoning-gym suite is not built yet (suite build)")
+def test_the_committed_reasoning_gym_suite_keeps_its_rules():
+    """Every kept task: oracle >= zero-shot + gain and majority + gain, not a hub module, not
+    reserved; labels against the hub it names; 24+ tasks, 6+ per label."""
+    from lorahub_serve.data import tasks
+    from lorahub_serve.formats import read_hub_json
+
+    manifest = json.loads(RG_SUITE.read_text())
+    hub = {m["source_task"] for m in read_hub_json(Path(manifest["hub"]))["modules"]}
+    kept = [c for c in manifest["candidates"] if c["kept"]]
+    for c in kept:
+        assert c["oracle"] >= max(c["base"], c["majority"]) + manifest["min_gain"], c["task"]
+        assert c["task"] not in hub and not tasks.is_reserved(c["task"]) and not tasks.is_eval_only(c["task"])
+        assert c["closeness"] == suite_build.closeness(c["task"], hub)
+    assert [c["task"] for c in kept] == manifest["tasks"]
 
 
 def test_committed_lists_keep_the_rules():
@@ -144,15 +189,13 @@ def test_leave_one_out_prompts_show_every_shot_but_the_one_scored():
 
 
 def test_a_subset_of_a_kept_task_is_not_a_second_task():
-    """de_past_tense_regular_json writes its verbs with other pronouns: its answers are all in
-    de_past_tense_json, so it would count one skill twice. plural_json shares its family, not
-    its answers."""
-    assert suite_build.answer_overlap("linguistic_mappings/de_past_tense_regular_json",
-                                      "linguistic_mappings/de_past_tense_json") > 0.99
-    kept = ["linguistic_mappings/plural_json", "linguistic_mappings/de_past_tense_json"]
-    assert suite_build.duplicate_of("linguistic_mappings/de_past_tense_regular_json", kept) == kept[1]
-    assert suite_build.duplicate_of("linguistic_mappings/past_tense_json", kept) is None
-    assert suite_build.duplicate_of("linguistic_mappings/de_past_tense_json", kept) is None  # not itself
+    """1-digit sums have answers that 2-digit sums all give: the same generator's easier config
+    would count one skill twice. lcm shares no generator with them."""
+    assert suite_build.answer_overlap("rg/basic_arithmetic@add-1d", "rg/basic_arithmetic@add-2d") > 0.9
+    kept = ["rg/lcm@le20", "rg/basic_arithmetic@add-2d"]
+    assert suite_build.duplicate_of("rg/basic_arithmetic@add-1d", kept) == kept[1]
+    assert suite_build.duplicate_of("rg/gcd@le20", kept) is None
+    assert suite_build.duplicate_of("rg/basic_arithmetic@add-2d", kept) is None  # not itself
 
 
 def test_a_duplicate_is_dropped_untrained_and_an_old_record_of_one_is_dropped(built, tmp_path):
@@ -162,14 +205,14 @@ def test_a_duplicate_is_dropped_untrained_and_an_old_record_of_one_is_dropped(bu
 
     root, _manifest, args = built
     shutil.copytree(root / "oracles", tmp_path / "oracles")
-    twin = "linguistic_mappings/plural_regular_json"  # all of its plurals are plural_json's
+    twin = "rg/basic_arithmetic@add-1d"  # all of its answers are add-2d's
     tasks = (TASKS[0], twin)
     again = suite_build.build_suite(args[0], args[1], tmp_path / "oracles", tmp_path / "s.json", tasks, CFG,
                                     gate_n=8, min_gain=-1000.0, log=lambda *_: None)
     rows = {c["task"]: c for c in again["candidates"]}
     assert rows[twin]["duplicate_of"] == TASKS[0] and not rows[twin]["kept"]
     assert again["tasks"] == [TASKS[0]]
-    assert not (tmp_path / "oracles" / "modules" / "linguistic_mappings__plural_regular_json").exists()
+    assert not (tmp_path / "oracles" / "modules" / "rg__basic_arithmetic@add-1d").exists()
     old = json.loads((tmp_path / "s.json").read_text())  # as a build before the rule wrote it
     old["candidates"][1].update(kept=True, duplicate_of=None)
     (tmp_path / "s.json").write_text(json.dumps(old))
@@ -189,7 +232,7 @@ def test_a_later_build_with_another_recipe_records_it_on_its_candidates(built, t
     shutil.copytree(root / "oracles", tmp_path / "oracles")
     shutil.copy(root / "suite.json", tmp_path / "s.json")
     longer = dataclasses.replace(CFG, max_length=CFG.max_length + 28)
-    new_task = "linguistic_mappings/past_tense_json"
+    new_task = "rg/simple_equations@2t20"
     again = suite_build.build_suite(args[0], args[1], tmp_path / "oracles", tmp_path / "s.json",
                                     (*TASKS, new_task), longer, gate_n=8, min_gain=-1000.0, log=lambda *_: None)
     assert again["oracle_recipe"] == json.loads(json.dumps(manifest["oracle_recipe"]))

@@ -178,6 +178,8 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
                      "min_gain": min_gain, "gate_n": gate_n, "reserved_families": list(RESERVED_FAMILIES),
                      "oracle_recipe": recipe, "eval_split": "first n_eval of a seed-0 shuffle "
                      "(tasks.split); oracles train on the rest"})
+    asked = manifest.get("asked") or [c["task"] for c in manifest["candidates"]]
+    manifest["asked"] = asked + [t for t in candidates if t not in asked]
     done = {c["task"] for c in manifest["candidates"]}
     todo = [t for t in candidates if t not in done]
     oracles = read_hub_json(Path(oracle_dir), missing_ok=True)
@@ -242,7 +244,7 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
 
 
 def _refresh_lists(manifest: dict) -> None:
-    """The kept tasks, and the default candidates not gated yet, from the candidates' records."""
+    """The kept tasks, and the candidates asked for (by any build) not gated yet."""
     manifest["tasks"] = [x["task"] for x in manifest["candidates"] if x["kept"]]
     gated = {c["task"] for c in manifest["candidates"]}
-    manifest["not_yet_gated"] = [t for t in SUITE_CANDIDATES if t not in gated]  # of the default list
+    manifest["not_yet_gated"] = [t for t in manifest.get("asked", []) if t not in gated]

@@ -8,29 +8,18 @@ to the input, task and example prefixes, answer-first files, counts spelt as wor
 tests check facts of the real files; they run with LORAHUB_TEST_REAL_BIGBENCH=1 and a copy."""
 
 import collections
-import os
-from pathlib import Path
 
 import pytest
 
 from lorahub_serve.data import bigbench, is_bbh, refuse_bbh
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bigbench"
-REAL = os.environ.get("LORAHUB_TEST_REAL_BIGBENCH") == "1"
 # The fixtures' BBH tasks (the real files' full list is data.bbh.BBH_TASKS)
 BBH_FIXTURES = ("causal_judgment", "date_understanding", "hyperbaton", "logical_deduction/three_objects",
                 "navigate", "object_counting", "snarks", "sports_understanding", "temporal_sequences",
                 "word_sorting")
 
 
-@pytest.fixture(autouse=True)
-def _fixture_tasks(monkeypatch):
-    """Read the fixture files (or, for `realdata` runs, the caller's copy)."""
-    if not REAL:
-        monkeypatch.setenv(bigbench.SOURCE_ENV, str(FIXTURES))
-    bigbench.clear_caches()
-    yield
-    bigbench.clear_caches()
+pytestmark = pytest.mark.usefixtures("bigbench_fixtures")  # tests/conftest.py
 
 EXPECTED_COUNTS = {"penguins_in_a_table": 149, "causal_judgment": 190,
                    "logical_deduction/three_objects": 300, "word_sorting": 1900}
