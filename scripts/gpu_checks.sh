@@ -19,33 +19,32 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PAYLOAD=$REPO/gpu_payload
-TASKS="navigate cause_and_effect/one_sentence crass_ai general_knowledge known_unknowns nonsense_words_grammar riddle_sense human_organs_senses identify_odd_metaphor"
 
 prepare() {
     set -e
     local py=.venv/bin/python home
     home=$($py -c "from lorahub_serve import paths; print(paths.home())")
-    rm -rf "$PAYLOAD" && mkdir -p "$PAYLOAD/wheels" "$PAYLOAD/model" "$PAYLOAD/tasks"
+    rm -rf "$PAYLOAD" && mkdir -p "$PAYLOAD/wheels" "$PAYLOAD/model" "$PAYLOAD/rg" "$PAYLOAD/bbh"
     $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d "$PAYLOAD/wheels" \
         nevergrad==1.0.12 cma==4.5.0 bayesian-optimization==1.4.0 directsearch==1.1 peft==0.21.2
     for f in config.json generation_config.json tokenizer.json tokenizer_config.json chat_template.jinja; do
         cp "$home/models/smollm2-135m/$f" "$PAYLOAD/model/"
     done
-    # The speed benchmarks' task files: BIG-bench where it can be had, else the generated stand-in
-    # (PyPI stopped serving the sdist; speed depends on token counts, not on the text).
-    $py - "$PAYLOAD/tasks" $TASKS <<'PY'
-import json, shutil, sys
+    # The speed benchmarks' tasks: bbh/navigate (adapt_speed) from the official file, and the
+    # generated reasoning-gym tasks of adapt_batch/adapt_many as cached JSONL (the device image has
+    # no reasoning-gym; a cached task reads without it).
+    $py - "$PAYLOAD" <<'PY'
+import shutil, sys
 from pathlib import Path
-from lorahub_serve.data import bigbench
-out, tasks = Path(sys.argv[1]), sys.argv[2:]
-try:
-    for t in tasks:
-        (out / t).mkdir(parents=True, exist_ok=True)
-        (out / t / "task.json").write_text(json.dumps(bigbench.read_task_json(t)))
-except bigbench.BigBenchUnavailable as e:
-    from lorahub_serve.data.standin import write_standin
-    shutil.rmtree(out); write_standin(out, tasks)
-    print(f"[prepare] BIG-bench not available ({str(e)[:80]}...): the generated stand-in goes instead")
+sys.path.insert(0, "bench")
+from adapt_batch import TASKS
+from lorahub_serve.data import bbh_official, rg, tasks
+out = Path(sys.argv[1])
+shutil.copy(bbh_official.folder() / "navigate.json", out / "bbh" / "navigate.json")
+for t in TASKS:
+    tasks.load_task(t)
+    dataset, config = rg.parse(t)
+    shutil.copy(rg._cache_file(dataset, config, rg.DEFAULT_SIZE), out / "rg")
 PY
     du -sh "$PAYLOAD"
 }
@@ -73,9 +72,8 @@ run() {
     rm -rf "$root/pkg"
     step install-project $py -m pip install -q --no-deps --no-build-isolation --target "$root/pkg" "$REPO"
     export PYTHONPATH=$root/pkg:$root/deps LORAHUB_HOME=$root/home
-    mkdir -p "$LORAHUB_HOME/downloads/bigbench"
-    rm -rf "$LORAHUB_HOME/downloads/bigbench/tasks" && cp -r "$PAYLOAD/tasks" "$LORAHUB_HOME/downloads/bigbench/tasks"
-    touch "$LORAHUB_HOME/downloads/bigbench/tasks/.complete"
+    export LORAHUB_BBH=$PAYLOAD/bbh
+    mkdir -p "$LORAHUB_HOME/downloads/reasoning_gym" && cp "$PAYLOAD"/rg/*.jsonl "$LORAHUB_HOME/downloads/reasoning_gym/"
     local model=$root/model
     if [ ! -f "$model/model.safetensors" ]; then
         step random-model $py -c "

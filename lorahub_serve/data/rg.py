@@ -112,10 +112,15 @@ def _cache_file(dataset: str, config: str | None, size: int) -> Path:
 
 @functools.lru_cache(maxsize=256)
 def items(name: str, size: int = DEFAULT_SIZE) -> tuple[dict, ...]:
-    """The task's generated items ({"question", "answer", "metadata"}), deduplicated, in order."""
-    dataset, config = check_usable(name)
-    cache = _cache_file(dataset, config, size)
+    """The task's generated items ({"question", "answer", "metadata"}), deduplicated, in order.
+    A cached task reads without reasoning-gym itself (machines that only run benchmarks)."""
+    dataset, config = parse(name)
+    try:
+        cache = _cache_file(dataset, config, size)
+    except KeyError as e:
+        raise TaskSourceError(str(e.args[0])) from None
     if not cache.exists():
+        check_usable(name)
         _generate_in_child(dataset, config, size, cache)
     return tuple(json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines())
 
