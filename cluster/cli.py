@@ -19,19 +19,13 @@ from lorahub_serve.engine.config import EngineConfig, add_engine_arguments
 
 def register(sub) -> None:
     """`adapt-batch`, and Ray for the commands of other subsystems (registered before this one):
-    `adapt --actors N`, `hub build --actors N` and `serve --replicas N`. Their modules never
-    import the cluster, so the import arrows run one way (cluster -> engine, hub, serving)."""
+    `adapt --actors N` and `hub build --actors N`. Their modules never import the cluster, so
+    the import arrows run one way (cluster -> engine, hub)."""
     _add_adapt_batch(sub)
     if "adapt" in sub.choices:
         adapt = sub.choices["adapt"]
         add_cluster_arguments(adapt, default_actors=0)
         adapt.set_defaults(run_on_cluster=_adapt_on_cluster)
-    if "serve" in sub.choices:
-        sub.choices["serve"].add_argument(
-            "--replicas", type=int, default=0, metavar="N",
-            help="run N replicas of the server behind one endpoint on Ray Serve (on "
-            "--ray-address, default a local cluster); the store must be visible to every node")
-        sub.choices["serve"].set_defaults(serve_replicas=_serve_replicas)
     build = _subcommand(sub, "hub", "build")
     if build is not None:
         build.add_argument("--actors", type=int, default=1, help="train this many modules at once on Ray actors")
@@ -60,13 +54,6 @@ def _adapt_on_cluster(a, examples, config, out: Path) -> int:
                              cpus_per_actor=a.cpus_per_actor, export_rule=export_spec(a))
     print_report(report)
     return 0 if not report.get("failed") else 1
-
-
-def _serve_replicas(cfg, replicas: int) -> int:
-    """`serve --replicas N`: the Ray Serve application (cluster/serve_replicas.py)."""
-    from lorahub_serve.cluster.serve_replicas import serve_replicas
-
-    return serve_replicas(cfg, replicas)
 
 
 def _hub_trainer_pool(a):

@@ -40,6 +40,10 @@ def register(subparsers) -> None:
                    help="run the adaptation workers as Ray actors of this cluster ('local': start "
                    "one here), and with --replicas the replicas too; the store must be visible "
                    "to every node")
+    p.add_argument("--replicas", type=int, default=0, metavar="N",
+                   help="run N replicas of the server behind one endpoint on Ray Serve (on "
+                   "--ray-address, default a local cluster); the store must be visible to every "
+                   "node (docs/cluster.md)")
     add_engine_arguments(p)  # for the adaptation workers (POST /v1/adapters)
     p.add_argument("vllm_args", nargs=argparse.REMAINDER,
                    help="`-- ARGS...`: passed to vLLM's server unchanged")
@@ -59,10 +63,11 @@ def _cmd_serve(a) -> int:
                       adapt_timeout_s=a.adapt_timeout, adapt_workers=a.adapt_workers,
                       adapt_queue=a.adapt_queue, ray_address=a.ray_address,
                       vllm_args=tuple(extra), engine=EngineConfig.from_args(a))
-    replicas = getattr(a, "replicas", 0)  # --replicas: added by lorahub_serve.cluster.cli
     try:
-        if replicas:
-            return a.serve_replicas(cfg, replicas)
+        if a.replicas:
+            from lorahub_serve.serving.replicas import run_replicas
+
+            return run_replicas(cfg, a.replicas)
         return serve(cfg)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         raise  # cli.main: one line, exit 2
