@@ -73,6 +73,9 @@ def run_adapt_batch(model: str | Path, hub: str | Path, tasks: Iterable[tuple[st
     if config.select == "retrieve":
         raise ValueError("--select retrieve is not supported by adapt-batch / --actors; use --select "
                          "loss (the default) or random, or adapt without --actors")
+    if config.groups > 1:
+        raise ValueError("--weights per-layer-group:G is not supported by adapt-batch / --actors; use "
+                         "global weights, or adapt without --actors")
     specs = specs_from_pairs(tasks)
     hub_modules = read_manifest(Path(hub))
     if modules is None:  # resolved here, as the job id hashes what was chosen

@@ -28,7 +28,9 @@ from lorahub_serve.engine.hub import (
     resolve_modules,
     stack_modules,
 )
+from lorahub_serve.engine.layer_groups import group_members, layer_groups, weights_spec
 from lorahub_serve.engine.merge import MergeSpec, as_spec
+from lorahub_serve.engine.refine import RefineConfig
 from lorahub_serve.engine.search import SearchConfig, SearchState, run_search
 from lorahub_serve.formats import LORAHUB_FORMAT
 
@@ -37,7 +39,7 @@ from lorahub_serve.formats import LORAHUB_FORMAT
 class AdaptResult:
     task: str
     modules: list[ModuleInfo]
-    weights: np.ndarray  # [K], aligned with `modules`
+    weights: np.ndarray  # [K], aligned with `modules`; [G, K] with per-layer-group weights (G > 1)
     best_loss: float  # few-shot cross-entropy of the best candidate (without the L1 term; with
     # the option term when config.contrast > 0)
     best_objective: float  # best_loss + l1 · mean|w|
@@ -51,13 +53,17 @@ class AdaptResult:
     extra: dict = field(default_factory=dict)
     start_losses: np.ndarray | None = None  # [1 + K]: w = 0, then each module alone; None: no start
     module_idx: list[int] | None = None  # [K] positions of `modules` in the hub
+    factors: dict | None = None  # layer -> (A, B) refined by `--refine-on factors` (exported as is)
 
     @classmethod
     def from_state(cls, task: str, hub_modules: list[ModuleInfo], module_idx, state: SearchState,
                    config: SearchConfig, rule: str, seconds: float) -> AdaptResult:
         """The result of a search over hub modules `module_idx` [K] (the best point of `state`)."""
         idx = [int(i) for i in module_idx]
-        return cls(task, [hub_modules[i] for i in idx], state.best_weights, state.best_loss,
+        weights = state.best_weights
+        if config.groups > 1:  # group-major G·K -> [G, K]
+            weights = np.asarray(weights).reshape(config.groups, len(idx))
+        return cls(task, [hub_modules[i] for i in idx], weights, state.best_loss,
                    state.best_objective, state.history, state.optimizer_name, config, rule,
                    state.evaluations, seconds, start_losses=state.start_losses, module_idx=idx,
                    # start-batch losses taken from the selection pass, not evaluated again
@@ -71,15 +77,21 @@ class AdaptResult:
         """lorahub.json of the adapter exported with `export` (default: the search's rule):
         "rule" is the exported adapter's, "search_rule" the search's; "merge_seed" is DARE's."""
         spec = export or MergeSpec(self.rule)
+        grouped = np.ndim(self.weights) == 2
+
+        def weight(k: int):  # module k's weight, or its weight in each layer group
+            return [float(w) for w in self.weights[:, k]] if grouped else float(self.weights[k])
+
         return {
             "format": LORAHUB_FORMAT, "task": self.task, "base_model": base_model,
             "base_model_sha256": base_fingerprint, "rule": spec.rule, "search_rule": self.rule,
             "density": spec.density, "majority_sign_method": spec.majority_sign_method,
             "merge_seed": spec.seed,
             "modules": [{"name": m.name, "source_task": m.source_task, "sha256": m.sha256,
-                         "rank": m.rank, "alpha": m.alpha, "weight": float(w)}
-                        for m, w in zip(self.modules, self.weights)],
-            "weights": [float(w) for w in self.weights], "best_loss": self.best_loss,
+                         "rank": m.rank, "alpha": m.alpha, "weight": weight(k)}
+                        for k, m in enumerate(self.modules)],
+            "weights": np.asarray(self.weights, dtype=np.float64).tolist(),  # [K], or [G, K]
+            "weights_spec": weights_spec(self.config.groups), "best_loss": self.best_loss,
             "best_objective": self.best_objective,
             "objective_history": self.history,  # loss + l1·mean|w| of each evaluation, in order
             "seed": self.config.seed, "budget": self.config.budget, "optimizer": self.optimizer,
@@ -185,12 +197,18 @@ class Engine:
               config: SearchConfig | None = None, out: str | Path | None = None, merge: bool = False,
               progress: bool = True,
               on_generation: Callable[[SearchState], None] | None = None,
-              export_rule: str | MergeSpec | None = None) -> AdaptResult:
+              export_rule: str | MergeSpec | None = None, refine: RefineConfig | None = None) -> AdaptResult:
         """Search weights for `examples`; `on_generation(state)` is called after each generation
         (progress as data; an exception it raises stops the search and propagates).
-        export_rule: how `out` composes the weights found (default: the search's rule)."""
+        export_rule: how `out` composes the weights found (default: the search's rule);
+        refine: gradient steps from the composition after the search (`engine/refine.py`)."""
         config = config or SearchConfig()
         export = None if export_rule is None else as_spec(export_rule)  # checked before the search
+        groups = config.groups
+        layer_groups(self.stack.layers, groups)  # G more than the blocks adapted: fail now
+        if groups > 1 and export is not None and export.is_merge:
+            raise ValueError(f"--export-rule {export.rule} merges global weights; with --weights "
+                             f"{weights_spec(groups)} export with lorahub or linear")
         exs: list[Example] = load_examples(examples)
         self.evaluator.add_task(task, exs, contrast=config.contrast)
         t0 = time.perf_counter()
@@ -201,7 +219,9 @@ class Engine:
             composed_rank([self.hub_modules[i].rank for i in idx], export)
         bar = _progress(progress, config.budget, task)
 
-        def loss_fn(w: np.ndarray) -> np.ndarray:
+        def loss_fn(w: np.ndarray) -> np.ndarray:  # [P, G·K] -> [P]
+            if groups > 1:
+                w = w.reshape(len(w), groups, len(idx))  # [P, G, K]: one batched pass all the same
             return self.evaluator.losses([task] * len(w), np.tile(idx, (len(w), 1)), w)
 
         def on_gen(s: SearchState) -> None:
@@ -218,11 +238,33 @@ class Engine:
         result = AdaptResult.from_state(task, self.hub_modules, idx, state, config, self.rule,
                                         time.perf_counter() - t0)
         result.extra["dtype"] = self.dtype
+        if groups > 1:
+            result.extra["layer_groups"] = group_members(self.stack.layers, groups)  # [G] layer names
         record = {**choice.record, "select_seconds": t_search - t0}
         result.extra.update(choice_extra(config.select, record, result.seconds))
+        if refine is not None and refine.steps:
+            self._refine(result, exs, refine, export, config.l1)
         if out is not None:
             self.export(result, Path(out), merge=merge, export_rule=export)
         return result
+
+    def _refine(self, result: AdaptResult, exs: list[Example], cfg: RefineConfig,
+                export: MergeSpec | None, l1: float) -> None:
+        """Refine `result` in place: new weights (form weights; the search's kept as
+        `search_weights`) or refined factors (form factors), and lorahub.json's `refine` record."""
+        from lorahub_serve.engine.refine_steps import refine
+
+        spec = export or MergeSpec(self.rule)
+        ref = refine(self.net, self.tokenizer, self.stack, result.module_idx, result.weights, exs, cfg,
+                     self.rule, spec, l1, allow_pickle=self.config.allow_pickle)
+        if ref.weights is not None:
+            result.extra["search_weights"] = np.asarray(result.weights, dtype=np.float64).tolist()
+            result.weights = ref.weights
+        else:
+            result.factors = ref.factors
+        result.extra["refine"] = ref.record
+        # whether the exported adapter is exactly the recorded weights' composition of the modules
+        result.extra["exact_composition"] = ref.record["exact_composition"]
 
     def export(self, result: AdaptResult, out: Path, merge: bool = False,
                export_rule: str | MergeSpec | None = None) -> Path:
@@ -230,6 +272,17 @@ class Engine:
         rule; PEFT's merges: `engine/merge.py`), and with `merge` also OUT-merged."""
         spec = as_spec(result.rule if export_rule is None else export_rule)
         pos = {m.name: i for i, m in enumerate(self.hub_modules)}
+        if result.factors is not None:  # refined factors: exported as they are, in the rule refined
+            refined = result.extra["refine"]["rule"]
+            if spec.rule != refined:
+                raise ValueError(f"this result's factors were refined as a {refined!r} adapter; it "
+                                 f"cannot be exported with rule {spec.rule!r}")
+            write_adapter(out, result.factors, self.model_name,
+                          result.metadata(self.model_name, self.fingerprint, spec))
+            result.out_dir = out
+            if merge:
+                merge_adapter(self.model_folder, out, out.with_name(out.name + "-merged"))
+            return out
         factors = compose_factors(self.stack, [pos[m.name] for m in result.modules], result.weights, spec,
                                   model=self.net, allow_pickle=self.config.allow_pickle)
         write_adapter(out, factors, self.model_name, result.metadata(self.model_name, self.fingerprint, spec))

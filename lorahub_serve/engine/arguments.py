@@ -50,12 +50,13 @@ def add_contrast_argument(p) -> None:
 
 def search_config(a):
     """The `SearchConfig` the parsed arguments describe (raises ValueError naming a bad value)."""
+    from lorahub_serve.engine.layer_groups import GLOBAL, parse_weights_spec
     from lorahub_serve.engine.search import SearchConfig
 
     extra = {} if a.sigma is None else {"sigma": a.sigma}
     return SearchConfig(budget=a.budget, seed=a.seed, optimizer=a.optimizer, popsize=a.popsize,
                         onehot_start=not a.no_onehot_start, contrast=a.contrast,
-                        select=a.select, **extra)
+                        select=a.select, groups=parse_weights_spec(getattr(a, "weights", GLOBAL)), **extra)
 
 
 def add_cluster_arguments(p, default_actors: int = 1) -> None:

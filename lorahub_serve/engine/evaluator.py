@@ -190,9 +190,10 @@ class Evaluator:
         return self.warmup_seconds
 
     def _validate(self, tasks, module_idx: np.ndarray, weights: np.ndarray) -> None:
-        if weights.shape != module_idx.shape or weights.ndim != 2 or len(tasks) != len(weights):
+        grouped = weights.ndim == 3 and weights.shape[::2] == module_idx.shape  # [C, G, K]
+        if not (weights.shape == module_idx.shape or grouped) or module_idx.ndim != 2 or len(tasks) != len(weights):
             raise ValueError(f"tasks {len(tasks)}, module_idx {module_idx.shape} and weights "
-                             f"{weights.shape} must agree as [C], [C, K], [C, K]")
+                             f"{weights.shape} must agree as [C], [C, K], [C, K] (or weights [C, G, K])")
         if not np.isfinite(weights).all():
             raise ValueError("candidate weights contain NaN or infinite values")
         unknown = sorted(set(tasks) - set(self.tasks))
@@ -211,7 +212,8 @@ class Evaluator:
     def losses(self, tasks: Sequence[str], module_idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Mean output-token cross-entropy per candidate.
 
-        tasks [C] task keys; module_idx [C, K] int (indices into the stack); weights [C, K].
+        tasks [C] task keys; module_idx [C, K] int (indices into the stack); weights [C, K], or
+        [C, G, K] per-layer-group weights (`layer_groups`: group g's layers compose with [:, g]).
         Returns [C] float64 losses (no L1 term: that belongs to the search objective); a task
         added with `contrast` gets its option term added, from the same passes.
         """

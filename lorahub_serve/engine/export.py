@@ -6,6 +6,8 @@ rules "ties", "dare_linear", "dare_ties", "magnitude_prune": PEFT's merges of mo
   r (`engine/merge.py`: A' = f([Aₖ], √|wₖsₖ|·sign), B' = f([Bₖ], √|wₖsₖ|)), rank r; their
   parameters (density, majority_sign_method, seed) travel in a `MergeSpec`. Export and serving
   only: the search composes with "lorahub" or "linear".
+Per-layer-group weights ([G, K], `layer_groups`): each layer composes with its group's row, so
+the result is still one ordinary PEFT LoRA (lorahub and linear rules; PEFT's merges take [K]).
 `composed_rank` is that rank, the one definition export, evaluation and serving use: in a hub of
 mixed ranks the stack is zero-padded to the largest, and the factors are trimmed back to it here.
 Folders are written atomically (temporary sibling, then rename).
@@ -22,6 +24,7 @@ from safetensors.torch import save_file
 from lorahub_serve.atomic import atomic_dir
 from lorahub_serve.choices import EXPORT_RULES
 from lorahub_serve.engine.hub import HubStack
+from lorahub_serve.engine.layer_groups import layer_groups
 from lorahub_serve.engine.merge import MergeSpec, as_spec, common_rank, merge_factors
 from lorahub_serve.formats import ADAPTER_WEIGHTS, peft_key, write_lorahub_json
 
@@ -49,10 +52,15 @@ def compose_factors(stack: HubStack, module_idx: list[int], weights, rule: str |
                     model: torch.nn.Module | None = None,
                     allow_pickle: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """layer -> (A [r', d_in], B [d_out, r']) of the composed adapter (scaling folded into B),
-    r' = `composed_rank` of the modules `module_idx` [K] of `stack`, weighted by `weights` [K].
-    PEFT's merges (a `MergeSpec` or a rule name, with defaults) read the modules' own files and
+    r' = `composed_rank` of the modules `module_idx` [K] of `stack`, weighted by `weights` [K]
+    (or [G, K]: each layer by its group's row, `layer_groups`). PEFT's merges (a `MergeSpec` or a rule name, with defaults) read the modules' own files and
     need the base `model` (its layer order is PEFT's; `engine/merge.py`)."""
     spec = as_spec(rule)
+    w_all = torch.as_tensor(weights, dtype=torch.float32)
+    if w_all.ndim == 2 and spec.is_merge:
+        raise ValueError(f"export rule {spec.rule!r} merges global weights [K]; per-layer-group weights "
+                         "[G, K] export with rule lorahub or linear")
+    group = layer_groups(stack.layers, w_all.shape[0]) if w_all.ndim == 2 else None
     if spec.is_merge:
         if model is None:
             raise ValueError(f"compose_factors: rule {spec.rule!r} needs the base model (model=...)")
@@ -64,7 +72,7 @@ def compose_factors(stack: HubStack, module_idx: list[int], weights, rule: str |
     out = {}
     for layer in stack.layers:
         a, b = stack.lora_a[layer][idx].float(), stack.lora_b[layer][idx].float()  # [K,r_max,d_in], [K,d_out,r_max]
-        w = torch.as_tensor(weights, dtype=torch.float32, device=a.device)
+        w = (w_all if group is None else w_all[group[layer]]).to(a.device)
         if rule == "lorahub":  # rows past the largest chosen rank are zero padding in every module
             out[layer] = (torch.einsum("k,krd->rd", w, a[:, :r]), torch.einsum("k,kor->or", w, b[:, :, :r]))
         else:  # linear: each module's own rows, without its padding

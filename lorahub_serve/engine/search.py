@@ -50,6 +50,8 @@ class SearchConfig:
     onehot_start: bool = True  # population optimisers: first evaluate w = 0 and the one-hots
     select: str = "loss"  # which K hub modules: "loss" (measured default) | "random" (the paper's) |
     # "retrieve" (engine/selection.py)
+    groups: int = 1  # G layer groups, a weight per module per group (engine/layer_groups.py): a
+    # candidate is G·K numbers, group-major; 1 is the paper's global w
 
     def __post_init__(self):
         if not isinstance(self.budget, int) or self.budget < 1:
@@ -65,6 +67,9 @@ class SearchConfig:
             raise ValueError(f"sigma must be a positive step size in weight units (e.g. 0.3), got {self.sigma}")
         if not (self.contrast >= 0 and math.isfinite(self.contrast)):
             raise ValueError(f"contrast must be a finite weight >= 0, got {self.contrast}")
+        if not isinstance(self.groups, int) or self.groups < 1:
+            raise ValueError(f"groups must be an integer >= 1 (layer groups, --weights per-layer-group:G), "
+                             f"got {self.groups!r}")
         if self.popsize is not None and self.popsize < 2:
             raise ValueError(f"popsize must be >= 2, got {self.popsize}")
 
@@ -80,7 +85,7 @@ class SearchConfig:
         if self.popsize:
             return self.popsize
         rest = self.budget - self.start_size(k)
-        return max(4, min(4 + int(3 * math.log(max(k, 1))), rest // 4))
+        return max(4, min(4 + int(3 * math.log(max(k * self.groups, 1))), rest // 4))
 
     def describe(self, k: int) -> dict:
         """What ran, for lorahub.json and reports."""
@@ -98,7 +103,8 @@ class Candidate:
 
 @dataclass
 class SearchState:
-    """One task's optimiser and bookkeeping; picklable, so a job can resume it."""
+    """One task's optimiser and bookkeeping; picklable, so a job can resume it. `k` modules; a
+    candidate is `dim` = G·K weights (config.groups), group-major."""
 
     k: int
     config: SearchConfig
@@ -124,7 +130,7 @@ class SearchState:
         if cfg.optimizer == "ngopt" and self.optimizer is None:
             import nevergrad as ng
 
-            param = ng.p.Array(init=np.zeros(self.k), lower=-cfg.bound, upper=cfg.bound)
+            param = ng.p.Array(init=np.zeros(self.dim), lower=-cfg.bound, upper=cfg.bound)
             param.random_state = np.random.RandomState(cfg.seed)
             self.optimizer = ng.optimizers.NGOpt(parametrization=param, budget=cfg.budget)
             inner = self.optimizer.optim
@@ -139,6 +145,11 @@ class SearchState:
         if not cfg.start_size(self.k):
             return name
         return f"one-hot start + {name}"
+
+    @property
+    def dim(self) -> int:
+        """Numbers per candidate: G·K (the modules' weights in each layer group)."""
+        return self.k * self.config.groups
 
     @property
     def done(self) -> bool:
@@ -164,8 +175,10 @@ class SearchState:
         return [Candidate(np.clip(np.asarray(c.value, dtype=np.float64), -bound, bound), c) for c in cands]
 
     def _start_points(self) -> np.ndarray:
-        """[S, K]: w = 0, then the one-hots, cut to the start batch's size S."""
-        return np.vstack([np.zeros((1, self.k)), np.eye(self.k)])[: self.config.start_size(self.k)]
+        """[S, G·K]: w = 0, then the one-hots (each module alone at weight 1 in every group), cut
+        to the start batch's size S."""
+        onehots = np.tile(np.eye(self.k), self.config.groups)
+        return np.vstack([np.zeros((1, self.dim)), onehots])[: self.config.start_size(self.k)]
 
     def _with_known_onehots(self, candidates: list, losses: np.ndarray) -> tuple[list, np.ndarray]:
         """The whole start batch: the evaluated w = 0, then the one-hots with their known losses."""
@@ -179,7 +192,7 @@ class SearchState:
         import nevergrad as ng
 
         cfg = self.config
-        centre = self.best_weights if self.best_weights is not None else np.zeros(self.k)
+        centre = self.best_weights if self.best_weights is not None else np.zeros(self.dim)
         param = ng.p.Array(init=np.asarray(centre, dtype=np.float64)).set_mutation(sigma=cfg.sigma)
         param.random_state = np.random.RandomState(cfg.seed)
         rest = max(1, cfg.budget - self.evaluations)
@@ -210,7 +223,7 @@ class SearchState:
                 self.best_objective, self.best_loss, self.best_weights = objective, loss, w.copy()
 
 
-LossFn = Callable[[np.ndarray], np.ndarray]  # weights [P, K] -> losses [P]
+LossFn = Callable[[np.ndarray], np.ndarray]  # weights [P, G·K] (G = 1: [P, K]) -> losses [P]
 
 
 def run_search(loss_fn: LossFn, k: int, config: SearchConfig,
