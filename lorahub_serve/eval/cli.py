@@ -126,7 +126,9 @@ def register(sub) -> None:
                    help="headroom: comma list of the methods to score (default: zero_shot, icl, "
                         "lorahub, lorahub_random, lorahub_ngopt, best_single, soup, lorahub_icl, lora_ft, "
                         "oracle; opt-in: lorahub_icl_tuned, the composition searched on leave-one-out ICL "
-                        "prompts); zero_shot, lorahub and oracle always run")
+                        "prompts; arrow, arrow_hub: PEFT's Arrow routing per token over lorahub's K "
+                        "modules / the whole hub, an evaluation method, not an exported adapter); "
+                        "zero_shot, lorahub and oracle always run")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="headroom: the engine's dtype (auto: bf16 on CPUs with native bf16, else fp32)")

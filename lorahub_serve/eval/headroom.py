@@ -14,7 +14,12 @@ the shots, the random module choice and the search):
   shot is scored after the other shots (`loo_icl_examples`), the prompts the composition will
   serve with; its K modules are selected on those prompts too;
 - lora_ft: a LoRA fine-tuned with gradients on the 5 shots (the paper's baseline: 40 epochs);
-- oracle: the suite's oracle, trained on the task's other examples (the ceiling).
+- oracle: the suite's oracle, trained on the task's other examples (the ceiling);
+- arrow, arrow_hub (opt-in, `--methods`): PEFT's Arrow (`ArrowConfig`, `create_arrow_model`:
+  per-token routing to the top_k modules whose leading singular direction best matches the
+  token's hidden state) over lorahub's K modules, or over the whole hub; gradient-free like
+  LoraHub and given no shots. It routes per token, so it is an evaluation method (a PEFT model
+  with every module loaded), not an adapter that `adapt` could export or `serve` could load.
 Engine methods are scored on the engine (rank classification with the shared prompt; greedy
 generation); the two PEFT models (lora_ft, oracle) by `adapter_scoring`, which also re-scores
 the base model (`zero_shot_peft`) so the two paths can be compared. Metric: the suite's, rank
@@ -42,7 +47,8 @@ ENGINE_METHODS = ("zero_shot", "icl", "lorahub", "lorahub_random", "lorahub_ngop
                   "lorahub_icl")
 PEFT_METHODS = ("lora_ft", "oracle")
 DEFAULT_METHODS = ENGINE_METHODS + PEFT_METHODS
-OPT_IN_METHODS = ("lorahub_icl_tuned",)  # a lever under study: its search costs ~5x (long prompts)
+OPT_IN_METHODS = ("lorahub_icl_tuned",  # a lever under study: its search costs ~5x (long prompts)
+                  "arrow", "arrow_hub")  # PEFT's Arrow, a rival: over lorahub's K modules / the whole hub
 METHODS = DEFAULT_METHODS + OPT_IN_METHODS
 
 
@@ -62,6 +68,8 @@ class HeadroomConfig:
     ft_epochs: int = 40  # the paper's LoRA-tuning baseline: 40 epochs over the shots ...
     ft_lr: float = 2e-4  # ... at lr 2e-4
     ft_dtype: str = "bfloat16"
+    arrow_top_k: int = 3  # Arrow: modules routed to per token (PEFT's default) ...
+    arrow_temperature: float = 1.0  # ... and its router's softmax temperature (PEFT's default)
     dtype: str = "auto"  # the engine's (models.resolve_dtype): bf16 on CPUs with native bf16
     # the methods to score; zero-shot, LoraHub and the oracle always run (the report's gap needs them)
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -108,6 +116,31 @@ def _peft_score(net, tok, adapter: Path | None, evalset, dtype: str) -> float:
     model = PeftModel.from_pretrained(net, adapter).eval()
     try:
         return accuracy(model, tok, evalset, dtype=dtype)[1]
+    finally:
+        model.unload()
+
+
+def arrow_score(net, tok, adapters: list[Path], evalset, cfg: HeadroomConfig, seed: int,
+                on_model=None) -> float:
+    """Accuracy of PEFT's Arrow over the LoRA folders `adapters` (one rank, one set of target
+    layers: Arrow's own requirement), built by PEFT's `create_arrow_model` on `net` and unloaded
+    afterwards; `on_model(model)` sees the PEFT model before it scores (tests)."""
+    from peft import ArrowConfig, create_arrow_model
+
+    from lorahub_serve.adapter_scoring import accuracy
+    from lorahub_serve.engine.hub import module_from_folder
+
+    ranks = sorted({module_from_folder(Path(p)).rank for p in adapters})
+    if len(ranks) > 1:
+        raise ValueError(f"arrow: PEFT's Arrow needs modules of one rank; these have ranks {ranks} "
+                         "(leave arrow out of --methods for this hub)")
+    arrow = ArrowConfig(top_k=min(cfg.arrow_top_k, len(adapters)), router_temperature=cfg.arrow_temperature,
+                        rng_seed=seed)
+    model = create_arrow_model(net, [str(p) for p in adapters], arrow).eval()
+    try:
+        if on_model is not None:
+            on_model(model)
+        return accuracy(model, tok, evalset, dtype="float32")[1]
     finally:
         model.unload()
 
@@ -175,6 +208,10 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
     if cfg.wants("lora_ft"):
         ft_dir = fewshot_lora(net, tok, shots, cfg, seed, work / f"ft-{task.replace('/', '-')}-{seed}")
         scores["lora_ft"] = _peft_score(net, tok, ft_dir, evalset, cfg.ft_dtype)
+    if cfg.wants("arrow"):
+        scores["arrow"] = arrow_score(net, tok, [engine.hub_modules[i].path for i in idx], evalset, cfg, seed)
+    if cfg.wants("arrow_hub"):
+        scores["arrow_hub"] = arrow_score(net, tok, [m.path for m in engine.hub_modules], evalset, cfg, seed)
     if task not in cache:
         cache[task] = {"zero_shot": scores["zero_shot"],
                        "zero_shot_peft": _peft_score(net, tok, None, evalset, "float32"),
@@ -190,6 +227,8 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
             "input_tokens": round(float(np.mean([len(tok(e.input)["input_ids"]) for e in evalset])), 1),
             "input_tokens_icl": round(float(np.mean([len(tok(p)["input_ids"]) for p in shot_prompts])), 1),
             "n_eval": len(evalset), "dtype": engine.dtype, "ft_lr": cfg.ft_lr, "ft_epochs": cfg.ft_epochs,
+            **({"arrow_top_k": cfg.arrow_top_k, "arrow_temperature": cfg.arrow_temperature}
+               if cfg.wants("arrow") or cfg.wants("arrow_hub") else {}),
             "search_seconds": round(t_search, 1), "total_seconds": round(time.perf_counter() - t0, 1)}
 
 
