@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"2/5 data: {a.shots} few-shot examples of the held-out task {a.task!r}")
     examples = tasks.load_task(a.task)
     prov = tasks.provenance(a.task)
-    print("  source: " + ", ".join(f"{k} {v}" for k, v in prov.items() if k != "params"))
+    print(f"  from {prov.pop('source')}: " + ", ".join(f"{k} {v}" for k, v in prov.items() if k != "params"))
     shots, evalset = tasks.split(examples, a.shots, a.eval, a.seed)
     for ex in shots[:3]:
         question = next((ln for ln in ex.input.splitlines() if ln.startswith("Q: ")), ex.input)

@@ -18,11 +18,10 @@ import json
 import os
 import random
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from lorahub_serve import paths
-from lorahub_serve.data.examples import LETTERS, Example
+from lorahub_serve.data.examples import LETTERS, Example, TaskInfo
 from lorahub_serve.errors import LorahubError
 
 SDIST_FILE = "bigbench-1.0.0.tar.gz"
@@ -201,18 +200,6 @@ def read_task_json(task: str) -> dict:
     if task not in index:
         raise KeyError(f"unknown BIG-bench task {task!r}; `lorahub-serve data list` shows the {len(index)} tasks")
     return json.loads(index[task].read_text(encoding="utf-8"))
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    name: str
-    kind: str  # "multiple_choice" | "generative"
-    n_examples: int
-    n_options: int  # typical number of options; 0 for generative
-
-    @property
-    def chance(self) -> float:
-        return 1.0 / self.n_options if self.n_options else 0.0
 
 
 def _clean_prefix(text: str | None, default: str) -> str:

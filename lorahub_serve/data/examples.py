@@ -27,6 +27,20 @@ AnswerStyle = Literal["", "letter", "text"]
 
 
 @dataclass(frozen=True)
+class TaskInfo:
+    """What a task is, whatever its source: its kind, size and typical number of options."""
+
+    name: str
+    kind: str  # "multiple_choice" | "generative"
+    n_examples: int
+    n_options: int  # typical number of options; 0 for generative
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.n_options if self.n_options else 0.0
+
+
+@dataclass(frozen=True)
 class Example:
     """A prompt and its output. Multiple-choice examples also carry their options (texts in the
     order shown) and how they are answered: `letter` (" (B)") or `text` (" yes"); a user's JSONL

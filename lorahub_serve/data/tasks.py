@@ -13,12 +13,11 @@ Names:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 from lorahub_serve.data import bbh_official, bigbench, rg
 from lorahub_serve.data.bbh import is_bbh as _is_bigbench_bbh
-from lorahub_serve.data.examples import Example, load_jsonl
+from lorahub_serve.data.examples import Example, TaskInfo, load_jsonl
 
 SOURCES = {
     "rg": "reasoning-gym (PyPI, generated offline)",
@@ -33,18 +32,6 @@ RESERVED_FAMILIES = ("color", "arithmetic", "bbq_lite_json", "unit_conversion")
 class ReservedTask(ValueError):
     """A task kept for an independent check (or held out for evaluation) was asked for a use it
     is refused."""
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    name: str
-    kind: str  # "multiple_choice" | "generative"
-    n_examples: int
-    n_options: int  # typical number of options; 0 for generative
-
-    @property
-    def chance(self) -> float:
-        return 1.0 / self.n_options if self.n_options else 0.0
 
 
 def source_of(task: str) -> str:
@@ -86,7 +73,7 @@ def answer_style(task: str) -> str:
 def task_info(task: str) -> TaskInfo:
     if source_of(task) == "bigbench":
         i = bigbench.task_info(_bigbench_name(task))
-        return TaskInfo(task, i.kind, i.n_examples, i.n_options)
+        return TaskInfo(task, i.kind, i.n_examples, i.n_options)  # named as asked (bigbench/ prefix kept)
     exs = load_task(task)
     mc = [e for e in exs if e.options]
     if len(mc) * 2 > len(exs):
