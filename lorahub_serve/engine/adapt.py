@@ -277,14 +277,10 @@ class Engine:
             if spec.rule != refined:
                 raise ValueError(f"this result's factors were refined as a {refined!r} adapter; it "
                                  f"cannot be exported with rule {spec.rule!r}")
-            write_adapter(out, result.factors, self.model_name,
-                          result.metadata(self.model_name, self.fingerprint, spec))
-            result.out_dir = out
-            if merge:
-                merge_adapter(self.model_folder, out, out.with_name(out.name + "-merged"))
-            return out
-        factors = compose_factors(self.stack, [pos[m.name] for m in result.modules], result.weights, spec,
-                                  model=self.net, allow_pickle=self.config.allow_pickle)
+            factors = result.factors
+        else:
+            factors = compose_factors(self.stack, [pos[m.name] for m in result.modules], result.weights, spec,
+                                      model=self.net, allow_pickle=self.config.allow_pickle)
         write_adapter(out, factors, self.model_name, result.metadata(self.model_name, self.fingerprint, spec))
         result.out_dir = out
         if merge:

@@ -1,7 +1,9 @@
 """Gradient-free search of composition weights with nevergrad.
 
 The search sees only a function from a batch of weight vectors [P, K] to few-shot losses [P];
-it knows nothing of models, kernels or clusters. Objective = loss + l1 · mean|w| (the paper's).
+it knows nothing of models, kernels or clusters. Objective = loss + l1 · mean|w| (the paper's;
+with layer groups, `SearchConfig.groups` = G, a candidate is G·K weights and the mean runs over
+all of them).
 
 Population optimisers ("cma" default, "de") run in phases, each one batch or more:
 1. start: w = 0 and the K one-hot vectors (each module alone at weight 1); when those K losses

@@ -156,3 +156,11 @@ def test_bad_groups_are_refused_before_the_search(tiny_llama_dir, tiny_llama_hub
     with pytest.raises(ValueError, match="merges global weights"):
         adapt(tiny_llama_dir, tiny_llama_hub, few_shot, out=tmp_path / "x", budget=4, groups=2,
               export_rule="ties", progress=False)
+
+
+def test_adapt_batch_refuses_layer_groups(tiny_llama_dir, tiny_llama_hub, tmp_path):
+    from lorahub_serve.cluster.driver import run_adapt_batch
+
+    with pytest.raises(ValueError, match="per-layer-group:G is not supported by adapt-batch"):
+        run_adapt_batch(str(tiny_llama_dir), str(tiny_llama_hub), [], tmp_path / "store", 0, None,
+                        SearchConfig(groups=2), None)
