@@ -70,7 +70,7 @@ class ServerReplica:
         self.client = httpx.AsyncClient(base_url=self.server.url,
                                         timeout=httpx.Timeout(None, connect=10))
         info = {"pid": os.getpid(), "server_pid": self.server.proc.pid, "url": self.server.url}
-        (Path(log_dir) / f"replica-{os.getpid()}.json").write_text(json.dumps(info))
+        self.server.log_path.with_suffix(".json").write_text(json.dumps(info))
 
     @serve.multiplexed(max_num_models_per_replica=ADAPTERS_PER_REPLICA)
     async def adapter(self, model_id: str) -> str:
@@ -157,7 +157,8 @@ def serve_replicas(replicas: int, *, host: str, port: int, ray_address: str | No
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="lorahub-serve-replicas-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     address = None if ray_address in (None, "local") else ray_address
-    ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+    # "local", not None: None would join any Ray cluster already running on this machine.
+    ray.init(address=address or "local", include_dashboard=False, logging_level="WARNING")
     stop, ready = threading.Event(), threading.Event()
 
     def on_signal(*_) -> None:

@@ -47,9 +47,14 @@ def launch_server(cfg, log_dir: str, ray_address: str | None) -> ServeProcess:
     """Start a replica's server (returns at once: poll `ready()`); its adaptation workers are Ray
     actors of `ray_address`. Call from a thread that lives as long as the replica."""
     server = ServeProcess(child_options(cfg, free_port(), ray_address),
-                          Path(log_dir) / f"replica-{os.getpid()}.log", die_with_parent=True)
+                          Path(log_dir) / f"{replica_id()}.log", die_with_parent=True)
     server.launch()
     return server
+
+
+def replica_id() -> str:
+    """This replica's file name stem in the log folder (host and pid: the store may be shared)."""
+    return f"replica-{os.uname().nodename}-{os.getpid()}"
 
 
 def route_key(base_name: str, path: str, body: bytes) -> str:
@@ -94,8 +99,11 @@ def run_replicas(cfg, replicas: int) -> int:
                   f"replica(s) on Ray Serve{', API key required' if cfg.api_key else ''}); "
                   "Ctrl-C to stop", flush=True)
 
+    from lorahub_serve.serving.jobs import JOBS_DIR
+
     return serve_replicas(
         replicas, host=cfg.host, port=cfg.port, ray_address=cfg.ray_address,
+        log_dir=Path(cfg.store).resolve() / JOBS_DIR / "replicas",
         launch=functools.partial(launch_server, cfg),
         route_key=functools.partial(route_key, cfg.model), unavailable=unavailable,
         announce=announce)

@@ -222,8 +222,8 @@ def _ray_workers(cfg: ServeConfig):
         return None
     from lorahub_serve.cluster.adapt_worker import RayAdaptWorker
 
-    address = None if cfg.ray_address == "local" else cfg.ray_address
-    return lambda slot: RayAdaptWorker(cfg.model, cfg.hub, address, cfg.engine)
+    # "local" starts a cluster here; ray.init(None) would join any cluster already running here.
+    return lambda slot: RayAdaptWorker(cfg.model, cfg.hub, cfg.ray_address, cfg.engine)
 
 
 async def _build_app(engine, args: Namespace, store: AdapterStore, jobs: AdaptJobs,

@@ -130,6 +130,8 @@ def test_a_job_posted_to_the_endpoint_runs_once_and_is_served_by_both(world):
     assert len(records) == 1, records
     for r in _replicas(world):
         assert _complete(r["url"], "posted", [5, 6]).status_code == 200, r
+    ran_on_ray = [p for p in world["logs"].glob("replica-*.log") if "AdaptWorkerCore" in p.read_text()]
+    assert ran_on_ray, "the replicas' adaptation workers should be Ray actors"
     metrics = httpx.get(f"{url}/metrics", timeout=30)
     assert metrics.status_code == 200 and 'lorahub_adapt_jobs{state="succeeded"} 1.0' in metrics.text
 
