@@ -55,11 +55,14 @@ _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "te",
 class ServerReplica:
     """One `lorahub-serve serve` child process, and the HTTP forwarding to it."""
 
-    async def __init__(self, launch: Callable, log_dir: str, start_timeout_s: float = 600):
+    async def __init__(self, launch: Callable, log_dir: str, share_cores: bool,
+                       start_timeout_s: float = 600):
         import httpx
 
+        context = serve.get_replica_context()
+        cores = _my_cores(context.rank.local_rank, context.world_size) if share_cores else None
         # Launched from the replica's event-loop thread, which lives as long as the replica.
-        self.server = launch(log_dir, ray.get_runtime_context().gcs_address)
+        self.server = launch(log_dir, ray.get_runtime_context().gcs_address, cores)
         deadline = asyncio.get_running_loop().time() + start_timeout_s
         while not self.server.ready():
             if asyncio.get_running_loop().time() > deadline:
@@ -138,6 +141,17 @@ class Ingress:
         return JSONResponse(payload, status_code=503, headers={"Retry-After": "1"})
 
 
+def _my_cores(rank: int, replicas: int) -> list[int] | None:
+    """This replica's share of this machine's cores when all `replicas` run on it (a local
+    cluster): contiguous slices, so two vLLM CPU engines do not bind their threads to the same
+    cores. None (vLLM's own binding) when there are fewer cores than replicas."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < replicas:
+        return None
+    share = len(cores) // replicas
+    return cores[rank * share:(rank + 1) * share]
+
+
 async def _rest(stream):
     async for chunk in stream:
         yield chunk
@@ -150,7 +164,7 @@ def serve_replicas(replicas: int, *, host: str, port: int, ray_address: str | No
     """Run `replicas` replicas behind one endpoint on host:port until Ctrl-C or SIGTERM, on the
     Ray cluster at `ray_address` (None or "local": a local one started here).
 
-    `launch(log_dir, ray_address)` starts a replica's server (`.ready()`, `.url`, `.proc`,
+    `launch(log_dir, ray_address, cores)` starts a replica's server (`.ready()`, `.url`, `.proc`,
     `.stop()`, `.log_path`, `.log_tail()`); `route_key(path, body)` names a request's adapter;
     `unavailable(message)` is the 503 body; `announce(log_dir)` before deploying, then
     `announce(None)` once every replica serves."""
@@ -173,7 +187,8 @@ def serve_replicas(replicas: int, *, host: str, port: int, ray_address: str | No
         gpus = ray.cluster_resources().get("GPU", 0) >= replicas  # then one GPU each
         replica = ServerReplica.options(num_replicas=replicas, ray_actor_options={
             "num_cpus": 0, "num_gpus": 1 if gpus else 0})
-        app = Ingress.bind(replica.bind(launch, str(log_dir)), route_key, unavailable)
+        share_cores = address is None and not gpus  # every replica on this machine's CPU
+        app = Ingress.bind(replica.bind(launch, str(log_dir), share_cores), route_key, unavailable)
         announce(log_dir)
         serve.run(app, name=APP_NAME, route_prefix="/")
         ready.set()

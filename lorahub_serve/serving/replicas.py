@@ -43,11 +43,15 @@ def child_options(cfg, port: int, ray_address: str | None) -> list[str]:
     return opts + (["--", *cfg.vllm_args] if cfg.vllm_args else [])
 
 
-def launch_server(cfg, log_dir: str, ray_address: str | None) -> ServeProcess:
+def launch_server(cfg, log_dir: str, ray_address: str | None,
+                  cores: list[int] | None = None) -> ServeProcess:
     """Start a replica's server (returns at once: poll `ready()`); its adaptation workers are Ray
-    actors of `ray_address`. Call from a thread that lives as long as the replica."""
+    actors of `ray_address`; on CPU its vLLM threads bind to `cores` (None: vLLM's choice). Call
+    from a thread that lives as long as the replica."""
+    bind = cores and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ  # the user's setting wins
+    env = {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))} if bind else None
     server = ServeProcess(child_options(cfg, free_port(), ray_address),
-                          Path(log_dir) / f"{replica_id()}.log", die_with_parent=True)
+                          Path(log_dir) / f"{replica_id()}.log", env=env, die_with_parent=True)
     server.launch()
     return server
 
