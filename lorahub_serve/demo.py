@@ -9,6 +9,7 @@ for all) with their 95 % CIs and the input tokens each one needs.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from lorahub_serve.engine.search import SearchConfig
 
     store = Path(a.store or tempfile.mkdtemp(prefix="lorahub-store-"))
-    name = a.task.replace("/", "-") + "-lorahub"
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", a.task) + "-lorahub"  # an adapter name the server takes
     engine = Engine(a.model, a.hub)
     try:
         res = engine.adapt(shots, task=name, out=store / name,

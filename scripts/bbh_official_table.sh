@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The 8-task BBH table from the official BBH files (issue 33), resumable and committed as it goes:
-# one `eval --suite bbh` shard per seed (250 examples, or all a task has), the oracle rows
+# one `eval --suite bbh` shard per task and seed (250 examples, or all a task has), the oracle rows
 # (bench/bbh_floor.py: an oracle per task trained on the half of its examples outside the oracle's
 # evaluation half), then the joined table (bench/bbh_table.py).
 # The hub is the committed 120-module BIG-bench hub as of ad2a77b (frozen, so every shard composes
@@ -17,12 +17,14 @@ if [ ! -f "$HUB/hub.json" ]; then
 fi
 commit() { git add "$@" 2>/dev/null && git commit -q -m "$MSG" -- "$@" 2>/dev/null; }
 for seed in ${SEEDS:-1 2 3}; do
-    name=bbh_official_s$seed
-    if [ -f "bench/results/$name.json" ]; then echo "[bbh] $name done"; continue; fi  # a stopped seed reruns whole
-    OMP_NUM_THREADS=${THREADS:-1} .venv/bin/lorahub-serve eval --suite bbh --model smollm2-135m --hub "$HUB" \
-        --tasks $TASKS --seeds "$seed" --limit 250 --rc-limit 250 --no-ngopt --generator engine \
-        --out bench/results --name "$name"
-    MSG="BBH from the official files: seed $seed shard ($name)" commit bench/results/$name.*
+    for task in $TASKS; do  # one shard per task-seed (~10 min each here): a stopped run loses one at most
+        name=bbh_official_s${seed}_${task#bbh/}
+        if [ -f "bench/results/$name.json" ]; then echo "[bbh] $name done"; continue; fi
+        OMP_NUM_THREADS=${THREADS:-1} .venv/bin/lorahub-serve eval --suite bbh --model smollm2-135m --hub "$HUB" \
+            --tasks "$task" --seeds "$seed" --limit 250 --rc-limit 250 --no-ngopt --generator engine \
+            --out bench/results --name "$name" || exit 1
+        MSG="BBH from the official files: $task, seed $seed ($name)" commit bench/results/$name.*
+    done
 done
 if [ -n "${FLOOR:-1}" ]; then
     OMP_NUM_THREADS=${THREADS:-1} .venv/bin/python bench/bbh_floor.py --tasks $TASKS --n-eval 250 \
