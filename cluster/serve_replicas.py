@@ -22,7 +22,7 @@ replicas, health checks, replacement, and routing by model multiplexing.
   the replica.
 
 This module knows nothing of the server: `serving/replicas.py` hands it `launch`, `route_key`
-and `unavailable` (the import arrow runs serving -> cluster). Every replica serves the same
+and `error` (the import arrow runs serving -> cluster). Every replica serves the same
 store; `serving/store_locks.py` and `serving/job_records.py` make that safe (one composition
 built once, one job run once, a dead replica's job taken over).
 """
@@ -43,6 +43,8 @@ from ray import serve
 from ray.exceptions import RayError
 
 APP_NAME = "lorahub"
+MAX_BODY_BYTES = 64 << 20  # the Ingress reads a body whole before routing it; the servers'
+# own limits are lower (8 MiB for POST /v1/adapters)
 ADAPTERS_PER_REPLICA = 8  # the multiplexing LRU of each replica (routing only; vLLM keeps its own)
 _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer",
                           "upgrade", "proxy-authorization", "proxy-authenticate", "host"})
@@ -113,14 +115,26 @@ class Ingress:
     """The one endpoint: route each request to a replica by the adapter it names."""
 
     def __init__(self, replicas, route_key: Callable[[str, bytes], str],
-                 unavailable: Callable[[str], dict], retries: int = 5):
-        self.replicas, self.route_key, self.unavailable = replicas, route_key, unavailable
+                 error: Callable[[str, int], dict], retries: int = 5):
+        self.replicas, self.route_key, self.error = replicas, route_key, error
         self.retries = retries
 
     async def __call__(self, request):
         from starlette.responses import JSONResponse, StreamingResponse
 
-        body = await request.body()
+        too_large = JSONResponse(self.error(f"the body is larger than {MAX_BODY_BYTES} bytes, "
+                                            "this endpoint's limit", 413),
+                                 status_code=413, headers={"connection": "close"})
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():  # bounded: a huge body is never held whole
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return too_large
+            chunks.append(chunk)
+        body = b"".join(chunks)
         key = self.route_key(request.url.path, body)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS]
         last = None
@@ -136,8 +150,8 @@ class Ingress:
             return StreamingResponse(_rest(stream), status_code=head["status"],
                                      headers=dict(head["headers"]))
         first = (str(last).strip().splitlines() or [type(last).__name__])[0]
-        payload = self.unavailable(f"no replica could answer ({self.retries} tries; last: "
-                                   f"{type(last).__name__}: {first[:300]}); retry the request")
+        payload = self.error(f"no replica could answer ({self.retries} tries; last: "
+                             f"{type(last).__name__}: {first[:300]}); retry the request", 503)
         return JSONResponse(payload, status_code=503, headers={"Retry-After": "1"})
 
 
@@ -159,14 +173,14 @@ async def _rest(stream):
 
 def serve_replicas(replicas: int, *, host: str, port: int, ray_address: str | None,
                    launch: Callable, route_key: Callable[[str, bytes], str],
-                   unavailable: Callable[[str], dict], announce: Callable[[Path | None], None],
+                   error: Callable[[str, int], dict], announce: Callable[[Path | None], None],
                    log_dir: Path | None = None) -> int:
     """Run `replicas` replicas behind one endpoint on host:port until Ctrl-C or SIGTERM, on the
     Ray cluster at `ray_address` (None or "local": a local one started here).
 
     `launch(log_dir, ray_address, cores)` starts a replica's server (`.ready()`, `.url`, `.proc`,
     `.stop()`, `.log_path`, `.log_tail()`); `route_key(path, body)` names a request's adapter;
-    `unavailable(message)` is the 503 body; `announce(log_dir)` before deploying, then
+    `error(message, code)` is an error body (503, 413); `announce(log_dir)` before deploying, then
     `announce(None)` once every replica serves."""
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="lorahub-serve-replicas-"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +202,7 @@ def serve_replicas(replicas: int, *, host: str, port: int, ray_address: str | No
         replica = ServerReplica.options(num_replicas=replicas, ray_actor_options={
             "num_cpus": 0, "num_gpus": 1 if gpus else 0})
         share_cores = address is None and not gpus  # every replica on this machine's CPU
-        app = Ingress.bind(replica.bind(launch, str(log_dir), share_cores), route_key, unavailable)
+        app = Ingress.bind(replica.bind(launch, str(log_dir), share_cores), route_key, error)
         announce(log_dir)
         serve.run(app, name=APP_NAME, route_prefix="/")
         ready.set()

@@ -50,19 +50,26 @@ def register(subparsers) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
-def _cmd_serve(a) -> int:
-    from lorahub_serve.serving.server import ServeConfig, serve
+def serve_config(a):
+    """The `ServeConfig` of parsed `serve` arguments (vLLM's after `--`)."""
+    from lorahub_serve.serving.server import ServeConfig
 
     extra = list(a.vllm_args)
     if extra and extra[0] == "--":
         extra = extra[1:]
     elif extra:
         raise ValueError(f"unrecognized arguments {extra}; put vLLM's after `--`")
-    cfg = ServeConfig(model=a.model, store=a.store, hub=a.hub, host=a.host, port=a.port,
-                      api_key=a.api_key, max_loras=a.max_loras, max_lora_rank=a.max_lora_rank,
-                      adapt_timeout_s=a.adapt_timeout, adapt_workers=a.adapt_workers,
-                      adapt_queue=a.adapt_queue, ray_address=a.ray_address,
-                      vllm_args=tuple(extra), engine=EngineConfig.from_args(a))
+    return ServeConfig(model=a.model, store=a.store, hub=a.hub, host=a.host, port=a.port,
+                       api_key=a.api_key, max_loras=a.max_loras, max_lora_rank=a.max_lora_rank,
+                       adapt_timeout_s=a.adapt_timeout, adapt_workers=a.adapt_workers,
+                       adapt_queue=a.adapt_queue, ray_address=a.ray_address,
+                       vllm_args=tuple(extra), engine=EngineConfig.from_args(a))
+
+
+def _cmd_serve(a) -> int:
+    from lorahub_serve.serving.server import serve
+
+    cfg = serve_config(a)
     try:
         if a.replicas:
             from lorahub_serve.serving.replicas import run_replicas

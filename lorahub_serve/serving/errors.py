@@ -12,7 +12,11 @@ def error_response(message: str, code: int, param: str | None = None):
     """A JSONResponse with `error_body`; the type follows the status code."""
     from fastapi.responses import JSONResponse
 
-    err_type = {400: "BadRequestError", 404: "NotFoundError", 409: "ConflictError",
-                413: "RequestTooLargeError", 429: "RateLimitError",
-                503: "ServiceUnavailableError"}.get(code, "InternalServerError")
-    return JSONResponse(error_body(message, err_type, code, param), status_code=code)
+    return JSONResponse(error_body(message, error_type(code), code, param), status_code=code)
+
+
+def error_type(code: int) -> str:
+    """OpenAI's error type for an HTTP status code."""
+    return {400: "BadRequestError", 404: "NotFoundError", 409: "ConflictError",
+            413: "RequestTooLargeError", 429: "RateLimitError",
+            503: "ServiceUnavailableError"}.get(code, "InternalServerError")

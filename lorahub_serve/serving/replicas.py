@@ -7,7 +7,7 @@ functions instead (the import arrow runs serving -> cluster, as for the Ray adap
 - `launch_server`: one replica's `lorahub-serve serve` child on 127.0.0.1 (same store and
   options), which dies with the replica (`ServeProcess(die_with_parent=True)`);
 - `route_key`: the adapter a request names, Ray Serve's multiplexed model id;
-- `unavailable`: the 503 body in OpenAI's error format when no replica could answer.
+- `error`: an error body in OpenAI's format (503 when no replica could answer, 413).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from lorahub_serve.serving.compositions import ROUTES
-from lorahub_serve.serving.errors import error_body
+from lorahub_serve.serving.errors import error_body, error_type
 from lorahub_serve.serving.process import READY_MARK, ServeProcess, free_port
 
 
@@ -79,8 +79,9 @@ def route_key(base_name: str, path: str, body: bytes) -> str:
     return model if isinstance(model, str) and model != base_name else ""
 
 
-def unavailable(message: str) -> dict:
-    return error_body(message, "ServiceUnavailableError", 503)
+def error(message: str, code: int) -> dict:
+    """An error body in OpenAI's format (the endpoint's own 503 and 413)."""
+    return error_body(message, error_type(code), code)
 
 
 def run_replicas(cfg, replicas: int) -> int:
@@ -109,5 +110,5 @@ def run_replicas(cfg, replicas: int) -> int:
         replicas, host=cfg.host, port=cfg.port, ray_address=cfg.ray_address,
         log_dir=Path(cfg.store).resolve() / JOBS_DIR / "replicas",
         launch=functools.partial(launch_server, cfg),
-        route_key=functools.partial(route_key, cfg.model), unavailable=unavailable,
+        route_key=functools.partial(route_key, cfg.model), error=error,
         announce=announce)

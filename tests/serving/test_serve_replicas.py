@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -134,6 +135,27 @@ def test_a_job_posted_to_the_endpoint_runs_once_and_is_served_by_both(world):
     assert ran_on_ray, "the replicas' adaptation workers should be Ray actors"
     metrics = httpx.get(f"{url}/metrics", timeout=30)
     assert metrics.status_code == 200 and 'lorahub_adapt_jobs{state="succeeded"} 1.0' in metrics.text
+
+
+def test_the_endpoint_refuses_a_huge_body_before_reading_it(world):
+    """A declared body over the Ingress's limit is a 413 in OpenAI's format, answered before the
+    body is sent (the client here sends none of it)."""
+    from lorahub_serve.cluster.serve_replicas import MAX_BODY_BYTES
+
+    host, port = world["srv"].url.removeprefix("http://").rsplit(":", 1)
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(head + b'{"model": ')
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status, body = int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
+    assert status == 413, data[:300]
+    assert json.loads(body)["error"]["code"] == 413 and b"larger than" in body
 
 
 def test_a_replica_killed_under_load_costs_no_later_request(world):
