@@ -32,11 +32,15 @@ from lorahub_serve.formats import ADAPTER_WEIGHTS
 RG_SUITE_CANDIDATES: tuple[str, ...] = (
     # config-shift: the generator is in the hub at another config
     "rg/basic_arithmetic@add-2d", "rg/gcd@le100", "rg/count_bits@le1023", "rg/products@2d",
+    "rg/leg_counting@1-3x9", "rg/base_conversion@2-3-le50", "rg/caesar_cipher@rot1", "rg/number_sequence@long",
+    "rg/color_cube_rotation@2rot",
     # near: another generator of the category is in the hub
     "rg/lcm@le20", "rg/lcm@le50", "rg/decimal_arithmetic@2t1p", "rg/power_function@int",
+    "rg/rotten_oranges@3-4", "rg/string_splitting", "rg/word_ladder", "rg/cryptarithm",
     # far: no generator of the category is in the hub (algebra, logic, geometry, probability)
     "rg/simple_equations@2t20", "rg/syllogism", "rg/circuit_logic@small", "rg/coin_flip@small",
-    "rg/self_reference@d1", "rg/simple_geometry",
+    "rg/self_reference@d1", "rg/simple_geometry", "rg/complex_arithmetic@add-5", "rg/knights_knaves",
+    "rg/advanced_geometry",
 )
 
 # Candidates: held-out tasks with >= 200 short examples, multiple choice and generative, from
