@@ -103,9 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = compare(client, a.model, name, shots, evalset)
     from lorahub_serve.eval.headroom_report import binomial_ci
 
+    from lorahub_serve.adapter_scoring import majority_rate
+
     chance = 100 * tasks.task_info(a.task).chance
-    print(f"\n  task {a.task} (chance {chance:.0f}%), {len(evalset)} held-out examples "
-          "(the same for every method):")
+    oracle = next((c.get("oracle") for c in suite.get("candidates", []) if c["task"] == a.task), None)
+    print(f"\n  task {a.task} (chance {chance:.0f}%, majority answer {majority_rate(evalset):.0f}%"
+          + (f", oracle LoRA trained on the task {oracle:.0f}% (suite manifest)" if oracle is not None else "")
+          + f"), {len(evalset)} held-out examples (the same for every method):")
     print(f"  {'method':<22}{'accuracy':>10}{'95 % CI':>16}{'input tokens/example':>24}")
     for method, (acc, tokens) in rows.items():
         lo, hi = binomial_ci(round(acc * len(evalset) / 100), len(evalset))
