@@ -16,8 +16,10 @@ import functools
 import hashlib
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
+from lorahub_serve.engine.config import EngineConfig
 from lorahub_serve.serving.compositions import ROUTES
 from lorahub_serve.serving.errors import error_body, error_type
 from lorahub_serve.serving.process import READY_MARK, ServeProcess, free_port
@@ -35,12 +37,20 @@ def child_options(cfg, port: int, ray_address: str | None) -> list[str]:
         opts += ["--api-key", cfg.api_key]
     if ray_address:
         opts += ["--ray-address", ray_address]
-    e = cfg.engine
-    opts += ["--rule", e.rule, "--backend", e.backend, "--dtype", e.dtype]
-    opts += ["--token-budget", str(e.token_budget)] if e.token_budget is not None else []
-    opts += ["--truncate"] if e.truncate else []
-    opts += ["--allow-pickle"] if e.allow_pickle else []
-    return opts + (["--", *cfg.vllm_args] if cfg.vllm_args else [])
+    return opts + engine_options(cfg.engine) + (["--", *cfg.vllm_args] if cfg.vllm_args else [])
+
+
+def engine_options(engine: EngineConfig) -> list[str]:
+    """The `add_engine_arguments` options that give `engine` (flags named after its fields, so
+    they are declared once, in engine/config.py)."""
+    opts = []
+    for f in fields(engine):
+        value, flag = getattr(engine, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            opts += [flag] if value else []
+        elif value is not None:
+            opts += [flag, str(value)]
+    return opts
 
 
 def launch_server(cfg, log_dir: str, ray_address: str | None,
