@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ def atomic_dir(target: Path, overwrite: bool = True) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = make_temp_dir(target)
     try:
         yield tmp
         if target.exists():
@@ -35,6 +36,32 @@ def atomic_dir(target: Path, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def make_temp_dir(target: Path) -> Path:
+    """A hidden temporary folder beside `target`, named after it and its writer:
+    `.<name>.tmp-<host>-<pid>-<random>`, so a cleaner can tell a dead writer's (`writer_gone`)."""
+    target = Path(target)
+    prefix = f".{target.name}.tmp-{os.uname().nodename}-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+
+
+_WRITER = re.compile(r"\.tmp-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
+
+
+def writer_gone(path: Path) -> bool:
+    """Whether `path`, made by `make_temp_dir`, was made by a process of this host that has
+    exited (False when that cannot be told: another host, or another naming)."""
+    m = _WRITER.search(Path(path).name)
+    if m is None or m["host"] != os.uname().nodename:
+        return False
+    try:
+        os.kill(int(m["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -38,11 +38,11 @@ import hashlib
 import json
 import math
 import shutil
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lorahub_serve.atomic import make_temp_dir
 from lorahub_serve.choices import EXPORT_RULES, MERGE_RULES, RULES
 from lorahub_serve.errors import LorahubError
 from lorahub_serve.serving.errors import error_body
@@ -174,7 +174,7 @@ class Compositions:
         with name_lock(self._jobs_dir, name):
             if self.store.exists(name):
                 return False
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=self.store.root))
+            tmp = make_temp_dir(self.store.folder(name))
             try:
                 self._build(tmp / "adapter", merge, names, weights)
                 return publish_dir(tmp / "adapter", self.store.folder(name))

@@ -11,7 +11,8 @@ restarts into a consistent state (`recover`):
   after `MAX_ATTEMPTS` starts it is marked failed with the reason; if its adapter was already
   written whole, it succeeded;
 - temporary folders and files that an interrupted atomic write leaves in the store are removed
-  (only those older than an hour while another server is using the store).
+  (while another server is using the store: those whose writer, on this host, has exited, and
+  any older than an hour).
 
 Several servers may share one store (Ray Serve replicas, `serve --replicas`; or two `serve`
 processes started on one store by mistake): they work together by the same rules. A job is
@@ -38,6 +39,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from lorahub_serve.atomic import writer_gone
 from lorahub_serve.engine.config import EngineConfig
 from lorahub_serve.formats import LORAHUB_FILE
 from lorahub_serve.serving.job_records import (
@@ -149,8 +151,10 @@ class AdaptJobs:
         cutoff = time.time() - _TEMP_MAX_AGE_S if self.records.member.others_alive() else None
 
         def abandoned(path: Path) -> bool:
+            if cutoff is None or writer_gone(path):
+                return True
             with contextlib.suppress(FileNotFoundError):
-                return cutoff is None or path.stat().st_mtime < cutoff
+                return path.stat().st_mtime < cutoff
             return False
 
         for child in self.store.root.iterdir():

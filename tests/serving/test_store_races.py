@@ -243,3 +243,39 @@ def test_a_lapsed_lease_is_taken_back_and_the_stalled_owner_finds_out(tmp_path, 
     assert record["state"] == "queued" and record["owner"] is None and "re-run" in record["note"]
     owner.records.member.leave()
     other.records.member.leave()
+
+
+def _write_forever(root, started):
+    from lorahub_serve.atomic import atomic_dir
+
+    with atomic_dir(Path(root) / "half") as tmp:
+        (tmp / "adapter_config.json").write_text("{}")
+        started.set()
+        time.sleep(600)
+
+
+def test_a_killed_writers_temporary_is_removed_while_others_serve(tmp_path, tiny_llama_dir,
+                                                                  tiny_llama_hub):
+    """A writer SIGKILLed inside an atomic write leaves a hidden temporary; a server starting
+    while another serves the store removes it (its writer is gone), but keeps a live writer's."""
+    from lorahub_serve.atomic import make_temp_dir
+
+    root = tmp_path / "store"
+    root.mkdir()
+    started = CTX.Event()
+    writer = CTX.Process(target=_write_forever, args=(root, started))
+    writer.start()
+    assert started.wait(60)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.join(10)
+    dead = [p.name for p in root.iterdir() if p.name.startswith(".half.tmp-")]
+    assert len(dead) == 1 and f"-{writer.pid}-" in dead[0], dead
+    live = make_temp_dir(root / "busy")  # this process is writing it
+    serving = AdaptJobs(_store(root, tiny_llama_dir), str(tiny_llama_dir), tiny_llama_hub)
+    serving.records.member.join()  # another server on the store
+    starting = AdaptJobs(_store(root, tiny_llama_dir), str(tiny_llama_dir), tiny_llama_hub)
+    log = starting.recover()
+    assert f"removed left-over temporary {dead[0]}" in log, log
+    assert live.is_dir() and not (root / dead[0]).exists() and not (root / "half").exists()
+    serving.records.member.leave()
+    starting.records.member.leave()
