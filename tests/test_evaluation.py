@@ -138,7 +138,8 @@ def world(tmp_path_factory):
     return root, root / "model", hub
 
 
-CFG = EvalConfig(tasks=(TASK,), seeds=(1, 2), limit=6, budget=6, modules=3)
+# Random selection: seed 1 draws rank-4 modules only and seed 2 a rank-16 one, so one server must serve both.
+CFG = EvalConfig(tasks=(TASK,), seeds=(1, 2), limit=6, budget=6, modules=3, select="random")
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,8 @@ def _cmd_eval(a) -> int:
     a.name = a.name or "bbh_smollm2"
     cfg = EvalConfig(tasks=tuple(a.tasks or BBH_SUITE), seeds=a.seeds, shots=a.shots,
                      limit=a.limit or 50, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt,
-                     soup_k=a.soup_k, rc_limit=a.rc_limit, contrast=a.contrast)
+                     soup_k=a.soup_k, rc_limit=a.rc_limit, contrast=a.contrast,
+                     select=a.select)
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     rows = run_eval(a.model, a.hub, cfg, generator=a.generator,
                     on_row=lambda rows: write_report(rows, Path(a.out), a.name, command))
@@ -115,7 +116,7 @@ def register(sub) -> None:
     p.add_argument("--suite-file", default="suites/headroom-smollm2-135m.json",
                    help="the headroom suite's manifest")
     p.add_argument("--select", choices=SELECT_MODES, default="loss",
-                   help="headroom: how lorahub picks its K modules (lorahub_random is always random)")
+                   help="how lorahub picks its K modules (headroom: lorahub_random is always random)")
     p.add_argument("--resume", action="store_true", help="headroom: keep the rows of OUT/NAME.json")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="headroom: also keep the rows of these reports (shards run apart, e.g. one "

@@ -63,6 +63,7 @@ class EvalConfig:
     ngopt: bool = True
     soup_k: int = 3  # modules averaged by the soup baseline (at most K)
     contrast: float = 0.0  # the default search's option term (engine/objective.py)
+    select: str = "loss"  # how the default search picks its K modules (engine/selection.py)
     rc_limit: int | None = None  # RC on the first N evaluation examples (None: all); it costs
     # n_options forward passes of every prompt, which dominates a CPU run
 
@@ -114,7 +115,8 @@ def run_searches(engine: Engine, shots: list[Example], key: str, seed: int, cfg:
     k = cfg.modules
     t0 = time.perf_counter()
     res = engine.adapt(shots, task=key, modules=k, progress=False,
-                       config=SearchConfig(budget=cfg.budget, seed=seed, contrast=cfg.contrast))
+                       config=SearchConfig(budget=cfg.budget, seed=seed, contrast=cfg.contrast,
+                                           select=cfg.select))
     idx = res.module_idx
     singles = single_module_losses(engine, res, key, idx)
     t1 = time.perf_counter()
