@@ -377,4 +377,21 @@ class LocalTrainers(InlinePool):
             self.net, self.tok = load_base(resolve_model(self.model))
         step = None if self.on_step is None else (
             lambda s, n, loss: self.on_step(work.task, s, n, loss))
-        return train_module(self.net, self.tok, work.task, work.cfg, progress=step, examples=work.examples)
+        try:
+            return train_module(self.net, self.tok, work.task, work.cfg, progress=step, examples=work.examples)
+        finally:
+            _release_freed_memory()
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS between modules. A long in-process build (bf16
+    autocast, batches of every length) grew from 2 to 6.7 GB RSS over 8 modules (2026-12-07):
+    glibc keeps freed pages of a fragmented heap unless asked."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        pass
