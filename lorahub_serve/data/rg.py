@@ -52,7 +52,11 @@ def parse(name: str) -> tuple[str, str | None]:
 
 def datasets() -> dict[str, str]:
     """dataset name -> its category (the reasoning-gym package folder it lives in)."""
-    from reasoning_gym.factory import DATASETS
+    try:
+        from reasoning_gym.factory import DATASETS
+    except ImportError as e:
+        raise TaskSourceError(f"reasoning-gym {VERSION} cannot be imported here ({e}); `make setup` installs "
+                              f"it (a task already generated reads from the cache without it)") from None
 
     return {n: cls.__module__.split(".")[1] for n, (cls, _) in sorted(DATASETS.items())}
 

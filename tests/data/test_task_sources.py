@@ -138,3 +138,22 @@ def test_data_list_shows_every_source_and_data_fetch_bbh_copies_or_says_what_to_
     assert "bbh/navigate\theld out: evaluation only" in after.stdout
     bad = _cli("data", "fetch", "bbh", "--from", str(tmp_path), env=env)
     assert bad.returncode == 2 and "no boolean_expressions.json" in bad.stderr
+
+
+def test_a_cached_task_reads_where_reasoning_gym_cannot_be_imported(tmp_path):
+    """The GPU machine has no reasoning-gym: gpu_checks ships the cached JSONL, which must read
+    without the package (and a task not cached says it cannot be generated)."""
+    tasks.load_task("rg/gcd@le20")  # cached here, under this process's LORAHUB_HOME
+    code = ("import sys; sys.modules['reasoning_gym'] = None\n"  # any import of it now fails
+            "from lorahub_serve.data import tasks\n"
+            "print(len(tasks.load_task('rg/gcd@le20')))\n"
+            "try:\n    tasks.load_task('rg/lcm@le50')\nexcept Exception as e:\n    print(type(e).__name__)\n")
+    home = tmp_path / "home"
+    cache = home / "downloads" / "reasoning_gym"
+    cache.mkdir(parents=True)
+    dataset, config = rg.parse("rg/gcd@le20")
+    src = rg._cache_file(dataset, config, rg.DEFAULT_SIZE)
+    (cache / src.name).write_bytes(src.read_bytes())
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LORAHUB_HOME": str(home)},
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert out == [str(len(tasks.load_task("rg/gcd@le20"))), "TaskSourceError"]
