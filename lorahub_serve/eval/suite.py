@@ -198,6 +198,7 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
                 task, family(task), info.kind, "", info.n_examples, 0, 0, 100.0 * info.chance, 0.0, 0.0,
                 0.0, 0.0, False, closeness(task, hub_tasks), 0.0, duplicate_of=twin)))
             _refresh_lists(manifest)
+            _label(manifest, hub_tasks)
             write_json_atomic(manifest_path, manifest)
             continue
         train, evalset = split_for_oracle(task)
@@ -229,10 +230,9 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
             f"{'kept' if c.kept else 'dropped'}")
         manifest["candidates"] = [x for x in manifest["candidates"] if x["task"] != task] + [asdict(c)]
         _refresh_lists(manifest)  # after every candidate: a build stopped here leaves a true manifest
+        _label(manifest, hub_tasks)
         write_json_atomic(manifest_path, manifest)
-    hub_tasks = {m["source_task"] for m in read_hub_json(Path(hub_dir))["modules"]}  # it may have grown
-    for c in manifest["candidates"]:
-        c["closeness"] = closeness(c["task"], hub_tasks)
+    _label(manifest, {m["source_task"] for m in read_hub_json(Path(hub_dir))["modules"]})  # it may have grown
     kept_before: list[str] = []  # a record gated before this check: dropped if it repeats an earlier one
     for c in manifest["candidates"]:
         if c["kept"] and c.get("duplicate_of") is None:
@@ -245,6 +245,14 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
     _refresh_lists(manifest)
     write_json_atomic(manifest_path, manifest)
     return manifest
+
+
+def _label(manifest: dict, hub_tasks: set[str]) -> None:
+    """Every candidate's distance label against `hub_tasks`, which the manifest records: a hub
+    that grows after the build leaves the labels true of the modules they name."""
+    for c in manifest["candidates"]:
+        c["closeness"] = closeness(c["task"], hub_tasks)
+    manifest["labelled_against"] = sorted(hub_tasks)
 
 
 def _refresh_lists(manifest: dict) -> None:
