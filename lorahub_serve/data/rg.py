@@ -50,8 +50,10 @@ def parse(name: str) -> tuple[str, str | None]:
     return dataset, (config or None)
 
 
+@functools.lru_cache(maxsize=1)
 def datasets() -> dict[str, str]:
-    """dataset name -> its category (the reasoning-gym package folder it lives in)."""
+    """dataset name -> its category (the reasoning-gym package folder it lives in); built once,
+    as `closeness` asks it for every hub module of every candidate."""
     try:
         from reasoning_gym.factory import DATASETS
     except ImportError as e:

@@ -81,12 +81,18 @@ def task_info(task: str) -> TaskInfo:
     return TaskInfo(task, "generative", len(exs), 0)
 
 
+def _evaluation_order(n: int) -> list[int]:
+    """Example positions in the fixed order whose head is every task's evaluation set."""
+    order = list(range(n))
+    random.Random(0).shuffle(order)
+    return order
+
+
 def split(examples: list[Example], shots: int, n_eval: int | None, seed: int) -> tuple[list[Example], list[Example]]:
     """(few-shot, evaluation): the evaluation set is the first `n_eval` of a seed-0 shuffle, fixed
     across search seeds; the shots are drawn from the rest with `seed`, so they never overlap it
     (reasoning-gym questions are deduplicated at generation, so no question is in both)."""
-    order = list(range(len(examples)))
-    random.Random(0).shuffle(order)
+    order = _evaluation_order(len(examples))
     n_eval = len(order) - shots if n_eval is None else min(n_eval, len(order) - shots)
     if n_eval < 0:
         raise ValueError(f"task has {len(examples)} examples, fewer than shots={shots}")
@@ -99,8 +105,7 @@ def train_and_eval(task: str, n_eval: int) -> tuple[list[Example], list[Example]
     """(every example outside the evaluation set, the evaluation set) of `split` with `n_eval`:
     what an oracle may train on."""
     exs = load_task(task)
-    order = list(range(len(exs)))
-    random.Random(0).shuffle(order)
+    order = _evaluation_order(len(exs))
     return [exs[i] for i in order[n_eval:]], [exs[i] for i in order[:n_eval]]
 
 

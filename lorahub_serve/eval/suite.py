@@ -82,10 +82,6 @@ def family(task: str) -> str:
     return task_data.kinship(task)[0]
 
 
-def refuse_reserved(task: str, what: str) -> None:
-    task_data.refuse_reserved(task, what)
-
-
 def eval_size(n_examples: int, cap: int = 250) -> int:
     """Evaluation examples of a task: up to `cap`, at most half of it (the rest trains the oracle
     and gives the shots)."""
@@ -168,7 +164,7 @@ def build_suite(model: str, hub_dir: Path, oracle_dir: Path, manifest_path: Path
     cfg = cfg or TrainConfig(steps=24, lr=2e-3, max_length=128)
     hub_tasks = {m["source_task"] for m in read_hub_json(Path(hub_dir))["modules"]}
     for t in candidates:
-        refuse_reserved(t, "the headroom suite")
+        task_data.refuse_reserved(t, "the headroom suite")
         if task_data.is_eval_only(t) or t in hub_tasks:
             raise ValueError(f"{t}: suite candidates must be neither BBH tasks nor hub modules")
     manifest = (json.loads(manifest_path.read_text()) if manifest_path.exists() else
