@@ -87,3 +87,20 @@ def test_report_only_merges_shards_without_running(tmp_path, capsys):
     assert len(merged) == 6
     assert {r["task"]: r["closeness"] for r in merged} == {"t0": "near", "t1": "far"}
     assert "2 tasks, 6 task-seeds" in capsys.readouterr().out
+
+
+def test_every_figure_is_also_reported_per_distance_label():
+    rows = _rows(diff=0.0, n=12)
+    for i, r in enumerate(rows):
+        r["closeness"] = ("config-shift", "near")[(i // 3) % 2]  # a label per task
+        r["lorahub"] = r["icl"] + (10.0 if r["closeness"] == "near" else -10.0)
+        r["input_tokens"], r["input_tokens_icl"] = 20.0, 120.0
+    s = hr.summarise(rows)
+    assert set(s["by_label"]) == {"config-shift", "near"}  # no far row: no far section
+    near, shift = s["by_label"]["near"], s["by_label"]["config-shift"]
+    assert near["paired"]["lorahub - icl"][0] == pytest.approx(10.0)
+    assert shift["paired"]["lorahub - icl"][0] == pytest.approx(-10.0)
+    assert s["paired"]["lorahub - icl"][0] == pytest.approx(0.0)
+    assert s["tokens"]["lorahub"] == 20.0 and s["tokens"]["icl"] == 120.0
+    md = hr.markdown(rows, s)
+    assert "**near** (2 tasks, 6 task-seeds)" in md and "**config-shift**" in md and "**far**" not in md

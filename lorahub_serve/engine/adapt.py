@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +249,15 @@ class Engine:
             self.export(result, Path(out), merge=merge, export_rule=export)
         return result
 
+    def refine(self, result: AdaptResult, examples, cfg: RefineConfig, l1: float | None = None,
+               export_rule: str | MergeSpec | None = None) -> AdaptResult:
+        """A refined copy of a search's `result` (what `adapt(..., refine=cfg)` would return, without
+        searching again); `result` itself is left as it is. l1: the search's (default SearchConfig's)."""
+        refined = replace(result, extra=dict(result.extra))
+        export = None if export_rule is None else as_spec(export_rule)
+        self._refine(refined, load_examples(examples), cfg, export, SearchConfig().l1 if l1 is None else l1)
+        return refined
+
     def _refine(self, result: AdaptResult, exs: list[Example], cfg: RefineConfig,
                 export: MergeSpec | None, l1: float) -> None:
         """Refine `result` in place: new weights (form weights; the search's kept as
@@ -310,7 +320,7 @@ def adapt(model: str | Path, hub: str | Path, examples, out: str | Path | None =
     (`adapt(..., budget=40, seed=1, rule="linear")`). export_rule: how `out` composes the
     weights found, e.g. `MergeSpec("ties", density=0.3)` (default: the search's rule)."""
     export = None if export_rule is None else as_spec(export_rule)  # before loading anything
-    from dataclasses import fields, replace
+    from dataclasses import fields
 
     search_names = {f.name for f in fields(SearchConfig)}
     search_opts = {k: v for k, v in options.items() if k in search_names}

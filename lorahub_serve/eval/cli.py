@@ -41,7 +41,7 @@ def _cmd_eval_headroom(a) -> int:
     cfg = HeadroomConfig(suite=Path(a.suite_file), tasks=tuple(a.tasks) if a.tasks else None,
                          seeds=a.seeds, shots=a.shots, limit=a.limit or 100, budget=a.budget,
                          modules=a.modules, select=a.select, ngopt=not a.no_ngopt, soup_k=a.soup_k,
-                         contrast=a.contrast, dtype=a.dtype, methods=tuple(a.methods.split(",")) if a.methods else DEFAULT_METHODS)
+                         contrast=a.contrast, dtype=a.dtype, refine_steps=a.refine_steps, methods=tuple(a.methods.split(",")) if a.methods else DEFAULT_METHODS)
     name = a.name or "headroom_smollm2"
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     prior = Path(a.out) / f"{name}.json"
@@ -128,8 +128,14 @@ def register(sub) -> None:
                         "lorahub, lorahub_random, lorahub_ngopt, best_single, soup, lorahub_icl, lora_ft, "
                         "oracle; opt-in: lorahub_icl_tuned, the composition searched on leave-one-out ICL "
                         "prompts; arrow, arrow_hub: PEFT's Arrow routing per token over lorahub's K "
-                        "modules / the whole hub, an evaluation method, not an exported adapter); "
+                        "modules / the whole hub, an evaluation method, not an exported adapter; the "
+                        "levers beyond the paper, each scored as the adapter adapt exports: "
+                        "lorahub_export (lorahub's own, the levers' baseline), lorahub_refine_w, "
+                        "lorahub_refine_f (--refine-steps on the weights / the factors), lorahub_g2, "
+                        "lorahub_g4, lorahub_g4_x2 (per-layer-group weights, G = 4 at twice the budget)); "
                         "zero_shot, lorahub and oracle always run")
+    p.add_argument("--refine-steps", type=int, default=20,
+                   help="headroom: N for the lorahub_refine_* levers (the leave-one-out guard keeps n* <= N)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="headroom: the engine's dtype (auto: bf16 on CPUs with native bf16, else fp32)")

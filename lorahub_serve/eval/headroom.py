@@ -47,9 +47,23 @@ ENGINE_METHODS = ("zero_shot", "icl", "lorahub", "lorahub_random", "lorahub_ngop
                   "lorahub_icl")
 PEFT_METHODS = ("lora_ft", "oracle")
 DEFAULT_METHODS = ENGINE_METHODS + PEFT_METHODS
+# Levers beyond the paper (issue 35), each scored as the adapter `adapt` would export (PEFT):
+# name -> (SearchConfig changes from lorahub's search, refinement form or None). lorahub_export is
+# lorahub's own composition through the same path, so a lever's paired difference with it isolates
+# the lever from the scoring path.
+LEVERS: dict[str, tuple[dict, str | None]] = {
+    "lorahub_export": ({}, None),
+    "lorahub_refine_w": ({}, "weights"),  # compose, then refine the K weights (provenance stays exact)
+    "lorahub_refine_f": ({}, "factors"),  # compose, then refine the exported A, B
+    "lorahub_g2": ({"groups": 2}, None),  # a weight per module and per half of the layers
+    "lorahub_g4": ({"groups": 4}, None),
+    "lorahub_g4_x2": ({"groups": 4, "budget_factor": 2}, None),  # G = 4 at twice the budget
+}
 OPT_IN_METHODS = ("lorahub_icl_tuned",  # a lever under study: its search costs ~5x (long prompts)
-                  "arrow", "arrow_hub")  # PEFT's Arrow, a rival: over lorahub's K modules / the whole hub
+                  "arrow", "arrow_hub",  # PEFT's Arrow, a rival: over lorahub's K modules / the whole hub
+                  *LEVERS)
 METHODS = DEFAULT_METHODS + OPT_IN_METHODS
+SHOT_PROMPT_METHODS = ("icl", "lorahub_icl", "lorahub_icl_tuned")  # the 5 shots ride in every prompt
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,7 @@ class HeadroomConfig:
     ft_dtype: str = "bfloat16"
     arrow_top_k: int = 3  # Arrow: modules routed to per token (PEFT's default) ...
     arrow_temperature: float = 1.0  # ... and its router's softmax temperature (PEFT's default)
+    refine_steps: int = 20  # levers lorahub_refine_*: N asked; the leave-one-out guard keeps n* <= N
     dtype: str = "auto"  # the engine's (models.resolve_dtype): bf16 on CPUs with native bf16
     # the methods to score; zero-shot, LoraHub and the oracle always run (the report's gap needs them)
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -145,6 +160,34 @@ def arrow_score(net, tok, adapters: list[Path], evalset, cfg: HeadroomConfig, se
         model.unload()
 
 
+def lever_scores(engine: Engine, net, tok, shots: list[Example], evalset, res, names: list[str],
+                 search: SearchConfig, cfg: HeadroomConfig, key: str, work: Path) -> dict:
+    """The levers of `cfg.methods` (LEVERS): each adapter as `adapt` would export it, scored by
+    PEFT on the evaluation set. Refinement starts from lorahub's own composition `res`; layer
+    groups search again over lorahub's K modules `names`. Returns scores and per-lever records."""
+    from lorahub_serve.engine.refine import RefineConfig
+
+    scores, records = {}, {}
+    for name, (changes, refine_on) in LEVERS.items():
+        if not cfg.wants(name):
+            continue
+        t0 = time.perf_counter()
+        if refine_on is not None:
+            result = engine.refine(res, shots, RefineConfig(steps=cfg.refine_steps, on=refine_on), l1=search.l1)
+        elif changes:
+            budget = search.budget * changes.get("budget_factor", 1)
+            result = engine.adapt(shots, task=f"{key}/{name}", modules=names, progress=False,
+                                  config=replace(search, groups=changes.get("groups", 1), budget=budget))
+        else:
+            result = res
+        out = engine.export(result, work / f"{name}-{key.replace('/', '-').replace('@', '-')}")
+        scores[name] = _peft_score(net, tok, out, evalset, "float32")
+        records[name] = {"seconds": round(time.perf_counter() - t0, 1),
+                         **({"refine": result.extra.get("refine")} if refine_on else {}),
+                         **({"weights": np.asarray(result.weights).round(4).tolist()} if changes else {})}
+    return {"scores": scores, "records": records}
+
+
 def loo_icl_examples(shots: list[Example]) -> list[Example]:
     """Each shot as the query after the other shots (leave one out): the prompts a composition
     meets when it is served with the shots in the prompt, without scoring a shot it can see."""
@@ -208,6 +251,8 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
     if cfg.wants("lora_ft"):
         ft_dir = fewshot_lora(net, tok, shots, cfg, seed, work / f"ft-{task.replace('/', '-')}-{seed}")
         scores["lora_ft"] = _peft_score(net, tok, ft_dir, evalset, cfg.ft_dtype)
+    levers = lever_scores(engine, net, tok, shots, evalset, res, names, search, cfg, key, work)
+    scores |= levers["scores"]
     if cfg.wants("arrow"):
         scores["arrow"] = arrow_score(net, tok, [engine.hub_modules[i].path for i in idx], evalset, cfg, seed)
     if cfg.wants("arrow_hub"):
@@ -227,6 +272,8 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
             "input_tokens": round(float(np.mean([len(tok(e.input)["input_ids"]) for e in evalset])), 1),
             "input_tokens_icl": round(float(np.mean([len(tok(p)["input_ids"]) for p in shot_prompts])), 1),
             "n_eval": len(evalset), "dtype": engine.dtype, "ft_lr": cfg.ft_lr, "ft_epochs": cfg.ft_epochs,
+            **({"levers": levers["records"], "refine_steps": cfg.refine_steps} if levers["records"] else {}),
+            "lorahub_seconds": round(res.seconds, 1),
             **({"arrow_top_k": cfg.arrow_top_k, "arrow_temperature": cfg.arrow_temperature}
                if cfg.wants("arrow") or cfg.wants("arrow_hub") else {}),
             "search_seconds": round(t_search, 1), "total_seconds": round(time.perf_counter() - t0, 1)}

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lorahub_serve.eval.headroom import METHODS
+from lorahub_serve.eval.headroom import LEVERS, METHODS, SHOT_PROMPT_METHODS
+
+LABELS = ("config-shift", "near", "far")  # distance from the hub (eval.suite.closeness)
 
 N_BOOT = 10_000
 
@@ -65,14 +67,30 @@ def present(rows: list[dict]) -> list[str]:
     return [m for m in METHODS if all(r.get(m) is not None for r in rows)]
 
 
-def summarise(rows: list[dict]) -> dict:
+PAIRS = (("lorahub", "icl"), ("lorahub", "zero_shot"), ("lorahub", "lora_ft"),
+         ("lorahub", "lorahub_random"), ("lorahub", "best_single"), ("lorahub", "lorahub_ngopt"),
+         ("lorahub", "arrow"), ("lorahub", "arrow_hub"),
+         ("lorahub_icl", "icl"), ("lorahub_icl_tuned", "icl"), ("lorahub_icl_tuned", "lorahub_icl"),
+         ("icl", "zero_shot"),
+         # each lever against the same composition through the same (exported, PEFT) path, and ICL
+         *((lever, "lorahub_export") for lever in LEVERS if lever != "lorahub_export"),
+         *((lever, "icl") for lever in LEVERS if lever != "lorahub_export"),
+         ("lorahub_export", "lorahub"))
+
+
+def tokens_per_example(rows: list[dict], method: str) -> float | None:
+    """Mean input tokens per evaluation example of `method`: the question alone, or with the
+    shots for the methods that carry them in the prompt."""
+    key = "input_tokens_icl" if method in SHOT_PROMPT_METHODS else "input_tokens"
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarise(rows: list[dict], by_label: bool = True) -> dict:
     methods = present(rows)
     cells = {m: bootstrap_ci([r[m] for r in rows]) for m in methods}
     paired = {}
-    for a, b in (("lorahub", "icl"), ("lorahub", "zero_shot"), ("lorahub", "lora_ft"),
-                 ("lorahub", "lorahub_random"), ("lorahub", "best_single"), ("lorahub", "lorahub_ngopt"),
-                 ("lorahub_icl", "icl"), ("lorahub_icl_tuned", "icl"), ("lorahub_icl_tuned", "lorahub_icl"),
-                 ("icl", "zero_shot")):
+    for a, b in PAIRS:
         if a in methods and b in methods:
             paired[f"{a} - {b}"] = bootstrap_ci([r[a] - r[b] for r in rows])
     gap = {}
@@ -80,14 +98,32 @@ def summarise(rows: list[dict]) -> dict:
     for m in methods:
         if usable:
             gap[m] = float(np.mean([(r[m] - r["zero_shot"]) / (r["oracle"] - r["zero_shot"]) for r in usable]))
-    return {"methods": methods, "cells": cells, "paired": paired, "gap_closed": gap,
-            "tasks": sorted({r["task"] for r in rows}), "seeds": sorted({r["seed"] for r in rows}),
-            "rows": len(rows)}
+    summary = {"methods": methods, "cells": cells, "paired": paired, "gap_closed": gap,
+               "tokens": {m: tokens_per_example(rows, m) for m in methods},
+               "tasks": sorted({r["task"] for r in rows}), "seeds": sorted({r["seed"] for r in rows}),
+               "rows": len(rows)}
+    if by_label:  # every figure per distance label as well (labels no row has are left out)
+        summary["by_label"] = {label: summarise([r for r in rows if r.get("closeness") == label], False)
+                               for label in LABELS if any(r.get("closeness") == label for r in rows)}
+    return summary
 
 
 def _fmt(ci) -> str:
     mean, lo, hi = ci
     return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def _tables(summary: dict) -> list[str]:
+    """The method table (mean, CI, gap closed, input tokens) and the paired differences."""
+    lines = ["| method | mean [95 % CI] | gap closed | input tokens/ex |", "|---|---|---|---|"]
+    for m in summary["methods"]:
+        g, tok = summary["gap_closed"].get(m), summary.get("tokens", {}).get(m)
+        lines.append(f"| {m} | {_fmt(summary['cells'][m])} | {'' if g is None else f'{100 * g:.0f} %'} | "
+                     f"{'' if tok is None else f'{tok:.0f}'} |")
+    lines += ["", "| paired difference | mean [95 % CI] | reading |", "|---|---|---|"]
+    for name, ci in summary["paired"].items():
+        lines.append(f"| {name} | {_fmt(ci)} | {reading(ci)} |")
+    return lines
 
 
 def markdown(rows: list[dict], summary: dict) -> str:
@@ -97,15 +133,11 @@ def markdown(rows: list[dict], summary: dict) -> str:
     lines = [(f"{len(summary['tasks'])} tasks, {summary['rows']} task-seeds (seeds "
               f"{', '.join(map(str, summary['seeds']))}; {full} tasks have all of them). The evaluation "
               "set of each task is fixed across seeds and methods; the seeds draw the shots."),
-             "", "| method | mean [95 % CI] | gap closed |", "|---|---|---|"]
-    for m in ms:
-        g = summary["gap_closed"].get(m)
-        lines.append(f"| {m} | {_fmt(summary['cells'][m])} | {'' if g is None else f'{100 * g:.0f} %'} |")
-    lines += ["", "| paired difference | mean [95 % CI] | reading |", "|---|---|---|"]
-    for name, ci in summary["paired"].items():
-        lines.append(f"| {name} | {_fmt(ci)} | {reading(ci)} |")
+             "", "All tasks:", "", *_tables(summary)]
+    for label, sub in summary.get("by_label", {}).items():
+        lines += ["", f"**{label}** ({len(sub['tasks'])} tasks, {sub['rows']} task-seeds):", "", *_tables(sub)]
     lines += ["", "Per task (mean over its seeds; their number in brackets):", "",
-              "| task | near/far | metric | chance | majority | " + " | ".join(ms) + " |",
+              "| task | distance | metric | chance | majority | " + " | ".join(ms) + " |",
               "|---|---|---|---|---|" + "---|" * len(ms)]
     for t in summary["tasks"]:
         tr = [r for r in rows if r["task"] == t]
@@ -116,19 +148,27 @@ def markdown(rows: list[dict], summary: dict) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
+    """Mean accuracy with 95 % CIs per method: all tasks, then each distance label beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ms = summary["methods"]
-    mean = [summary["cells"][m][0] for m in ms]
-    err = np.array([[summary["cells"][m][0] - summary["cells"][m][1],
-                     summary["cells"][m][2] - summary["cells"][m][0]] for m in ms]).T
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.bar(ms, mean, yerr=err, capsize=4, color=["#999"] * 2 + ["#c33"] + ["#e99"] * (len(ms) - 3))
+    groups = {"all": summary} | summary.get("by_label", {})
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(ms) * len(groups) / 2), 3.8))
+    for g, (label, sub) in enumerate(groups.items()):
+        have = [m for m in ms if m in sub["cells"]]
+        x = np.array([ms.index(m) for m in have]) + (g - (len(groups) - 1) / 2) * width
+        mean = np.array([sub["cells"][m][0] for m in have])
+        err = np.array([[sub["cells"][m][0] - sub["cells"][m][1], sub["cells"][m][2] - sub["cells"][m][0]]
+                        for m in have]).T
+        ax.bar(x, mean, width, yerr=err, capsize=2, label=f"{label} ({len(sub['tasks'])} tasks)")
+    ax.set_xticks(range(len(ms)), ms)
     ax.set_ylabel("accuracy (%), mean over task-seeds")
     ax.set_title(f"headroom suite: {len(summary['tasks'])} tasks x {len(summary['seeds'])} seeds, 95 % CI")
+    ax.legend(fontsize=7)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
