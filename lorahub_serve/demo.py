@@ -100,29 +100,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  asked {name!r}:\n    {q.input[-160:]!r}\n  answer {r.choices[0].text!r} (gold {q.output!r})")
 
         _say(f"5/5 accuracy on {len(evalset)} held-out examples (exact match), through the server")
-        rows = compare(client, a.model, name, shots, evalset)
-    from lorahub_serve.eval.headroom_report import binomial_ci
-
+        rows = compare(client, a.model, name, shots, evalset, a.task)
     from lorahub_serve.adapter_scoring import majority_rate
+    from lorahub_serve.eval.headroom_report import binomial_ci
 
     chance = 100 * tasks.task_info(a.task).chance
     oracle = next((c.get("oracle") for c in suite.get("candidates", []) if c["task"] == a.task), None)
     print(f"\n  task {a.task} (chance {chance:.0f}%, majority answer {majority_rate(evalset):.0f}%"
           + (f", oracle LoRA trained on the task {oracle:.0f}% (suite manifest)" if oracle is not None else "")
           + f"), {len(evalset)} held-out examples (the same for every method):")
-    print(f"  {'method':<22}{'accuracy':>10}{'95 % CI':>16}{'input tokens/example':>24}")
-    for method, (acc, tokens) in rows.items():
+    native = any(n is not None for _, _, n in rows.values())
+    print(f"  {'method':<22}{'accuracy':>10}{'95 % CI':>16}{'input tokens/example':>24}"
+          + (f"{'score_answer':>14}" if native else ""))
+    for method, (acc, tokens, own) in rows.items():
         lo, hi = binomial_ci(round(acc * len(evalset) / 100), len(evalset))
-        print(f"  {method:<22}{acc:>9.0f}%{f'[{lo:.0f}, {hi:.0f}]':>16}{tokens:>24.0f}")
+        print(f"  {method:<22}{acc:>9.0f}%{f'[{lo:.0f}, {hi:.0f}]':>16}{tokens:>24.0f}"
+              + (f"{own:>13.0f}%" if own is not None else ""))
+    if native:
+        print("  (accuracy: exact match; score_answer: the reasoning-gym generator's own score of the same answers)")
     print(f"  done in {time.time() - t_start:.0f} s")
     return 0
 
 
-def compare(client, base: str, adapter: str, shots, evalset) -> dict[str, tuple[float, float]]:
-    """method -> (exact-match accuracy, mean input tokens per example): zero-shot and 5-shot ICL
-    on the base model, and the adapter, all answered by the server from the same token ids."""
+def compare(client, base: str, adapter: str, shots, evalset, task: str = "") -> dict[str, tuple]:
+    """method -> (exact-match accuracy, mean input tokens per example, the task source's own score
+    or None): zero-shot and 5-shot ICL on the base model, and the adapter, all answered by the
+    server from the same token ids."""
     from transformers import AutoTokenizer
 
+    from lorahub_serve.data import tasks
     from lorahub_serve.eval.generation import complete
     from lorahub_serve.eval.run import icl_prompt
     from lorahub_serve.models import resolve_model
@@ -137,7 +143,8 @@ def compare(client, base: str, adapter: str, shots, evalset) -> dict[str, tuple[
     for method, model, prompts in (("zero-shot", base, plain), (f"{len(shots)}-shot ICL", base, icl),
                                    ("LoraHub-adapted", adapter, plain)):
         answers = complete(client, model, prompts, max_tokens)
-        out[method] = (accuracy(answers, evalset), sum(map(len, prompts)) / len(prompts))
+        out[method] = (accuracy(answers, evalset), sum(map(len, prompts)) / len(prompts),
+                       tasks.native_percent(task, evalset, answers) if task else None)
     return out
 
 

@@ -207,3 +207,12 @@ def refuse_for_training(task: str) -> None:
 def native_score(task: str, prompt: str, prediction: str) -> float | None:
     """The source's own score of an answer, where it has one (reasoning-gym's `score_answer`)."""
     return rg.native_score(task, prompt, prediction) if source_of(task) == "rg" else None
+
+
+def native_percent(task: str, examples, predictions) -> float | None:
+    """Mean of the source's own score over aligned (example, prediction) pairs, in percent, beside
+    exact match; None where the source has no scorer or an example is not one of the task's."""
+    if source_of(task) != "rg":
+        return None
+    scores = [native_score(task, e.input, p) for e, p in zip(examples, predictions, strict=True)]
+    return None if not scores or None in scores else 100.0 * sum(scores) / len(scores)

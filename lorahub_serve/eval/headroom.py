@@ -108,8 +108,9 @@ def read_suite(path: Path) -> dict:
 
 
 def _engine_scores(engine: Engine, idx: list[int], comps: dict, prompts: dict, evalset, metric: str,
-                   tag: str) -> dict[str, float]:
-    """Accuracy of each method (composition over `idx` + its prompts) on the engine."""
+                   tag: str, native: dict | None = None) -> dict[str, float]:
+    """Accuracy of each method (composition over `idx` + its prompts) on the engine; generated
+    answers' own-source scores (reasoning-gym's score_answer) go into `native` by method."""
     if metric == "rc":
         methods = {m: Method(prompts[m], comps[m]) for m in comps}
         return rank_classification(engine.evaluator, idx, methods, evalset, tag=tag)
@@ -118,21 +119,42 @@ def _engine_scores(engine: Engine, idx: list[int], comps: dict, prompts: dict, e
     max_new = max(len(engine.tokenizer(e.output, add_special_tokens=False)["input_ids"]) for e in evalset) + 2
     jobs = [(name, name, prompts[name]) for name in comps]
     answers = EngineGenerator(engine).answers(tag, idx, comps, jobs, max_new)
+    _native(native, tag, answers, evalset)
     return {name: em_accuracy(answers[name], evalset) for name in comps}
 
 
-def _peft_score(net, tok, adapter: Path | None, evalset, dtype: str) -> float:
-    from lorahub_serve.adapter_scoring import accuracy
+def _native(native: dict | None, tag: str, answers: dict, evalset) -> None:
+    """Record each method's own-source score of its answers (`tag` is rc:<task>@<seed>)."""
+    if native is None:
+        return
+    task = tag.split(":", 1)[1].rsplit("@", 1)[0]
+    for name, preds in answers.items():
+        score = task_data.native_percent(task, evalset, preds)
+        if score is not None:
+            native[name] = round(score, 2)
 
-    if adapter is None:
-        return accuracy(net, tok, evalset, dtype=dtype)[1]
-    from peft import PeftModel
 
-    model = PeftModel.from_pretrained(net, adapter).eval()
+def _peft_score(net, tok, adapter: Path | None, evalset, dtype: str, native: dict | None = None,
+                tag: str = "", name: str = "") -> float:
+    """Accuracy of the base model (adapter None) or of `adapter` through PEFT; with `native`,
+    generated answers' own-source scores too (as `native[name]`)."""
+    from lorahub_serve.adapter_scoring import accuracy, greedy_answers
+
+    model = net
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(net, adapter).eval()
     try:
-        return accuracy(model, tok, evalset, dtype=dtype)[1]
+        if native is None or any(e.choices for e in evalset):
+            return accuracy(model, tok, evalset, dtype=dtype)[1]
+        new = max(len(tok(e.output, add_special_tokens=False)["input_ids"]) for e in evalset) + 2
+        preds = greedy_answers(model, tok, [e.input for e in evalset], new, dtype=dtype)
+        _native(native, tag, {name: preds}, evalset)
+        return em_accuracy(preds, evalset)
     finally:
-        model.unload()
+        if adapter is not None:
+            model.unload()
 
 
 def arrow_score(net, tok, adapters: list[Path], evalset, cfg: HeadroomConfig, seed: int,
@@ -161,7 +183,8 @@ def arrow_score(net, tok, adapters: list[Path], evalset, cfg: HeadroomConfig, se
 
 
 def lever_scores(engine: Engine, net, tok, shots: list[Example], evalset, res, names: list[str],
-                 search: SearchConfig, cfg: HeadroomConfig, key: str, work: Path) -> dict:
+                 search: SearchConfig, cfg: HeadroomConfig, key: str, work: Path,
+                 native: dict | None = None) -> dict:
     """The levers of `cfg.methods` (LEVERS): each adapter as `adapt` would export it, scored by
     PEFT on the evaluation set. Refinement starts from lorahub's own composition `res`; layer
     groups search again over lorahub's K modules `names`. Returns scores and per-lever records."""
@@ -181,7 +204,7 @@ def lever_scores(engine: Engine, net, tok, shots: list[Example], evalset, res, n
         else:
             result = res
         out = engine.export(result, work / f"{name}-{key.replace('/', '-').replace('@', '-')}")
-        scores[name] = _peft_score(net, tok, out, evalset, "float32")
+        scores[name] = _peft_score(net, tok, out, evalset, "float32", native, f"rc:{key}", name)
         records[name] = {"seconds": round(time.perf_counter() - t0, 1),
                          **({"refine": result.extra.get("refine")} if refine_on else {}),
                          **({"weights": np.asarray(result.weights).round(4).tolist()} if changes else {})}
@@ -233,7 +256,8 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
     prompts = {m: plain_prompts for m in comps} | {"icl": shot_prompts, "lorahub_icl": shot_prompts}
     if task in cache:  # zero-shot does not depend on the seed
         comps.pop("zero_shot")
-    scores = _engine_scores(engine, idx, comps, prompts, evalset, metric, f"rc:{key}")
+    native: dict[str, float] = {}  # reasoning-gym's own score_answer of each method's answers
+    scores = _engine_scores(engine, idx, comps, prompts, evalset, metric, f"rc:{key}", native)
     t_search = time.perf_counter() - t0
     rnd = None
     if cfg.select != "random" and cfg.wants("lorahub_random"):
@@ -241,33 +265,38 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
                            config=SearchConfig(budget=cfg.budget, seed=seed, contrast=cfg.contrast))
         scores |= {"lorahub_random": _engine_scores(
             engine, rnd.module_idx, {"lorahub_random": rnd.weights}, {"lorahub_random": plain_prompts},
-            evalset, metric, f"rcr:{key}")["lorahub_random"]}
+            evalset, metric, f"rcr:{key}", native)["lorahub_random"]}
     tuned = None
     if cfg.wants("lorahub_icl_tuned"):
         tuned = engine.adapt(loo_icl_examples(shots), task=key + "/icl", modules=k, progress=False,
                              config=search)
         scores |= _engine_scores(engine, tuned.module_idx, {"lorahub_icl_tuned": tuned.weights},
-                                 {"lorahub_icl_tuned": shot_prompts}, evalset, metric, f"rci:{key}")
+                                 {"lorahub_icl_tuned": shot_prompts}, evalset, metric, f"rci:{key}", native)
     if cfg.wants("lora_ft"):
         ft_dir = fewshot_lora(net, tok, shots, cfg, seed, work / f"ft-{task.replace('/', '-')}-{seed}")
-        scores["lora_ft"] = _peft_score(net, tok, ft_dir, evalset, cfg.ft_dtype)
-    levers = lever_scores(engine, net, tok, shots, evalset, res, names, search, cfg, key, work)
+        scores["lora_ft"] = _peft_score(net, tok, ft_dir, evalset, cfg.ft_dtype, native, f"rc:{key}", "lora_ft")
+    levers = lever_scores(engine, net, tok, shots, evalset, res, names, search, cfg, key, work, native)
     scores |= levers["scores"]
     if cfg.wants("arrow"):
         scores["arrow"] = arrow_score(net, tok, [engine.hub_modules[i].path for i in idx], evalset, cfg, seed)
     if cfg.wants("arrow_hub"):
         scores["arrow_hub"] = arrow_score(net, tok, [m.path for m in engine.hub_modules], evalset, cfg, seed)
     if task not in cache:
+        fixed: dict[str, float] = {k: v for k, v in native.items() if k == "zero_shot"}
         cache[task] = {"zero_shot": scores["zero_shot"],
                        "zero_shot_peft": _peft_score(net, tok, None, evalset, "float32"),
-                       "oracle": _peft_score(net, tok, meta["oracle_dir"], evalset, "float32")}
-    scores |= cache[task]
+                       "oracle": _peft_score(net, tok, meta["oracle_dir"], evalset, "float32", fixed,
+                                             f"rc:{key}", "oracle"),
+                       "native_fixed": fixed}  # zero-shot and the oracle do not depend on the seed
+    native = cache[task].get("native_fixed", {}) | native
+    scores |= {k: v for k, v in cache[task].items() if k != "native_fixed"}
     return {"task": task, "seed": seed, "metric": metric, "closeness": meta["closeness"],
             "chance": meta["chance"], "majority": meta["majority"], **scores,
             "modules": names, "lorahub_weights": [round(float(w), 4) for w in res.weights],
             "random_modules": ([engine.hub_modules[i].name for i in rnd.module_idx] if rnd else None),
             **({"icl_tuned_modules": [engine.hub_modules[i].name for i in tuned.module_idx],
                 "icl_tuned_weights": [round(float(w), 4) for w in tuned.weights]} if tuned else {}),
+            **({"native": native} if native else {}),
             "select": cfg.select, "lorahub_loss": res.best_loss,
             "input_tokens": round(float(np.mean([len(tok(e.input)["input_ids"]) for e in evalset])), 1),
             "input_tokens_icl": round(float(np.mean([len(tok(p)["input_ids"]) for p in shot_prompts])), 1),
@@ -309,7 +338,9 @@ def run_headroom_eval(model: str, hub: str, cfg: HeadroomConfig, on_row=None, pr
         oracle_root = repo_root() / "hubs" / oracle_root.name
     rows = refresh_closeness(list(done or []), suite)
     have = {(r["task"], r["seed"]) for r in rows}
-    cache = {r["task"]: {m: r[m] for m in ("zero_shot", "zero_shot_peft", "oracle")} for r in rows}
+    cache = {r["task"]: {m: r[m] for m in ("zero_shot", "zero_shot_peft", "oracle")}
+             | {"native_fixed": {m: v for m, v in r.get("native", {}).items() if m in ("zero_shot", "oracle")}}
+             for r in rows}
     # seed-major: a run stopped early still covers every task
     jobs = [(t, s) for s in cfg.seeds for t in tasks if (t, s) not in have]
     engine = Engine(model, hub, dtype=cfg.dtype)

@@ -100,6 +100,8 @@ def summarise(rows: list[dict], by_label: bool = True) -> dict:
             gap[m] = float(np.mean([(r[m] - r["zero_shot"]) / (r["oracle"] - r["zero_shot"]) for r in usable]))
     summary = {"methods": methods, "cells": cells, "paired": paired, "gap_closed": gap,
                "tokens": {m: tokens_per_example(rows, m) for m in methods},
+               "native": {m: float(np.mean([r["native"][m] for r in rows])) for m in methods
+                          if rows and all(m in r.get("native", {}) for r in rows)},
                "tasks": sorted({r["task"] for r in rows}), "seeds": sorted({r["seed"] for r in rows}),
                "rows": len(rows)}
     if by_label:  # every figure per distance label as well (labels no row has are left out)
@@ -115,15 +117,22 @@ def _fmt(ci) -> str:
 
 def _tables(summary: dict) -> list[str]:
     """The method table (mean, CI, gap closed, input tokens) and the paired differences."""
-    lines = ["| method | mean [95 % CI] | gap closed | input tokens/ex |", "|---|---|---|---|"]
+    native = summary.get("native", {})
+    lines = ["| method | mean [95 % CI] | gap closed | input tokens/ex |" + (" score_answer |" if native else ""),
+             "|---|---|---|---|" + ("---|" if native else "")]
     for m in summary["methods"]:
         g, tok = summary["gap_closed"].get(m), summary.get("tokens", {}).get(m)
         lines.append(f"| {m} | {_fmt(summary['cells'][m])} | {'' if g is None else f'{100 * g:.0f} %'} | "
-                     f"{'' if tok is None else f'{tok:.0f}'} |")
+                     f"{'' if tok is None else f'{tok:.0f}'} |"
+                     + (f" {native[m]:.1f} |" if m in native else " |" if native else ""))
     lines += ["", "| paired difference | mean [95 % CI] | reading |", "|---|---|---|"]
     for name, ci in summary["paired"].items():
         lines.append(f"| {name} | {_fmt(ci)} | {reading(ci)} |")
     return lines
+
+
+NATIVE_NOTE = ("score_answer: the reasoning-gym generator's own score of the same answers (mean, %), "
+               "beside exact match; it can give partial credit.")
 
 
 def markdown(rows: list[dict], summary: dict) -> str:
@@ -133,7 +142,7 @@ def markdown(rows: list[dict], summary: dict) -> str:
     lines = [(f"{len(summary['tasks'])} tasks, {summary['rows']} task-seeds (seeds "
               f"{', '.join(map(str, summary['seeds']))}; {full} tasks have all of them). The evaluation "
               "set of each task is fixed across seeds and methods; the seeds draw the shots."),
-             "", "All tasks:", "", *_tables(summary)]
+             *([NATIVE_NOTE] if summary.get("native") else []), "", "All tasks:", "", *_tables(summary)]
     for label, sub in summary.get("by_label", {}).items():
         lines += ["", f"**{label}** ({len(sub['tasks'])} tasks, {sub['rows']} task-seeds):", "", *_tables(sub)]
     lines += ["", "Per task (mean over its seeds; their number in brackets):", "",

@@ -157,3 +157,13 @@ def test_a_cached_task_reads_where_reasoning_gym_cannot_be_imported(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LORAHUB_HOME": str(home)},
                          capture_output=True, text=True, timeout=120, check=True).stdout.split()
     assert out == [str(len(tasks.load_task("rg/gcd@le20"))), "TaskSourceError"]
+
+
+def test_native_percent_is_the_generators_own_score_beside_exact_match(tmp_path):
+    evalset = tasks.load_task("rg/gcd@le20")[:8]
+    assert tasks.native_percent("rg/gcd@le20", evalset, [e.output for e in evalset]) == 100.0
+    partial = tasks.native_percent("rg/gcd@le20", evalset, [" 12345"] * len(evalset))
+    assert 0.0 < partial < 100.0  # gcd's scorer gives any number partial credit; exact match gives 0
+    (tmp_path / "own.jsonl").write_text('{"input": "Q: a\\nA:", "output": " b"}\n')
+    own = str(tmp_path / "own.jsonl")
+    assert tasks.native_percent(own, tasks.load_task(own), [" b"]) is None  # no scorer of its own
