@@ -78,8 +78,9 @@ def _markdown(args, runs: dict, loads: dict, ratios: list[float]) -> str:
     lines = [(f"N = K = {args.modules} (the first {args.modules} modules of `{args.hub}`), budget {args.budget}, "
              f"`--dtype {args.dtype}`, {args.threads} torch thread(s), task `{args.task}` ({args.shots} shots, seed "
              f"{args.seed}); median of {args.repeats} alternating run(s), range in brackets. Load average "
-             f"(1/5/15 min) before: {loads['before']}; after: {loads['after']}, on {os.cpu_count()} cores: other jobs "
-             "(hub training, other sessions' tests) shared the CPU."), "",
+             f"(1/5/15 min) before: {loads['before']}; after: {loads['after']}, on {os.cpu_count()} cores "
+             "(the load average lags: read the 1-minute figure after the run; above ~1 other jobs shared "
+             "the CPU)."), "",
              "| measure | `--select loss` | `--select random` |", "|---|---|---|"]
     for label, key in rows:
         cells = []
