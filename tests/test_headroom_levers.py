@@ -62,3 +62,13 @@ def test_refinement_starts_from_lorahub_and_leaves_it_as_it_was(lever_row):
 def test_layer_groups_search_a_weight_per_module_per_group(lever_row):
     levers = lever_row["levers"]
     assert np.asarray(levers["lorahub_g2"]["weights"]).shape == (2, 2)  # [G, K]
+
+
+def test_adaptation_time_is_recorded_beside_lorahubs(lever_row):
+    from lorahub_serve.eval.headroom_report import summarise
+
+    secs = summarise([lever_row])["adapt_seconds"]
+    assert secs["lorahub"] > 0
+    # refinement starts from lorahub's search, so it costs that search and more
+    assert secs["lorahub_refine_w"] > secs["lorahub"] and secs["lorahub_refine_f"] > secs["lorahub"]
+    assert secs["lorahub_export"] >= secs["lorahub"]

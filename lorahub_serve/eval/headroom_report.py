@@ -86,6 +86,18 @@ def tokens_per_example(rows: list[dict], method: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def adapt_seconds(rows: list[dict], methods: list[str]) -> dict[str, float]:
+    """Mean adaptation seconds per task-seed of lorahub and of each lever (selection, search and
+    refinement; not the scoring), where every row records them."""
+    out = {}
+    if rows and all("lorahub_seconds" in r for r in rows):
+        out["lorahub"] = float(np.mean([r["lorahub_seconds"] for r in rows]))
+    for m in methods:
+        if m in LEVERS and all(m in r.get("levers", {}) for r in rows):
+            out[m] = float(np.mean([r["levers"][m]["adapt_seconds"] for r in rows]))
+    return out
+
+
 def summarise(rows: list[dict], by_label: bool = True) -> dict:
     methods = present(rows)
     cells = {m: bootstrap_ci([r[m] for r in rows]) for m in methods}
@@ -99,6 +111,7 @@ def summarise(rows: list[dict], by_label: bool = True) -> dict:
         if usable:
             gap[m] = float(np.mean([(r[m] - r["zero_shot"]) / (r["oracle"] - r["zero_shot"]) for r in usable]))
     summary = {"methods": methods, "cells": cells, "paired": paired, "gap_closed": gap,
+               "adapt_seconds": adapt_seconds(rows, methods),
                "tokens": {m: tokens_per_example(rows, m) for m in methods},
                "native": {m: float(np.mean([r["native"][m] for r in rows])) for m in methods
                           if rows and all(m in r.get("native", {}) for r in rows)},
@@ -117,14 +130,16 @@ def _fmt(ci) -> str:
 
 def _tables(summary: dict) -> list[str]:
     """The method table (mean, CI, gap closed, input tokens) and the paired differences."""
-    native = summary.get("native", {})
-    lines = ["| method | mean [95 % CI] | gap closed | input tokens/ex |" + (" score_answer |" if native else ""),
-             "|---|---|---|---|" + ("---|" if native else "")]
+    native, secs = summary.get("native", {}), summary.get("adapt_seconds", {})
+    lines = ["| method | mean [95 % CI] | gap closed | input tokens/ex |" + (" score_answer |" if native else "")
+             + (" adapt s |" if secs else ""),
+             "|---|---|---|---|" + ("---|" if native else "") + ("---|" if secs else "")]
     for m in summary["methods"]:
         g, tok = summary["gap_closed"].get(m), summary.get("tokens", {}).get(m)
         lines.append(f"| {m} | {_fmt(summary['cells'][m])} | {'' if g is None else f'{100 * g:.0f} %'} | "
                      f"{'' if tok is None else f'{tok:.0f}'} |"
-                     + (f" {native[m]:.1f} |" if m in native else " |" if native else ""))
+                     + (f" {native[m]:.1f} |" if m in native else " |" if native else "")
+                     + (f" {secs[m]:.1f} |" if m in secs else " |" if secs else ""))
     lines += ["", "| paired difference | mean [95 % CI] | reading |", "|---|---|---|"]
     for name, ci in summary["paired"].items():
         lines.append(f"| {name} | {_fmt(ci)} | {reading(ci)} |")
