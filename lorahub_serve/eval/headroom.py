@@ -261,6 +261,14 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
     native: dict[str, float] = {}  # reasoning-gym's own score_answer of each method's answers
     scores = _engine_scores(engine, idx, comps, prompts, evalset, metric, f"rc:{key}", native)
     t_search = time.perf_counter() - t0
+    phase = {"lorahub+engine_scoring": round(t_search, 1)}  # wall seconds of each phase (for planning runs)
+    mark = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phase[name] = round(now - mark, 1)
+        mark = now
     rnd = None
     if cfg.select != "random" and cfg.wants("lorahub_random"):
         rnd = engine.adapt(shots, task=key + "/rnd", modules=k, progress=False,
@@ -268,21 +276,27 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
         scores |= {"lorahub_random": _engine_scores(
             engine, rnd.module_idx, {"lorahub_random": rnd.weights}, {"lorahub_random": plain_prompts},
             evalset, metric, f"rcr:{key}", native)["lorahub_random"]}
+        lap("lorahub_random")
     tuned = None
     if cfg.wants("lorahub_icl_tuned"):
         tuned = engine.adapt(loo_icl_examples(shots), task=key + "/icl", modules=k, progress=False,
                              config=search)
         scores |= _engine_scores(engine, tuned.module_idx, {"lorahub_icl_tuned": tuned.weights},
                                  {"lorahub_icl_tuned": shot_prompts}, evalset, metric, f"rci:{key}", native)
+        lap("lorahub_icl_tuned")
     if cfg.wants("lora_ft"):
         ft_dir = fewshot_lora(net, tok, shots, cfg, seed, work / f"ft-{task.replace('/', '-')}-{seed}")
         scores["lora_ft"] = _peft_score(net, tok, ft_dir, evalset, cfg.ft_dtype, native, f"rc:{key}", "lora_ft")
+        lap("lora_ft")
     levers = lever_scores(engine, net, tok, shots, evalset, res, names, search, cfg, key, work, native)
     scores |= levers["scores"]
+    lap("levers")
     if cfg.wants("arrow"):
         scores["arrow"] = arrow_score(net, tok, [engine.hub_modules[i].path for i in idx], evalset, cfg, seed)
+        lap("arrow")
     if cfg.wants("arrow_hub"):
         scores["arrow_hub"] = arrow_score(net, tok, [m.path for m in engine.hub_modules], evalset, cfg, seed)
+        lap("arrow_hub")
     if task not in cache:
         fixed: dict[str, float] = {k: v for k, v in native.items() if k == "zero_shot"}
         cache[task] = {"zero_shot": scores["zero_shot"],
@@ -290,6 +304,7 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
                        "oracle": _peft_score(net, tok, meta["oracle_dir"], evalset, "float32", fixed,
                                              f"rc:{key}", "oracle"),
                        "native_fixed": fixed}  # zero-shot and the oracle do not depend on the seed
+        lap("zero_shot_peft+oracle")
     native = cache[task].get("native_fixed", {}) | native
     scores |= {k: v for k, v in cache[task].items() if k != "native_fixed"}
     return {"task": task, "seed": seed, "metric": metric, "closeness": meta["closeness"],
@@ -307,7 +322,8 @@ def eval_task_seed(engine: Engine, plain, task: str, seed: int, cfg: HeadroomCon
             "lorahub_seconds": round(res.seconds, 2),
             **({"arrow_top_k": cfg.arrow_top_k, "arrow_temperature": cfg.arrow_temperature}
                if cfg.wants("arrow") or cfg.wants("arrow_hub") else {}),
-            "search_seconds": round(t_search, 1), "total_seconds": round(time.perf_counter() - t0, 1)}
+            "search_seconds": round(t_search, 1), "phase_seconds": phase,
+            "total_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def refresh_closeness(rows: list[dict], suite: dict) -> list[dict]:
