@@ -3,6 +3,8 @@
 # one `eval --suite bbh` shard per task and seed (250 examples, or all a task has), the oracle rows
 # (bench/bbh_floor.py: an oracle per task trained on the half of its examples outside the oracle's
 # evaluation half), then the joined table (bench/bbh_table.py).
+# Each shard scores the task's own metric only (`--metrics task`: RC where the task has options,
+# else EM), the one the table reads; the first s1 shards scored both, with the same numbers.
 # The hub is the committed 120-module BIG-bench hub as of ad2a77b (frozen, so every shard composes
 # from the same modules while the reasoning-gym modules are being added to hubs/smollm2-135m).
 #   SEEDS="1 2 3" bash scripts/bbh_official_table.sh     # needs LORAHUB_BBH or `data fetch bbh`
@@ -21,13 +23,13 @@ for seed in ${SEEDS:-1 2 3}; do
         name=bbh_official_s${seed}_${task#bbh/}
         if [ -f "bench/results/$name.json" ]; then echo "[bbh] $name done"; continue; fi
         OMP_NUM_THREADS=${THREADS:-1} .venv/bin/lorahub-serve eval --suite bbh --model smollm2-135m --hub "$HUB" \
-            --tasks "$task" --seeds "$seed" --limit 250 --rc-limit 250 --no-ngopt --generator engine \
+            --tasks "$task" --seeds "$seed" --limit 250 --rc-limit 250 --no-ngopt --generator engine --metrics task \
             --out bench/results --name "$name" || exit 1
         MSG="BBH from the official files: $task, seed $seed ($name)" commit bench/results/$name.*
     done
 done
 if [ -n "${FLOOR:-1}" ]; then
     OMP_NUM_THREADS=${THREADS:-1} .venv/bin/python bench/bbh_floor.py --tasks $TASKS --n-eval 250 \
-        --oracles hubs/smollm2-135m-bbh-oracles --name bbh_official_floor
-    MSG="BBH from the official files: oracle rows" commit bench/results/bbh_official_floor-* hubs/smollm2-135m-bbh-oracles
+        --oracles hubs/smollm2-135m-bbh-official-oracles --name bbh_official_floor
+    MSG="BBH from the official files: oracle rows" commit bench/results/bbh_official_floor-* hubs/smollm2-135m-bbh-official-oracles
 fi

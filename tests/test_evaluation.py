@@ -212,3 +212,31 @@ def test_vllm_generator_rank_fits_every_choice_of_modules(world, rule):
     finally:
         gen.close()
         engine.close()
+
+
+def test_metrics_task_scores_only_the_tasks_own_metric_with_the_same_numbers(world, engine_rows):
+    """`eval --metrics task` on an options task: RC only, the same RC as `--metrics both` (same
+    shots, evaluation set and searches), no EM and no generation; the report still renders."""
+    from dataclasses import replace
+
+    _, model, hub = world
+    rows = run_eval(str(model), str(hub), replace(CFG, seeds=(1,), metrics="task"), progress=False,
+                    generator="engine")
+    (row,) = rows
+    for m in METHODS:
+        assert row[rc_key(m)] == engine_rows[0][rc_key(m)], m
+        assert m not in row or row[m] is None, m
+    assert row["generate_seconds"] == 0.0 and row["n_rc"] == 6
+    assert "| -" in markdown_table(summarise(rows))  # EM cells read "-"
+    with pytest.raises(ValueError, match="metrics must be one of both, task"):
+        replace(CFG, metrics="em")
+
+
+def test_wanted_metrics_follow_the_answer_style():
+    from lorahub_serve.eval.run import wanted_metrics
+
+    options = [Example(input="Q:", output=" a", options=("a", "b"), answer_style="text")]
+    free = [Example(input="Q:", output=" 12")]
+    assert wanted_metrics("task", options) == (False, True)
+    assert wanted_metrics("task", free) == (True, False)
+    assert wanted_metrics("both", free) == (True, True)

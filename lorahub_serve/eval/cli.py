@@ -70,7 +70,7 @@ def _cmd_eval(a) -> int:
     cfg = EvalConfig(tasks=tuple(a.tasks or BBH_SUITE), seeds=a.seeds, shots=a.shots,
                      limit=a.limit or 50, budget=a.budget, modules=a.modules, ngopt=not a.no_ngopt,
                      soup_k=a.soup_k, rc_limit=a.rc_limit, contrast=a.contrast,
-                     select=a.select)
+                     select=a.select, metrics=a.metrics)
     command = "lorahub-serve " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     rows = run_eval(a.model, a.hub, cfg, generator=a.generator,
                     on_row=lambda rows: write_report(rows, Path(a.out), a.name, command))
@@ -151,6 +151,9 @@ def register(sub) -> None:
     add_contrast_argument(p)
     p.add_argument("--rc-limit", type=int, default=None,
                    help="rank classification on the first N evaluation examples only (default: all)")
+    p.add_argument("--metrics", choices=("both", "task"), default="both",
+                   help="bbh: both EM and RC for every task, or only the task's own metric (RC where "
+                   "every example has options, else EM): what the BBH table reads, at about half the cost")
     p.add_argument("--soup-k", type=int, default=3,
                    help="soup baseline: average (weight 1/k) of the k modules with the lowest few-shot loss")
     p.add_argument("--generator", choices=GENERATORS, default="auto",

@@ -45,7 +45,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         for m in METHODS:
             line[m] = _mean([r.get(m) for r in rs])
             line[rc_key(m)] = _mean([r.get(rc_key(m)) for r in rs])
-        line["lorahub_best"] = max(r["lorahub"] for r in rs)
+        em = [r["lorahub"] for r in rs if r.get("lorahub") is not None]  # none with --metrics task on RC tasks
+        line["lorahub_best"] = max(em) if em else None
         line["objective_le_ngopt"], line["objective_pairs"] = objective_counts(rs)
         line["n_eval"], line["n_rc"] = rs[0].get("n_eval"), rs[0].get("n_rc", rs[0].get("n_eval"))
         line["input_tokens"] = rs[0]["input_tokens"]

@@ -52,6 +52,9 @@ def rc_key(method: str) -> str:
     return f"{method}_rc"
 
 
+METRICS = ("both", "task")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     tasks: tuple[str, ...]
@@ -66,6 +69,8 @@ class EvalConfig:
     select: str = "loss"  # how the default search picks its K modules (engine/selection.py)
     rc_limit: int | None = None  # RC on the first N evaluation examples (None: all); it costs
     # n_options forward passes of every prompt, which dominates a CPU run
+    metrics: str = "both"  # "both": EM and RC for every task; "task": only the task's own metric
+    # (RC where every example has options, else EM), what the BBH table reads
 
     def __post_init__(self):
         unknown = [t for t in self.tasks if not task_data.is_eval_only(t)]
@@ -73,6 +78,8 @@ class EvalConfig:
             raise ValueError(f"not BBH tasks: {unknown}; choose from {', '.join(BBH_SUITE)}")
         if self.soup_k < 1:
             raise ValueError(f"soup_k must be >= 1 (modules in the soup), got {self.soup_k}")
+        if self.metrics not in METRICS:
+            raise ValueError(f"metrics must be one of {', '.join(METRICS)}, got {self.metrics!r}")
 
 
 def icl_prompt(shots: Sequence[Example], example: Example) -> str:
@@ -159,12 +166,14 @@ def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalCon
     plan = method_plan(comps, shots, evalset, zero_shot=task not in cache)
     max_new = max(len(engine.tokenizer(e.output)["input_ids"]) for e in shots) + 4
     tag = f"{task.replace('/', '-')[:40]}-s{seed}"
-    preds, t_generate, t_start = _answers(generator, tag, s.idx, comps, plan, max_new)
+    want_em, want_rc = wanted_metrics(cfg.metrics, evalset)
+    preds, t_generate, t_start = (_answers(generator, tag, s.idx, comps, plan, max_new) if want_em
+                                  else ({}, 0.0, 0.0))
     t1 = time.perf_counter()
     methods = {m: Method(prompts, comps[comp]) for m, (comp, prompts) in plan.items()}
-    n_rc = len(evalset) if cfg.rc_limit is None else cfg.rc_limit
+    n_rc = (len(evalset) if cfg.rc_limit is None else cfg.rc_limit) if want_rc else 0
     methods = {m: Method(meth.prompts[:n_rc], meth.weights) for m, meth in methods.items()}
-    rc = rank_classification(engine.evaluator, s.idx, methods, evalset[:n_rc], tag=f"rc:{key}")
+    rc = rank_classification(engine.evaluator, s.idx, methods, evalset[:n_rc], tag=f"rc:{key}") if want_rc else {}
     t_rc = time.perf_counter() - t1
     scores = ({m: accuracy(p, evalset) for m, p in preds.items()} | {rc_key(m): v for m, v in rc.items()}
 )
@@ -176,6 +185,15 @@ def eval_task_seed(engine: Engine, generator, task: str, seed: int, cfg: EvalCon
             "generate_seconds": round(t_generate, 1), "rc_seconds": round(t_rc, 1),
             "server_start_seconds": round(t_start, 1), "total_seconds": round(time.perf_counter() - t0, 1),
             **_token_counts(engine, shots, evalset), "n_eval": len(evalset), "n_rc": n_rc}
+
+
+def wanted_metrics(metrics: str, evalset: Sequence[Example]) -> tuple[bool, bool]:
+    """(exact match?, rank classification?) for `metrics` ("both", or "task": the task's own:
+    RC where every example has options, else EM)."""
+    if metrics == "both":
+        return True, True
+    options = all(e.choices and e.gold_index is not None for e in evalset)
+    return not options, options
 
 
 def _answers(generator, tag: str, idx: list[int], comps: dict, plan: dict,
