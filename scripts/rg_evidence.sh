@@ -5,6 +5,9 @@
 # two shards. Each shard writes its report after every task-seed (`eval --suite headroom --resume`
 # keeps what is done); the joined report (`--merge ... --report-only`) is bench/results/rg_evidence.*.
 #   bash scripts/rg_evidence.sh            # SEEDS="1 2 3" (default), METHODS=... to narrow
+# Cost, measured on one task-seed (rg/lcm@le20, 100 examples, 141-module hub, load 4 on 2 cores):
+# 1420 s wall, of which the levers 637 s (weights refinement 288 s at N = 20, hence N = 10 here),
+# arrow_hub 406 s (now once per task: it takes no shots), lorahub + engine scoring 154 s.
 # Run it once the hub build (scripts/build_rg_hub.sh) and the suite gate (scripts/build_rg_suite.sh)
 # are done: LoraHub composes from the hub as it is when a row runs.
 set -uo pipefail
@@ -22,7 +25,8 @@ trap 'kill $committer 2>/dev/null' EXIT
 pids=()
 for seed in ${SEEDS:-1 2 3}; do
     OMP_NUM_THREADS=1 .venv/bin/lorahub-serve eval --suite headroom --suite-file "$SUITE" --hub hubs/smollm2-135m \
-        --seeds "$seed" --limit 100 --methods "$METHODS" --out bench/results --name "rg_evidence_s$seed" --resume \
+        --seeds "$seed" --limit 100 --methods "$METHODS" --refine-steps "${REFINE_STEPS:-10}" \
+        --out bench/results --name "rg_evidence_s$seed" --resume \
         > "/tmp/rg_evidence_s$seed.log" 2>&1 &
     pids+=($!)
     if [ ${#pids[@]} -ge "${PARALLEL:-2}" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi

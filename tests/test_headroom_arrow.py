@@ -85,9 +85,12 @@ def test_headroom_eval_with_methods_arrow(tiny_llama_dir, one_rank_hub, tmp_path
     suite.write_text(json.dumps({
         "tasks": [task], "oracle_hub": str(oracle),
         "candidates": [{"task": task, "metric": "em", "closeness": "far", "chance": 0.0, "majority": 0.0}]}))
-    cfg = HeadroomConfig(suite=suite, seeds=(1,), limit=6, budget=4, modules=2, methods=("arrow", "arrow_hub"))
-    (row,) = run_headroom_eval(str(tiny_llama_dir), str(one_rank_hub), cfg, progress=False)
+    cfg = HeadroomConfig(suite=suite, seeds=(1, 2), limit=6, budget=4, modules=2, methods=("arrow", "arrow_hub"))
+    row, row2 = run_headroom_eval(str(tiny_llama_dir), str(one_rank_hub), cfg, progress=False)
     for m in ("zero_shot", "lorahub", "arrow", "arrow_hub", "oracle"):
         assert 0.0 <= row[m] <= 100.0, m
     assert row["arrow_top_k"] == 3 and row["n_eval"] == 6
     assert not {"icl", "lora_ft", "lorahub_ngopt"} & set(row)
+    # arrow_hub takes no shots and the whole hub: scored once per task, the same for every seed
+    assert row2["arrow_hub"] == row["arrow_hub"]
+    assert row2["phase_seconds"]["arrow_hub"] < row["phase_seconds"]["arrow_hub"]
