@@ -251,3 +251,18 @@ def greedy_ids(model, ids: list[int], new_tokens: int, adapter: Path | None = No
     if adapter:
         net.unload()
     return seq[0, len(ids):].tolist()
+
+
+def one_task_suite(base_model, folder: Path, task: str, closeness: str = "far", majority: float = 0.0) -> Path:
+    """A headroom-suite manifest keeping one generative `task`, with a random oracle adapter
+    (`eval --suite headroom` tests); returns the manifest's path."""
+    import json
+
+    oracle = Path(folder) / "oracles"
+    random_adapter(base_model, oracle / "modules" / task.replace("/", "__"))
+    suite = Path(folder) / "suite.json"
+    suite.write_text(json.dumps({
+        "tasks": [task], "oracle_hub": str(oracle),
+        "candidates": [{"task": task, "metric": "em", "closeness": closeness, "chance": 0.0,
+                        "majority": majority}]}))
+    return suite

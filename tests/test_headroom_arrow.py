@@ -79,12 +79,7 @@ def test_headroom_eval_with_methods_arrow(tiny_llama_dir, one_rank_hub, tmp_path
     torch.set_num_threads(1)
     task = str(tmp_path / "words.jsonl")
     (tmp_path / "words.jsonl").write_text("".join(json.dumps(e) + "\n" for e in _examples()))
-    oracle = tmp_path / "oracles"
-    testing.random_adapter(load_base(tiny_llama_dir)[0], oracle / "modules" / task.replace("/", "__"))
-    suite = tmp_path / "suite.json"
-    suite.write_text(json.dumps({
-        "tasks": [task], "oracle_hub": str(oracle),
-        "candidates": [{"task": task, "metric": "em", "closeness": "far", "chance": 0.0, "majority": 0.0}]}))
+    suite = testing.one_task_suite(load_base(tiny_llama_dir)[0], tmp_path, task)
     cfg = HeadroomConfig(suite=suite, seeds=(1, 2), limit=6, budget=4, modules=2, methods=("arrow", "arrow_hub"))
     row, row2 = run_headroom_eval(str(tiny_llama_dir), str(one_rank_hub), cfg, progress=False)
     for m in ("zero_shot", "lorahub", "arrow", "arrow_hub", "oracle"):

@@ -26,12 +26,7 @@ def lever_row(tiny_llama_dir, tiny_llama_hub, tmp_path_factory):
     examples = [{"input": f"Q: {WORDS[i % 7]} {WORDS[(i * 3) % 7]}?\nA:", "output": f" {WORDS[(i * 5) % 7]}"}
                 for i in range(14)]
     (tmp / "words.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
-    oracle = tmp / "oracles"
-    testing.random_adapter(load_base(tiny_llama_dir)[0], oracle / "modules" / task.replace("/", "__"))
-    suite = tmp / "suite.json"
-    suite.write_text(json.dumps({
-        "tasks": [task], "oracle_hub": str(oracle),
-        "candidates": [{"task": task, "metric": "em", "closeness": "near", "chance": 0.0, "majority": 0.0}]}))
+    suite = testing.one_task_suite(load_base(tiny_llama_dir)[0], tmp, task, closeness="near")
     cfg = HeadroomConfig(suite=suite, seeds=(1,), limit=6, budget=8, modules=2, dtype="float32",
                          refine_steps=3, methods=TINY_LEVERS)
     (row,) = run_headroom_eval(str(tiny_llama_dir), str(tiny_llama_hub), cfg, progress=False)

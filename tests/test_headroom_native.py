@@ -3,7 +3,6 @@ each method's answers beside exact match (tiny Llama, a random oracle): the row'
 holds it for the engine's methods and the PEFT ones, and it is never below exact match on a
 task whose scorer gives exact answers full credit."""
 
-import json
 
 import torch
 
@@ -16,13 +15,8 @@ from lorahub_serve.models import load_base
 def test_headroom_rows_carry_score_answer_beside_exact_match(tiny_llama_dir, tiny_llama_hub, tmp_path):
     torch.set_num_threads(1)
     task = "rg/gcd@le20"
-    oracle = tmp_path / "oracles"
-    testing.random_adapter(load_base(tiny_llama_dir)[0], oracle / "modules" / task.replace("/", "__"))
-    suite = tmp_path / "suite.json"
-    suite.write_text(json.dumps({
-        "tasks": [task], "oracle_hub": str(oracle),
-        "candidates": [{"task": task, "metric": "em", "closeness": "config-shift", "chance": 0.0,
-                        "majority": 30.0}]}))
+    suite = testing.one_task_suite(load_base(tiny_llama_dir)[0], tmp_path, task, closeness="config-shift",
+                                   majority=30.0)
     cfg = HeadroomConfig(suite=suite, seeds=(1, 2), limit=6, budget=4, modules=2, dtype="float32",
                          methods=("lora_ft",))
     rows = run_headroom_eval(str(tiny_llama_dir), str(tiny_llama_hub), cfg, progress=False)
