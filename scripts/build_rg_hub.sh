@@ -14,4 +14,6 @@ committer=$!
 trap 'kill $committer 2>/dev/null' EXIT
 OMP_NUM_THREADS=${HUB_THREADS:-1} .venv/bin/lorahub-serve hub build --model smollm2-135m --out "$HUB" \
     --reasoning-gym --steps "${STEPS:-120}" --lr 2e-3 --max-length 256 --dtype bfloat16
+# centroids for `adapt --select retrieve` of the modules that have none yet (resumable, ~3 s a module)
+OMP_NUM_THREADS=${HUB_THREADS:-1} .venv/bin/lorahub-serve hub centroids --hub "$HUB" --model smollm2-135m
 commit
