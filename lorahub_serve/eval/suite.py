@@ -33,15 +33,15 @@ RG_SUITE_CANDIDATES: tuple[str, ...] = (
     # config-shift: the generator is in the hub at another config
     "rg/basic_arithmetic@add-2d", "rg/gcd@le100", "rg/count_bits@le1023", "rg/products@2d",
     "rg/number_sequence@long", "rg/color_cube_rotation@2rot", "rg/decimal_chain_sum@3t1d", "rg/maze@mid",
-    "rg/word_sequence_reversal@long", "rg/gcd@le40", "rg/course_schedule@mid",
+    "rg/word_sequence_reversal@long", "rg/gcd@le40", "rg/course_schedule@mid", "rg/decimal_chain_sum@2t2d",
     # near: another generator of the category is in the hub
     "rg/lcm@le20", "rg/lcm@le50", "rg/decimal_arithmetic@2t1p", "rg/needle_haystack@small",
     "rg/spiral_matrix@2-3", "rg/number_filtering@small", "rg/fraction_simplification@plain",
-    "rg/calendar_arithmetic",
+    "rg/calendar_arithmetic", "rg/sokoban@small",
     # far: no generator of the category is in the hub (algebra, logic, geometry, probability, arc)
     "rg/simple_equations@2t20", "rg/syllogism", "rg/circuit_logic@small", "rg/simple_equations@pm-9",
     "rg/complex_arithmetic@add-3", "rg/simple_geometry@tri", "rg/knights_knaves", "rg/zebra_puzzles@2x2",
-    "rg/polynomial_multiplication@lin", "rg/arc_1d@8-10",
+    "rg/polynomial_multiplication@lin", "rg/arc_1d@8-10", "rg/simple_integration@1t",
 )
 # Candidates asked on 2026-12-07 and replaced before they were gated, after a scan of answer
 # spread, prompt length and usable items (majority answer >= 35 %, prompts over 256 tokens, fewer
