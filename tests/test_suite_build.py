@@ -245,3 +245,15 @@ def test_a_later_build_with_another_recipe_records_it_on_its_candidates(built, t
     rows = {c["task"]: c for c in again["candidates"]}
     assert rows[new_task]["recipe_changes"] == {"max_length": CFG.max_length + 28}
     assert all(rows[t]["recipe_changes"] is None for t in TASKS)
+
+
+def test_withdrawn_candidates_are_recorded_with_their_reason_not_as_pending():
+    manifest = {"asked": ["rg/lcm@le20", "rg/coin_flip@small", "rg/knights_knaves"],
+                "candidates": [{"task": "rg/lcm@le20", "kept": True}]}
+    suite_build._refresh_lists(manifest)
+    assert manifest["not_yet_gated"] == ["rg/knights_knaves"]
+    assert list(manifest["withdrawn"]) == ["rg/coin_flip@small"]
+    assert "fewer than 100 evaluation examples" in manifest["withdrawn"]["rg/coin_flip@small"]
+    assert manifest["tasks"] == ["rg/lcm@le20"]
+    # a withdrawn candidate never enters the candidate list the build script gates
+    assert not set(suite_build.WITHDRAWN) & set(suite_build.RG_SUITE_CANDIDATES)
