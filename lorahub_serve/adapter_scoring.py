@@ -89,9 +89,13 @@ def accuracy(model, tok, examples: Sequence[Example], dtype: str = "float32") ->
         raise ValueError("accuracy of no examples: pass at least one")
     if all(ex.choices and ex.gold_index is not None for ex in examples):
         return "rc", rc_accuracy(model, tok, examples, dtype=dtype)
+    return "em", em_accuracy(generated_answers(model, tok, examples, dtype), examples)
+
+
+def generated_answers(model, tok, examples: Sequence[Example], dtype: str = "float32") -> list[str]:
+    """Greedy answers to the examples' inputs, up to the longest gold output + 2 tokens."""
     new = max(len(tok(ex.output, add_special_tokens=False)["input_ids"]) for ex in examples) + 2
-    preds = greedy_answers(model, tok, [ex.input for ex in examples], new, dtype=dtype)
-    return "em", em_accuracy(preds, examples)
+    return greedy_answers(model, tok, [ex.input for ex in examples], new, dtype=dtype)
 
 
 def majority_rate(examples: Sequence[Example]) -> float:

@@ -138,7 +138,7 @@ def _peft_score(net, tok, adapter: Path | None, evalset, dtype: str, native: dic
                 tag: str = "", name: str = "") -> float:
     """Accuracy of the base model (adapter None) or of `adapter` through PEFT; with `native`,
     generated answers' own-source scores too (as `native[name]`)."""
-    from lorahub_serve.adapter_scoring import accuracy, greedy_answers
+    from lorahub_serve.adapter_scoring import accuracy, generated_answers
 
     model = net
     if adapter is not None:
@@ -148,8 +148,7 @@ def _peft_score(net, tok, adapter: Path | None, evalset, dtype: str, native: dic
     try:
         if native is None or any(e.choices for e in evalset):
             return accuracy(model, tok, evalset, dtype=dtype)[1]
-        new = max(len(tok(e.output, add_special_tokens=False)["input_ids"]) for e in evalset) + 2
-        preds = greedy_answers(model, tok, [e.input for e in evalset], new, dtype=dtype)
+        preds = generated_answers(model, tok, evalset, dtype)
         _native(native, tag, {name: preds}, evalset)
         return em_accuracy(preds, evalset)
     finally:
